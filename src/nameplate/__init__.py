@@ -1,0 +1,91 @@
+"""nameplate: an embedded registry for one host.
+
+Many processes open one SQLite file; they resolve component names to stable ULIDs, register typed
+definitions in layered workspaces, hold fenced leases kept alive by a heartbeat, and every change
+lands in an audit log.
+
+    >>> from nameplate import Registry
+    >>> with Registry("/tmp/demo.db") as registry:          # doctest: +SKIP
+    ...     node_id = registry.resolve("liquid_handler_1", "node")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._paths import Location
+from ._records import Entry, Event
+from .errors import (
+    AmbiguousNameError,
+    ConflictError,
+    DatabaseError,
+    EntryNotFoundError,
+    ImportFileError,
+    IntegrityProblemError,
+    InvalidInputError,
+    InvalidMetadataError,
+    InvalidNameError,
+    KindInUseError,
+    LeaseHeldError,
+    LeaseLost,
+    NameplateError,
+    NameTakenError,
+    NetworkFilesystemError,
+    NoMatchError,
+    NotFoundError,
+    NotLeaseHolderError,
+    RegistryBusyError,
+    RegistryClosedError,
+    SchemaTooNewError,
+    SessionClosedError,
+    SessionNotFoundError,
+    TargetImportError,
+    UnknownKindError,
+    UnknownStrategyError,
+    UnknownWorkspaceError,
+    ValidationError,
+    WorkspaceError,
+)
+from .registry import Registry
+
+try:
+    __version__ = version("nameplate")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AmbiguousNameError",
+    "ConflictError",
+    "DatabaseError",
+    "Entry",
+    "EntryNotFoundError",
+    "Event",
+    "ImportFileError",
+    "IntegrityProblemError",
+    "InvalidInputError",
+    "InvalidMetadataError",
+    "InvalidNameError",
+    "KindInUseError",
+    "LeaseHeldError",
+    "LeaseLost",
+    "Location",
+    "NameTakenError",
+    "NameplateError",
+    "NetworkFilesystemError",
+    "NoMatchError",
+    "NotFoundError",
+    "NotLeaseHolderError",
+    "Registry",
+    "RegistryBusyError",
+    "RegistryClosedError",
+    "SchemaTooNewError",
+    "SessionClosedError",
+    "SessionNotFoundError",
+    "TargetImportError",
+    "UnknownKindError",
+    "UnknownStrategyError",
+    "UnknownWorkspaceError",
+    "ValidationError",
+    "WorkspaceError",
+    "__version__",
+]

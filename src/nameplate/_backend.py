@@ -1,0 +1,89 @@
+"""The storage contract the repository is written against.
+
+The repository speaks SQL with ``?`` placeholders through a transaction object whose only method it
+uses is ``execute(sql, params) -> cursor`` (``fetchone``/``fetchall``/``rowcount``). A backend supplies
+that object, the transaction shapes (short write transactions, consistent read snapshots), schema-version
+bookkeeping and the DDL vocabulary of its dialect. SQLite is the default; a PostgreSQL backend slots in
+behind the same contract without touching the Registry or the repository.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import peewee
+
+from ._paths import Location
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Tx(Protocol):
+    """What the repository may do inside a transaction."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+class Backend(ABC):
+    """One database, opened by one process, used by any number of its threads."""
+
+    dialect: str
+    location: Location
+    #: The peewee database the models run on (cold paths: listings, maintenance).
+    peewee: peewee.Database
+    #: Seconds a writer waits for the write lock before :class:`RegistryBusyError`.
+    timeout: float
+
+    @abstractmethod
+    def write(self) -> AbstractContextManager[Tx]:
+        """A short write transaction (``BEGIN IMMEDIATE`` on SQLite). Commits on success."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction: every statement inside sees one snapshot."""
+
+    @abstractmethod
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """One row (or ``None``) of a single-statement read, outside any transaction: the hot path."""
+
+    @abstractmethod
+    def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of a single-statement read, outside any transaction."""
+
+    @abstractmethod
+    def schema_version(self, tx: Tx | None = None) -> int:
+        """The schema version recorded in the database (0 for a new one)."""
+
+    @abstractmethod
+    def set_schema_version(self, tx: Tx, version: int) -> None: ...
+
+    @abstractmethod
+    def foreign_tables(self, tx: Tx) -> list[str]:
+        """Tables present that nameplate did not create (to refuse someone else's database)."""
+
+    @abstractmethod
+    def ddl_vocabulary(self) -> dict[str, str]:
+        """Dialect words for migration templates: ``pk``, ``ref``, ``float``, ``rev_pk``, ``table_opts``."""
+
+    @abstractmethod
+    def change_counter(self) -> int:
+        """A number that changes whenever another connection commits (cheap; for followers and caches)."""
+
+    @abstractmethod
+    def maintenance(self, action: str) -> dict[str, Any]:
+        """Backend housekeeping: ``integrity``, ``foreign_keys``, ``vacuum``, ``checkpoint``, ``sizes``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every connection this backend opened in this process."""

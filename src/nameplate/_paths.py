@@ -1,0 +1,155 @@
+"""Where the database lives, and why there.
+
+First match wins: an explicit path or URL, then ``NAMEPLATE_DB``, then the nearest ``.nameplate/``
+directory walking up from the current directory, then the user data directory from platformdirs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import platformdirs
+import psutil
+
+from .errors import DatabaseError, InvalidInputError, NetworkFilesystemError
+
+ENV_DB = "NAMEPLATE_DB"
+PROJECT_DIR = ".nameplate"
+DB_FILENAME = "registry.db"
+
+# SQLite's WAL index lives in shared memory, which does not work across hosts: these are refused.
+_NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smbfs", "smb3", "afs", "ncpfs", "9p", "ceph",
+     "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "davfs", "fuse.sshfs", "sshfs", "fuse.s3fs",
+     "fuse.rclone", "beegfs", "ocfs2", "gfs2"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a registry's database is, and which rule chose it.
+
+    ``source`` is one of ``"explicit"``, ``"env"``, ``"project"`` or ``"user"``; ``reason`` says it in
+    words, e.g. ``"found .nameplate/ in /home/ada/lab (nearest upward from /home/ada/lab/run)"``.
+    ``url`` is set for server databases (PostgreSQL), where ``path`` is ``None``.
+    """
+
+    path: Path | None
+    source: str
+    reason: str
+    url: str | None = None
+
+    def __str__(self) -> str:
+        return self.url if self.path is None else str(self.path)
+
+
+def locate(explicit: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Location:
+    """Decide which database to open, without touching the filesystem beyond reading it."""
+    if explicit is not None:
+        return _from_spec(os.fspath(explicit), "explicit", "given explicitly")
+    env = os.environ.get(ENV_DB)
+    if env:
+        return _from_spec(env, "env", f"{ENV_DB} is set")
+    start = (cwd or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / PROJECT_DIR
+        if candidate.is_dir():
+            return Location(candidate / DB_FILENAME, "project",
+                            f"found {PROJECT_DIR}/ in {directory} (nearest upward from {start})")
+    data_dir = Path(platformdirs.user_data_dir("nameplate", appauthor=False))
+    return Location(data_dir / DB_FILENAME, "user",
+                    f"no {ENV_DB} and no {PROJECT_DIR}/ above {start}: the user data directory")
+
+
+def _from_spec(spec: str, source: str, why: str) -> Location:
+    if "://" not in spec:
+        return Location(Path(spec).expanduser().resolve(), source, why)
+    parts = urlsplit(spec)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return Location(None, source, why, url=spec)
+    if scheme != "sqlite":
+        raise InvalidInputError(
+            f"unsupported database URL scheme {parts.scheme!r} in {spec!r}: "
+            "use a file path, sqlite:///path/to/registry.db or postgresql://...",
+            spec=spec)
+    # sqlite:///relative.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://x.db (two
+    # slashes) would be an in-memory database in playhouse.db_url, silently losing every write.
+    if parts.netloc:
+        raise InvalidInputError(
+            f"{spec!r} has a host part; write sqlite:///relative/path.db or sqlite:////absolute/path.db",
+            spec=spec)
+    raw = unquote(parts.path)
+    if not raw or raw == "/" or raw.endswith(":memory:"):
+        raise InvalidInputError(
+            f"{spec!r} names no file: nameplate is shared between processes, so it needs a file path",
+            spec=spec)
+    path = Path(raw[1:])
+    return Location(path.expanduser().resolve(), source, why)
+
+
+def prepare(location: Location) -> None:
+    """Create the database's directory (0700) and file (0600) if missing; refuse network filesystems."""
+    assert location.path is not None
+    path = location.path
+    directory = path.parent
+    _make_private_dirs(directory)
+    _refuse_network_filesystem(directory)
+    if path.is_dir():
+        raise DatabaseError(f"{path} is a directory, not a database file; point nameplate at a file",
+                            path=str(path))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except PermissionError:
+        raise DatabaseError(f"cannot create {path}: permission denied; choose a writable location "
+                            f"with --db or {ENV_DB}", path=str(path)) from None
+    os.close(fd)
+
+
+def _make_private_dirs(directory: Path) -> None:
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except PermissionError:
+            raise DatabaseError(f"cannot create directory {folder}: permission denied; choose a "
+                                f"writable location with --db or {ENV_DB}", path=str(folder)) from None
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def filesystem_type(directory: Path) -> str | None:
+    """The filesystem type of the mount holding ``directory`` (longest mount-point prefix)."""
+    best: tuple[int, str] | None = None
+    target = str(directory.resolve())
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint
+        if target == mount or target.startswith(mount.rstrip("/") + "/") or mount == "/":
+            if best is None or len(mount) > best[0]:
+                best = (len(mount), part.fstype)
+    return best[1] if best else None
+
+
+def _refuse_network_filesystem(directory: Path) -> None:
+    fstype = filesystem_type(directory)
+    if fstype is None:
+        return
+    if fstype.lower() in _NETWORK_FILESYSTEMS:
+        raise NetworkFilesystemError(
+            f"{directory} is on a {fstype} network filesystem; SQLite's WAL mode needs shared memory on "
+            "one host, so processes could corrupt the registry. Put the database on a local disk "
+            f"(--db or {ENV_DB}) or use a PostgreSQL URL.", path=str(directory), fstype=fstype)
+    if fstype.startswith("fuse."):
+        warnings.warn(f"{directory} is on a {fstype} FUSE filesystem; if it is network-backed, SQLite "
+                      "WAL mode is unsafe there", RuntimeWarning, stacklevel=3)

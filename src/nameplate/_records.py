@@ -1,0 +1,77 @@
+"""The immutable records the public API returns."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+def utc(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def frozen_json(text: str | None) -> Mapping[str, Any] | None:
+    return None if text is None else MappingProxyType(json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A named component as the registry resolved it in one workspace.
+
+    ``workspace`` is the layer the row lives in (which may be an ancestor of the workspace you asked
+    in). ``metadata`` and ``definition`` are read-only mappings; ``definition`` is ``None`` for entries
+    that were only resolved, never registered with a definition.
+    """
+
+    id: str
+    name: str
+    kind: str
+    workspace: str
+    metadata: Mapping[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    last_seen_at: datetime
+    capabilities: frozenset[str] = frozenset()
+    target: str | None = None
+    definition: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (timestamps as ISO 8601 UTC)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "workspace": self.workspace,
+            "metadata": dict(self.metadata),
+            "capabilities": sorted(self.capabilities),
+            "target": self.target,
+            "definition": None if self.definition is None else dict(self.definition),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "last_seen_at": self.last_seen_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the audit log. ``rev`` is the global revision, strictly increasing."""
+
+    rev: int
+    at: datetime
+    action: str
+    workspace: str | None
+    kind: str | None
+    name: str | None
+    entry_id: str | None
+    session_id: str | None
+    actor: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rev": self.rev, "at": self.at.isoformat(), "action": self.action,
+                "workspace": self.workspace, "kind": self.kind, "name": self.name,
+                "entry_id": self.entry_id, "session_id": self.session_id, "actor": self.actor,
+                "detail": dict(self.detail)}

@@ -1,0 +1,353 @@
+"""Entries: resolution through the layer view, resolve-or-create, update, rename, delete, events.
+
+Every read of entries selects from the ``resolved_entry`` view (see ``migrations/v0001_initial.py``),
+so a lookup and a listing share one resolver. Reads run outside transactions; writes run in one short
+``backend.write()`` transaction each and record their event in it. The hot statements are module
+constants, so each connection prepares them once.
+
+Writes in workspace W change only W's own rows: an inherited entry is renamed or deleted in the layer
+that defines it (or hidden in W).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ulid import ULID
+
+from ._backend import Backend, Tx
+from ._records import Entry, frozen_json, utc
+from ._validation import check_name
+from .errors import (
+    AmbiguousNameError,
+    EntryNotFoundError,
+    InvalidNameError,
+    NameTakenError,
+    UnknownKindError,
+    UnknownWorkspaceError,
+)
+
+#: A resolve of an existing name writes ``last_seen_at`` only when it is older than this.
+LAST_SEEN_RESOLUTION = 60.0
+
+HOSTNAME = socket.gethostname()
+
+ENTRY_COLUMNS = ("r.pk, r.id, r.name, k.name, w.name, r.metadata, r.capabilities, r.definition, r.target, "
+                 "r.created_at, r.updated_at, r.last_seen_at")
+RESOLVED = """
+FROM resolved_entry AS r
+JOIN workspace AS viewer ON viewer.id = r.viewer_id
+JOIN kind AS k ON k.id = r.kind_id
+JOIN workspace AS w ON w.id = r.workspace_id
+"""
+VISIBLE = "viewer.name = ? AND r.hidden = 0"
+
+_LOOKUP_KIND = f"SELECT r.id {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
+_LOOKUP_ANY = f"SELECT r.id, k.name {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
+_PROBE_KIND = (f"SELECT r.id, r.pk, r.metadata, r.last_seen_at, r.workspace_id {RESOLVED} "
+               f"WHERE {VISIBLE} AND r.name = ? AND k.name = ?")
+_GET_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
+_GET_ANY = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
+_LIST_ALL = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} ORDER BY k.name, r.name"
+_LIST_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND k.name = ? ORDER BY r.name"
+
+_WORKSPACE_ID = "SELECT id FROM workspace WHERE name = ?"
+_KIND_ROW = "SELECT id, name_pattern FROM kind WHERE name = ?"
+_LOCAL_ROW = "SELECT pk, id, hidden FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ?"
+_INSERT_ENTRY = (
+    "INSERT INTO entry (id, workspace_id, kind_id, name, hidden, metadata, capabilities, definition, target,"
+    " created_at, updated_at, last_seen_at, owner_session_id, ephemeral)"
+    " VALUES (?, ?, ?, ?, 0, ?, '[]', NULL, NULL, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (name, kind_id, workspace_id) DO NOTHING")
+_REVIVE_TOMBSTONE = (
+    "UPDATE entry SET id = ?, hidden = 0, metadata = ?, capabilities = '[]', definition = NULL, target = NULL,"
+    " created_at = ?, updated_at = ?, last_seen_at = ?, owner_session_id = ?, ephemeral = ?, fence = 0"
+    " WHERE pk = ?")
+_TOUCH = "UPDATE entry SET last_seen_at = ? WHERE pk = ?"
+_SET_METADATA = "UPDATE entry SET metadata = ?, updated_at = ?, last_seen_at = ? WHERE pk = ?"
+_INSERT_EVENT = ("INSERT INTO event (at, action, workspace, kind, name, entry_id, session_id, actor, detail)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def decode_entry(row: Sequence[Any]) -> Entry:
+    """Build an :class:`Entry` from a row selected with :data:`ENTRY_COLUMNS`."""
+    return Entry(
+        id=row[1], name=row[2], kind=row[3], workspace=row[4],
+        metadata=frozen_json(row[5]), capabilities=frozenset(json.loads(row[6])),
+        definition=frozen_json(row[7]), target=row[8],
+        created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRow:
+    pk: int
+    id: str
+    kind_id: int
+    kind: str
+    workspace_id: int
+
+
+class Store:
+    """Entry reads and writes for one backend. ``actor`` returns ``(session_id, "pid@host")``."""
+
+    def __init__(self, backend: Backend, actor: Callable[[], tuple[str | None, str]] | None = None) -> None:
+        self.backend = backend
+        self._actor = actor or (lambda: (None, f"{os.getpid()}@{HOSTNAME}"))
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def record(self, tx: Tx, action: str, *, workspace: str | None = None, kind: str | None = None,
+               name: str | None = None, entry_id: str | None = None, at: float | None = None,
+               **detail: Any) -> None:
+        """Append one event in the caller's transaction."""
+        session_id, actor = self._actor()
+        tx.execute(_INSERT_EVENT, (time.time() if at is None else at, action, workspace, kind, name, entry_id,
+                                   session_id, actor, json.dumps(detail, sort_keys=True, default=str)))
+
+    # -- names of things -------------------------------------------------------------------------
+
+    def workspace_id(self, tx: Tx, workspace: str) -> int:
+        row = tx.execute(_WORKSPACE_ID, (workspace,)).fetchone()
+        if row is None:
+            raise UnknownWorkspaceError(f"workspace {workspace!r} does not exist; create it with "
+                                        f"create_workspace({workspace!r}) or `nameplate workspace create`",
+                                        workspace=workspace)
+        return int(row[0])
+
+    def kind_id(self, tx: Tx, kind: str, name: str | None = None) -> int:
+        """The kind's id; with ``name``, also check the kind's name pattern."""
+        row = tx.execute(_KIND_ROW, (kind,)).fetchone()
+        if row is None:
+            known = [r[0] for r in tx.execute("SELECT name FROM kind ORDER BY name").fetchall()]
+            raise UnknownKindError(f"kind {kind!r} is not defined; known kinds: {', '.join(known)} "
+                                   "(define new ones with define_kind)", kind=kind, known=known)
+        pattern = row[1]
+        if name is not None and pattern:
+            if not re.search(pattern, name):
+                suggestion = _suggest(name, pattern)
+                hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+                raise InvalidNameError(f"name {name!r} does not match kind {kind!r}'s pattern {pattern}{hint}",
+                                       name=name, kind=kind, suggestion=suggestion)
+        return int(row[0])
+
+    def _explain_miss(self, workspace: str, kind: str | None) -> None:
+        """After an empty read: raise if the workspace or kind does not exist (else it was just absent)."""
+        with self.backend.read() as tx:
+            self.workspace_id(tx, workspace)
+            if kind is not None:
+                self.kind_id(tx, kind)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def lookup(self, workspace: str, name: str, kind: str | None) -> str | None:
+        if kind is not None:
+            row = self.backend.query_one(_LOOKUP_KIND, (workspace, name, kind))
+            if row is not None:
+                return row[0]
+            self._explain_miss(workspace, kind)
+            return None
+        rows = self.backend.query_all(_LOOKUP_ANY, (workspace, name))
+        if len(rows) == 1:
+            return rows[0][0]
+        if rows:
+            raise _ambiguous(name, workspace, [r[1] for r in rows])
+        self._explain_miss(workspace, None)
+        return None
+
+    def get(self, workspace: str, name: str, kind: str | None) -> Entry | None:
+        if kind is not None:
+            row = self.backend.query_one(_GET_KIND, (workspace, name, kind))
+            if row is None:
+                self._explain_miss(workspace, kind)
+                return None
+            return decode_entry(row)
+        rows = self.backend.query_all(_GET_ANY, (workspace, name))
+        if len(rows) > 1:
+            raise _ambiguous(name, workspace, [r[3] for r in rows])
+        if not rows:
+            self._explain_miss(workspace, None)
+            return None
+        return decode_entry(rows[0])
+
+    def list(self, workspace: str, kind: str | None = None) -> list[Entry]:
+        with self.backend.read() as tx:
+            self.workspace_id(tx, workspace)
+            if kind is None:
+                rows = tx.execute(_LIST_ALL, (workspace,)).fetchall()
+            else:
+                self.kind_id(tx, kind)
+                rows = tx.execute(_LIST_KIND, (workspace, kind)).fetchall()
+        return [decode_entry(row) for row in rows]
+
+    def visible_local(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
+        """The visible entry ``name`` in ``workspace``, which must live in that very workspace (for writes)."""
+        if kind is None:
+            rows = tx.execute(f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} "
+                              f"WHERE {VISIBLE} AND r.name = ?", (workspace, name)).fetchall()
+            if len(rows) > 1:
+                raise _ambiguous(name, workspace, [r[3] for r in rows])
+        else:
+            rows = tx.execute(f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} "
+                              f"WHERE {VISIBLE} AND r.name = ? AND k.name = ?", (workspace, name, kind)).fetchall()
+        if not rows:
+            self.workspace_id(tx, workspace)
+            if kind is not None:
+                self.kind_id(tx, kind)
+            what = f"{kind} {name!r}" if kind else repr(name)
+            raise EntryNotFoundError(f"no entry {what} in workspace {workspace!r}; nothing to {verb} "
+                                     "(list entries with `nameplate ls`)", name=name, kind=kind,
+                                     workspace=workspace)
+        pk, entry_id, kind_id, kind_name, ws_id, ws_name = rows[0]
+        if ws_name != workspace:
+            raise EntryNotFoundError(
+                f"{kind_name} {name!r} is inherited from workspace {ws_name!r}, not defined in {workspace!r}; "
+                f"{verb} it there (workspace={ws_name!r}) or hide it here with hide()",
+                name=name, kind=kind_name, workspace=workspace, defined_in=ws_name)
+        return LocalRow(int(pk), entry_id, int(kind_id), kind_name, int(ws_id))
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def resolve(self, workspace: str, name: str, kind: str, metadata: dict[str, Any] | None,
+                *, owner_session_id: str | None = None, ephemeral: bool = False) -> str:
+        """The id of ``name``; created in ``workspace`` if no layer has it. See ``Registry.resolve``."""
+        row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
+        now = time.time()
+        if row is not None and not ephemeral and not _needs_write(row, metadata, now):
+            return row[0]
+        with self.backend.write() as tx:
+            now = time.time()
+            row = tx.execute(_PROBE_KIND, (workspace, name, kind)).fetchone()
+            if row is not None:  # an existing entry stays what it is, ephemeral or not
+                self._refresh(tx, row, workspace, name, kind, metadata, now)
+                return row[0]
+            return self._create(tx, workspace, name, kind, metadata or {}, now,
+                                owner_session_id=owner_session_id, ephemeral=ephemeral)
+
+    def _refresh(self, tx: Tx, row: Sequence[Any], workspace: str, name: str, kind: str,
+                 metadata: dict[str, Any] | None, now: float) -> None:
+        entry_id, pk, stored_text, _, row_workspace_id = row
+        merged = _merged(stored_text, metadata)
+        if merged is None:
+            tx.execute(_TOUCH, (now, pk))
+            return
+        if row_workspace_id != self.workspace_id(tx, workspace):
+            # Metadata of an inherited entry belongs to its own layer; resolving here only reads it.
+            tx.execute(_TOUCH, (now, pk))
+            return
+        tx.execute(_SET_METADATA, (merged, now, now, pk))
+        self.record(tx, "update", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
+                    metadata={"before": json.loads(stored_text), "after": json.loads(merged)})
+
+    def _create(self, tx: Tx, workspace: str, name: str, kind: str, metadata: dict[str, Any], now: float,
+                *, owner_session_id: str | None, ephemeral: bool) -> str:
+        workspace_id = self.workspace_id(tx, workspace)
+        kind_id = self.kind_id(tx, kind, name)
+        metadata_text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        entry_id = str(ULID())
+        local = tx.execute(_LOCAL_ROW, (workspace_id, kind_id, name)).fetchone()
+        if local is not None:  # a tombstone of ours hid an inherited entry: the name is ours again
+            tx.execute(_REVIVE_TOMBSTONE, (entry_id, metadata_text, now, now, now, owner_session_id,
+                                           int(ephemeral), local[0]))
+        else:
+            tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
+                                       owner_session_id, int(ephemeral)))
+        self.record(tx, "create", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
+                    metadata=metadata, **({"ephemeral": True, "session": owner_session_id} if ephemeral else {}))
+        return entry_id
+
+    def update_metadata(self, tx: Tx, local: LocalRow, workspace: str, name: str,
+                        metadata: dict[str, Any], *, merge: bool) -> bool:
+        """Set or merge metadata of a local row; return whether anything changed."""
+        stored = tx.execute("SELECT metadata FROM entry WHERE pk = ?", (local.pk,)).fetchone()[0]
+        if merge:
+            merged = _merged(stored, metadata)
+        else:
+            text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            merged = None if text == stored else text
+        if merged is None:
+            return False
+        now = time.time()
+        tx.execute(_SET_METADATA, (merged, now, now, local.pk))
+        self.record(tx, "update", workspace=workspace, kind=local.kind, name=name, entry_id=local.id, at=now,
+                    metadata={"before": json.loads(stored), "after": json.loads(merged)})
+        return True
+
+    def rename(self, workspace: str, old: str, new: str, kind: str | None) -> str:
+        check_name(new, "new name")
+        with self.backend.write() as tx:
+            local = self.visible_local(tx, workspace, old, kind, "rename")
+            if new == old:
+                return local.id
+            self.kind_id(tx, local.kind, new)
+            taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
+                               "AND k.name = ?", (workspace, new, local.kind)).fetchone()
+            if taken is not None and not taken[2]:
+                raise NameTakenError(f"cannot rename {local.kind} {old!r} to {new!r}: {new!r} already exists "
+                                     f"(id {taken[0]}, workspace {taken[1]!r}); pick another name or delete it "
+                                     "first", name=new, kind=local.kind, existing_id=taken[0])
+            # Our own tombstone for the new name would collide with the unique key; the renamed entry
+            # now takes that name in this layer, which is what the tombstone was hiding it for.
+            tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ? AND hidden = 1",
+                       (local.workspace_id, local.kind_id, new))
+            now = time.time()
+            tx.execute("UPDATE entry SET name = ?, updated_at = ? WHERE pk = ?", (new, now, local.pk))
+            self.record(tx, "rename", workspace=workspace, kind=local.kind, name=new, entry_id=local.id, at=now,
+                        old_name=old, new_name=new)
+            return local.id
+
+    def delete(self, workspace: str, name: str, kind: str | None,
+               guard: Callable[[Tx, LocalRow], None] | None = None) -> Entry:
+        with self.backend.write() as tx:
+            local = self.visible_local(tx, workspace, name, kind, "delete")
+            if guard is not None:
+                guard(tx, local)
+            row = tx.execute(f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+                             "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?", (local.pk,)).fetchone()
+            entry = decode_entry(row)
+            tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
+            self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
+                        metadata=dict(entry.metadata))
+            return entry
+
+    def entry_by_pk(self, tx: Tx, pk: int) -> Entry:
+        row = tx.execute(f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+                         "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?", (pk,)).fetchone()
+        return decode_entry(row)
+
+
+def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:
+    return now - row[3] > LAST_SEEN_RESOLUTION or _merged(row[2], metadata) is not None
+
+
+def _merged(stored_text: str, metadata: dict[str, Any] | None) -> str | None:
+    """The shallow merge of ``metadata`` over the stored object as text, or None if nothing changes."""
+    if not metadata:
+        return None
+    stored = json.loads(stored_text)
+    if all(key in stored and stored[key] == value for key, value in metadata.items()):
+        return None
+    stored.update(metadata)
+    return json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _ambiguous(name: str, workspace: str, kinds: Iterable[str]) -> AmbiguousNameError:
+    kinds = sorted(kinds)
+    return AmbiguousNameError(f"{name!r} exists under several kinds in workspace {workspace!r} "
+                              f"({', '.join(kinds)}); pass kind= to choose one", name=name, kinds=kinds)
+
+
+def _suggest(name: str, pattern: str) -> str | None:
+    """A PascalCase spelling of ``name`` when that satisfies ``pattern`` (e.g. xgboost_training)."""
+    words = re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", name)
+    candidate = "".join(word[:1].upper() + word[1:] for word in words if word)
+    if candidate and candidate != name and re.search(pattern, candidate):
+        return candidate
+    return None

@@ -1,0 +1,137 @@
+"""The Registry: the one object users hold. Entries live here; other concepts come in as mixins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ._base import RegistryBase
+from ._context import active_workspace
+from ._records import Entry
+from ._validation import check_kind_name, check_name, encode_object
+from .errors import EntryNotFoundError
+
+
+class Registry(RegistryBase):
+    """An embedded registry shared by every process on this host that opens the same file.
+
+    ``Registry()`` finds its database (see :attr:`location`), creates or upgrades it, and is safe to
+    share between threads. Use it as a context manager or call :meth:`close`. Reads and writes act in
+    a workspace: the ``workspace=`` argument, else ``with registry.workspace(...)``, else the
+    ``NAMEPLATE_WORKSPACE`` variable, else ``core``.
+
+    Args:
+        db: a file path or ``sqlite:///path`` URL; default: discovery (``NAMEPLATE_DB``, the nearest
+            ``.nameplate/`` upward, then the user data directory).
+        timeout: seconds a write waits for other processes before :class:`RegistryBusyError`.
+        synchronous: ``"NORMAL"`` (default; durable across process crashes) or ``"FULL"`` (also
+            across power loss, slower commits).
+    """
+
+    # -- workspace context -----------------------------------------------------------------------
+
+    @contextmanager
+    def workspace(self, name: str) -> Iterator[str]:
+        """Within the block, this thread's/task's reads and writes default to workspace ``name``."""
+        with active_workspace(name) as active:
+            yield active
+
+    @property
+    def current_workspace(self) -> str:
+        """The workspace a call without ``workspace=`` acts in, here and now."""
+        return self._ws(None)
+
+    # -- entries ---------------------------------------------------------------------------------
+
+    def resolve(self, name: str, kind: str, metadata: Mapping[str, Any] | None = None, *,
+                workspace: str | None = None) -> str:
+        """Return the ULID of ``name``, creating the entry in the workspace if no layer has it.
+
+        The same ``(workspace, kind, name)`` gives the same id forever after, from any process. A name
+        inherited from an ancestor workspace resolves to the ancestor's entry.
+
+        ``metadata`` is stored when the entry is created. For an existing entry of this workspace its
+        keys are merged over the stored metadata (shallow: given keys win, other keys stay); when that
+        changes nothing, the call writes nothing. Metadata of an inherited entry is left to its layer.
+        Replace metadata wholesale with :meth:`update`.
+        """
+        ws = self._ws(workspace)
+        check_name(name)
+        check_kind_name(kind)
+        meta = None if metadata is None else _validated(metadata)
+        return self._store.resolve(ws, name, kind, meta)
+
+    def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
+        """The id of ``name``, or ``None``. Never writes, never takes a lock.
+
+        Without ``kind``, a name that exists under several kinds raises :class:`AmbiguousNameError`.
+        """
+        ws = self._ws(workspace)
+        check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
+        return self._store.lookup(ws, name, kind)
+
+    def get(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry | None:
+        """The full :class:`Entry` for ``name``, or ``None``. Same rules as :meth:`lookup`."""
+        ws = self._ws(workspace)
+        check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
+        return self._store.get(ws, name, kind)
+
+    def require(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
+        """Like :meth:`get`, but raise :class:`EntryNotFoundError` instead of returning ``None``."""
+        entry = self.get(name, kind, workspace=workspace)
+        if entry is None:
+            ws = self._ws(workspace)
+            what = f"{kind} {name!r}" if kind else repr(name)
+            raise EntryNotFoundError(f"no entry {what} in workspace {ws!r}", name=name, kind=kind, workspace=ws)
+        return entry
+
+    def list(self, kind: str | None = None, *, workspace: str | None = None) -> list[Entry]:
+        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name."""
+        ws = self._ws(workspace)
+        if kind is not None:
+            check_kind_name(kind)
+        return self._store.list(ws, kind)
+
+    def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
+               merge: bool = False, workspace: str | None = None) -> Entry:
+        """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace."""
+        ws = self._ws(workspace)
+        check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
+        meta = _validated(metadata)
+        with self._backend.write() as tx:
+            local = self._store.visible_local(tx, ws, name, kind, "update")
+            self._before_entry_write(tx, local)
+            self._store.update_metadata(tx, local, ws, name, meta, merge=merge)
+            return self._store.entry_by_pk(tx, local.pk)
+
+    def rename(self, old: str, new: str, kind: str | None = None, *, workspace: str | None = None) -> str:
+        """Give an entry a new name; its id stays. Raises :class:`NameTakenError` if ``new`` is used."""
+        ws = self._ws(workspace)
+        check_name(old)
+        check_name(new, "new name")
+        if kind is not None:
+            check_kind_name(kind)
+        return self._store.rename(ws, old, new, kind)
+
+    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
+        """Remove an entry of this workspace and return what it was. The event log keeps its history."""
+        ws = self._ws(workspace)
+        check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
+        return self._store.delete(ws, name, kind, guard=self._before_entry_write)
+
+    def _before_entry_write(self, tx: Any, local: Any) -> None:
+        """Hook run inside an entry write's transaction (the leases mixin refuses leased entries)."""
+
+
+def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    encode_object(metadata)
+    return dict(metadata)
