@@ -118,9 +118,10 @@ class SqliteBackend(Backend):
     # -- connections ------------------------------------------------------------------------------
 
     def _configure(self, conn: sqlite3.Connection) -> None:
+        # On a brand-new file another process may hold the lock while it switches to WAL; even
+        # pragmas then meet SQLITE_BUSY, so each one waits like a write would.
         for name, value in self._pragmas:
-            conn.execute(f"PRAGMA {name} = {value}")
-        # journal_mode=wal needs a moment of exclusive access on a brand-new file: retry like a write.
+            self._retry(lambda: conn.execute(f"PRAGMA {name} = {value}"), what="the new database's lock")
         mode = self._retry(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0])
         if str(mode).lower() != "wal":
             self._retry(lambda: conn.execute("PRAGMA journal_mode = wal").fetchone())
@@ -243,7 +244,7 @@ class SqliteBackend(Backend):
 
     def _translate(self, error: BaseException) -> Exception:
         text = str(error)
-        if isinstance(error, sqlite3.OperationalError) and is_busy(error):
+        if isinstance(error, (sqlite3.OperationalError, peewee.OperationalError)) and is_busy(error):
             return RegistryBusyError(f"{self.path} is busy: {text}; retry or raise the timeout",
                                      path=str(self.path), waited=0.0, timeout=self.timeout)
         if "file is not a database" in text or "malformed" in text:

@@ -1,0 +1,215 @@
+"""The SQLite layer: pragmas, transaction shape, busy handling, schema versions, bad files, errors."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import peewee
+import pytest
+
+from conftest import table_snapshot
+from nameplate import (
+    AmbiguousNameError,
+    DatabaseError,
+    EntryNotFoundError,
+    InvalidNameError,
+    LeaseHeldError,
+    NameplateError,
+    Registry,
+    RegistryBusyError,
+    SchemaTooNewError,
+)
+from nameplate import errors as errors_module
+from nameplate._migrate import latest_version
+from nameplate._models import ALL_MODELS
+
+
+def test_every_connection_gets_the_declared_pragmas(registry: Registry) -> None:
+    conn = registry._backend.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == 32 * 1024 * 1024
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -65536
+
+
+def test_synchronous_full_is_selectable_and_nonsense_is_refused(db_path: Path) -> None:
+    with Registry(db_path, synchronous="full") as registry:
+        assert registry._backend.connection().execute("PRAGMA synchronous").fetchone()[0] == 2
+    with pytest.raises(NameplateError):
+        Registry(db_path, synchronous="sometimes")
+
+
+def _traced(registry: Registry) -> list[str]:
+    statements: list[str] = []
+    registry._backend.connection().set_trace_callback(statements.append)
+    return statements
+
+
+def test_resolve_create_is_one_immediate_transaction(registry: Registry) -> None:
+    statements = _traced(registry)
+    registry.resolve("new", "node")
+    begin = statements.index("BEGIN IMMEDIATE")
+    assert statements[-1] == "COMMIT"
+    inside = statements[begin + 1:-1]
+    assert not any(s.startswith(("BEGIN", "COMMIT", "ROLLBACK")) for s in inside)
+    assert sum(s.startswith("INSERT INTO entry") for s in inside) == 1
+    assert sum(s.startswith("INSERT INTO event") for s in inside) == 1
+    assert len(inside) <= 6, inside
+
+
+def test_resolve_of_an_existing_name_is_one_read_and_no_transaction(registry: Registry) -> None:
+    registry.resolve("existing", "node")
+    statements = _traced(registry)
+    registry.resolve("existing", "node")
+    registry.lookup("existing", "node")
+    assert len(statements) == 2
+    assert all(s.startswith("SELECT") for s in statements)
+
+
+def test_a_failed_write_rolls_back_and_leaves_no_transaction_open(registry: Registry, db_path: Path) -> None:
+    registry.resolve("a", "node")
+    registry.resolve("b", "node")
+    statements = _traced(registry)
+    with pytest.raises(NameplateError):
+        registry.rename("a", "b", "node")
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "ROLLBACK"
+    assert not registry._backend.connection().in_transaction
+
+
+_HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_writer_blocked_past_the_timeout_gets_registry_busy(db_path: Path) -> None:
+    Registry(db_path).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db_path), "5"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with Registry(db_path, timeout=0.3) as registry:
+            assert registry.lookup("x", "node") is None  # readers are not blocked in WAL mode
+            started = time.monotonic()
+            with pytest.raises(RegistryBusyError) as caught:
+                registry.resolve("x", "node")
+            waited = time.monotonic() - started
+        assert 0.3 <= waited < 3.0
+        assert isinstance(caught.value, TimeoutError)
+        assert str(db_path) in str(caught.value) and caught.value.waited >= 0.3
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_writer_waits_for_a_short_lock_instead_of_failing(db_path: Path) -> None:
+    Registry(db_path).close()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db_path), "0.5"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with Registry(db_path, timeout=20) as registry:
+            entry_id = registry.resolve("waited", "node")
+            assert registry.lookup("waited", "node") == entry_id
+    finally:
+        holder.wait(timeout=30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_a_newer_schema_is_refused_and_not_touched(db_path: Path) -> None:
+    Registry(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {latest_version() + 1}")
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(SchemaTooNewError) as caught:
+        Registry(db_path)
+    assert "upgrade nameplate" in str(caught.value)
+    assert caught.value.found == latest_version() + 1
+    assert db_path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(DatabaseError) as caught:
+        Registry(path)
+    assert "not a usable SQLite database" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_someone_elses_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseError) as caught:
+        Registry(path)
+    assert "invoices" in str(caught.value)
+    assert table_snapshot(path) == {"invoices": []}
+
+
+def test_models_match_the_migrated_schema(registry: Registry) -> None:
+    conn = registry._backend.connection()
+    for model in ALL_MODELS:
+        table = model._meta.table_name
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        fields = {field.column_name for field in model._meta.sorted_fields}
+        assert fields == columns, table
+    # and a model query runs on the registry's own connection
+    from nameplate._models import Kind
+
+    names = [k.name for k in Kind.select().order_by(Kind.name).execute(registry._backend.peewee)]
+    assert "node" in names and "step" in names
+
+
+def test_no_raw_sqlite_or_peewee_error_escapes(registry: Registry) -> None:
+    registry._backend.connection().execute("DROP VIEW resolved_entry")
+    with pytest.raises(DatabaseError):
+        registry.lookup("x", "node")
+    with pytest.raises(DatabaseError):
+        registry.resolve("x", "node")
+
+
+@pytest.mark.parametrize("error", [
+    InvalidNameError("bad name 'x'", name="x"),
+    AmbiguousNameError("ambiguous", name="p", kinds=["module", "node"]),
+    RegistryBusyError("busy", path="/tmp/x.db", waited=1.5, timeout=1.0),
+    EntryNotFoundError("missing", name="m", kind=None, workspace="core"),
+    LeaseHeldError("held", holder={"pid": 1, "host": "h"}),
+    SchemaTooNewError("new", found=9, supported=1),
+])
+def test_errors_pickle_across_processes_with_their_facts(error: NameplateError) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert copy.facts == error.facts
+    for key, value in error.facts.items():
+        assert getattr(copy, key) == value
+
+
+def test_every_error_is_a_nameplate_error_and_a_builtin() -> None:
+    for name in errors_module.__all__:
+        cls = getattr(errors_module, name)
+        assert issubclass(cls, NameplateError)
+        if cls is not NameplateError:
+            assert any(base.__module__ == "builtins" and base is not Exception for base in cls.__mro__), name
+
+
+def test_peewee_is_the_models_layer() -> None:
+    assert issubclass(ALL_MODELS[0], peewee.Model)

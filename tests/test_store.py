@@ -1,0 +1,227 @@
+"""The core store's API: resolve, lookup, get, list, update, rename, delete, events."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from ulid import ULID
+
+from conftest import table_snapshot
+from nameplate import (
+    AmbiguousNameError,
+    Entry,
+    EntryNotFoundError,
+    InvalidMetadataError,
+    InvalidNameError,
+    NameTakenError,
+    Registry,
+    RegistryClosedError,
+    UnknownKindError,
+)
+
+
+def events(path: Path) -> list[tuple[str, str | None, str | None]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT action, name, entry_id FROM event ORDER BY rev").fetchall()
+    finally:
+        conn.close()
+
+
+def test_resolve_creates_once_and_returns_the_same_ulid(registry: Registry) -> None:
+    first = registry.resolve("liquid_handler", "node")
+    assert str(ULID.from_str(first)) == first
+    assert registry.resolve("liquid_handler", "node") == first
+    assert registry.lookup("liquid_handler", "node") == first
+    assert registry.lookup("liquid_handler") == first
+
+
+def test_same_name_different_kinds_are_different_entries(registry: Registry) -> None:
+    node = registry.resolve("pump", "node")
+    module = registry.resolve("pump", "module")
+    assert node != module
+    assert registry.lookup("pump", "node") == node
+    with pytest.raises(AmbiguousNameError) as caught:
+        registry.lookup("pump")
+    assert caught.value.kinds == ["module", "node"]
+    assert "kind=" in str(caught.value)
+    with pytest.raises(AmbiguousNameError):
+        registry.get("pump")
+
+
+def test_lookup_of_a_missing_name_is_none_and_writes_nothing(registry: Registry, db_path: Path) -> None:
+    before = table_snapshot(db_path)
+    assert registry.lookup("ghost", "node") is None
+    assert registry.lookup("ghost") is None
+    assert registry.get("ghost") is None
+    assert table_snapshot(db_path) == before
+
+
+def test_lookup_of_an_unknown_kind_raises(registry: Registry) -> None:
+    with pytest.raises(UnknownKindError) as caught:
+        registry.lookup("x", "robot")
+    assert "node" in caught.value.known
+
+
+def test_get_returns_an_immutable_typed_entry(registry: Registry) -> None:
+    entry_id = registry.resolve("reader", "node", {"url": "http://localhost:2000", "slots": [1, 2]})
+    entry = registry.get("reader", "node")
+    assert isinstance(entry, Entry)
+    assert (entry.id, entry.name, entry.kind, entry.workspace) == (entry_id, "reader", "node", "core")
+    assert entry.metadata == {"url": "http://localhost:2000", "slots": [1, 2]}
+    assert entry.created_at == entry.updated_at == entry.last_seen_at
+    assert entry.created_at.tzinfo is not None
+    with pytest.raises(TypeError):
+        entry.metadata["url"] = "other"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        entry.name = "other"  # type: ignore[misc]
+    assert json.loads(json.dumps(entry.to_dict()))["id"] == entry_id
+
+
+def test_resolve_merges_new_metadata_keys_and_writes_only_on_change(registry: Registry, db_path: Path) -> None:
+    registry.resolve("n", "node", {"a": 1, "b": 2})
+    before = table_snapshot(db_path)
+    registry.resolve("n", "node", {"a": 1})  # nothing new: no write at all
+    registry.resolve("n", "node")
+    assert table_snapshot(db_path) == before
+    registry.resolve("n", "node", {"b": 3, "c": 4})
+    assert registry.get("n", "node").metadata == {"a": 1, "b": 3, "c": 4}
+    assert [e[0] for e in events(db_path)] == ["create", "update"]
+
+
+def test_update_replaces_or_merges_metadata(registry: Registry) -> None:
+    registry.resolve("n", "node", {"a": 1, "b": 2})
+    assert registry.update("n", "node", metadata={"c": 3}).metadata == {"c": 3}
+    assert registry.update("n", metadata={"d": 4}, merge=True).metadata == {"c": 3, "d": 4}
+    with pytest.raises(EntryNotFoundError):
+        registry.update("missing", "node", metadata={})
+
+
+def test_list_returns_every_entry_sorted_and_filters_by_kind(registry: Registry) -> None:
+    registry.resolve("b", "node")
+    registry.resolve("a", "node")
+    registry.resolve("a", "module")
+    assert [(e.kind, e.name) for e in registry.list()] == [("module", "a"), ("node", "a"), ("node", "b")]
+    assert [e.name for e in registry.list("node")] == ["a", "b"]
+    assert registry.list("workcell") == []
+    with pytest.raises(UnknownKindError):
+        registry.list("robot")
+
+
+def test_rename_keeps_the_id_and_history_keeps_the_old_name(registry: Registry, db_path: Path) -> None:
+    entry_id = registry.resolve("old_name", "node")
+    assert registry.rename("old_name", "new_name") == entry_id
+    assert registry.lookup("old_name") is None
+    assert registry.lookup("new_name", "node") == entry_id
+    rename = [e for e in events(db_path) if e[0] == "rename"]
+    assert rename == [("rename", "new_name", entry_id)]
+    conn = sqlite3.connect(db_path)
+    detail = json.loads(conn.execute("SELECT detail FROM event WHERE action = 'rename'").fetchone()[0])
+    conn.close()
+    assert detail == {"old_name": "old_name", "new_name": "new_name"}
+
+
+def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(registry: Registry, db_path: Path) -> None:
+    registry.resolve("a", "node")
+    registry.resolve("b", "node")
+    before = table_snapshot(db_path)
+    with pytest.raises(NameTakenError) as caught:
+        registry.rename("a", "b", "node")
+    assert "already exists" in str(caught.value)
+    with pytest.raises(EntryNotFoundError):
+        registry.rename("missing", "c", "node")
+    with pytest.raises(InvalidNameError):
+        registry.rename("a", " padded ", "node")
+    assert table_snapshot(db_path) == before
+
+
+def test_rename_to_the_same_name_under_another_kind_is_allowed(registry: Registry) -> None:
+    registry.resolve("a", "node")
+    registry.resolve("b", "module")
+    registry.rename("a", "b", "node")
+    assert registry.lookup("b", "node") is not None
+
+
+def test_delete_removes_the_entry_and_logs_it(registry: Registry, db_path: Path) -> None:
+    entry_id = registry.resolve("gone", "node", {"k": "v"})
+    deleted = registry.delete("gone")
+    assert deleted.id == entry_id and deleted.metadata == {"k": "v"}
+    assert registry.lookup("gone") is None
+    assert events(db_path)[-1] == ("delete", "gone", entry_id)
+    assert registry.resolve("gone", "node") != entry_id  # a new entry, a new id
+    with pytest.raises(EntryNotFoundError):
+        registry.delete("never_there", "node")
+
+
+def test_every_change_writes_one_event_in_order(registry: Registry, db_path: Path) -> None:
+    registry.resolve("a", "node")
+    registry.resolve("a", "node", {"x": 1})
+    registry.rename("a", "b", "node")
+    registry.delete("b", "node")
+    conn = sqlite3.connect(db_path)
+    revs = [r[0] for r in conn.execute("SELECT rev FROM event ORDER BY rev")]
+    conn.close()
+    assert [e[0] for e in events(db_path)] == ["create", "update", "rename", "delete"]
+    assert revs == sorted(revs) and len(set(revs)) == 4
+
+
+@pytest.mark.parametrize("bad_name", ["", "   ", "a\x00b", "tab\tname", "line\nbreak", "x" * 256, " lead",
+                                      "trail ", "bell\x07", "sep\u2028x", 42, None])
+def test_invalid_names_are_rejected_and_change_nothing(registry: Registry, db_path: Path, bad_name: object) -> None:
+    before = table_snapshot(db_path)
+    with pytest.raises(InvalidNameError) as caught:
+        registry.resolve(bad_name, "node")  # type: ignore[arg-type]
+    assert isinstance(caught.value, ValueError)
+    assert table_snapshot(db_path) == before
+
+
+def test_a_255_character_unicode_name_is_fine(registry: Registry) -> None:
+    name = "é" * 255
+    assert registry.lookup(name, "node") is None
+    assert registry.resolve(name, "node") == registry.lookup(name, "node")
+
+
+@pytest.mark.parametrize("bad_metadata", [["not", "a", "dict"], "text", {"obj": object()}, {1: "int key"},
+                                          {"nan": float("nan")}, {"nested": {"inf": float("inf")}},
+                                          {"set": {1, 2}}, {"bytes": b"x"}])
+def test_invalid_metadata_is_rejected_before_any_write(registry: Registry, db_path: Path,
+                                                       bad_metadata: object) -> None:
+    registry.resolve("exists", "node", {"a": 1})
+    before = table_snapshot(db_path)
+    with pytest.raises(InvalidMetadataError):
+        registry.resolve("new_one", "node", bad_metadata)  # type: ignore[arg-type]
+    with pytest.raises(InvalidMetadataError):
+        registry.resolve("exists", "node", bad_metadata)  # type: ignore[arg-type]
+    with pytest.raises(InvalidMetadataError):
+        registry.update("exists", "node", metadata=bad_metadata)  # type: ignore[arg-type]
+    assert table_snapshot(db_path) == before
+
+
+@pytest.mark.parametrize("bad_kind", ["", "Node", "no spaces", "robot", None])
+def test_invalid_or_unknown_kinds_are_rejected_and_change_nothing(registry: Registry, db_path: Path,
+                                                                  bad_kind: object) -> None:
+    before = table_snapshot(db_path)
+    with pytest.raises((InvalidNameError, UnknownKindError)):
+        registry.resolve("x", bad_kind)  # type: ignore[arg-type]
+    assert table_snapshot(db_path) == before
+
+
+def test_a_closed_registry_refuses_calls(db_path: Path) -> None:
+    registry = Registry(db_path)
+    registry.close()
+    registry.close()  # idempotent
+    with pytest.raises(RegistryClosedError):
+        registry.resolve("x", "node")
+    with pytest.raises(RegistryClosedError):
+        registry.lookup("x")
+
+
+def test_context_manager_closes(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("x", "node")
+    assert registry.closed
+    with Registry(db_path) as again:
+        assert again.lookup("x", "node") is not None
