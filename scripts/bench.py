@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Benchmarks: every hot nameplate operation next to a baseline measured in the same run.
+
+    python scripts/bench.py --out bench-result.json            # everything (about 5 minutes on 2 cores)
+    python scripts/bench.py --quick --out quick.json           # smaller sizes and shorter runs
+
+Each figure is the median over several repetitions of a timed loop (per operation). The floor is plain
+``sqlite3`` on a file with nameplate's own schema and pragmas (WAL, same synchronous): a point select
+by name, and an insert + commit. Every nameplate figure is printed as a ratio against its floor.
+Targets (issue 8) are printed as met / missed with the margin; nothing here is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ulid import ULID
+
+from nameplate import Registry
+from nameplate._sqlite import SqliteBackend
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+# -- timing helpers ------------------------------------------------------------------------------
+
+
+def per_op(fn: Callable[[int], Any], n: int, reps: int) -> dict[str, float]:
+    """Median and spread of the per-operation time (µs) over ``reps`` loops of ``n`` calls."""
+    samples = []
+    counter = 0
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn(counter)
+            counter += 1
+        samples.append((time.perf_counter() - start) / n * 1e6)
+    return {"median_us": statistics.median(samples), "min_us": min(samples), "max_us": max(samples)}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def fresh_registry(directory: Path, name: str) -> Registry:
+    return Registry(directory / name, timeout=60)
+
+
+def populate(path: Path, count: int, kind: str = "node", prefix: str = "n") -> float:
+    """Insert ``count`` entries straight into a migrated file in one transaction; return seconds taken."""
+    Registry(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    kind_id = conn.execute("SELECT id FROM kind WHERE name = ?", (kind,)).fetchone()[0]
+    started = time.perf_counter()
+    now = time.time()
+    conn.execute("PRAGMA journal_mode = wal")
+    conn.execute("BEGIN IMMEDIATE")
+    batch = 50_000
+    for offset in range(0, count, batch):
+        rows = [(str(ULID()), kind_id, f"{prefix}{i}", now, now, now)
+                for i in range(offset, min(count, offset + batch))]
+        conn.executemany("INSERT INTO entry (id, workspace_id, kind_id, name, created_at, updated_at, "
+                         "last_seen_at) VALUES (?, 1, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    conn.close()
+    return time.perf_counter() - started
+
+
+def floor_connection(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+    for pragma in ("journal_mode = wal", "synchronous = NORMAL", "foreign_keys = 1", "cache_size = -65536"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+FLOOR_SELECT = "SELECT id FROM entry WHERE name = ? AND kind_id = 1 AND workspace_id = 1"
+FLOOR_INSERT = ("INSERT INTO entry (id, workspace_id, kind_id, name, created_at, updated_at, last_seen_at) "
+                "VALUES (?, 1, 1, ?, ?, ?, ?)")
+
+
+def floor_insert(conn: sqlite3.Connection, name: str) -> None:
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(FLOOR_INSERT, (str(ULID()), name, now, now, now))
+    conn.execute("COMMIT")
+
+
+# -- single-process operations ---------------------------------------------------------------------
+
+
+def bench_operations(work: Path, quick: bool) -> dict[str, Any]:
+    n, reps = (2000, 5) if quick else (5000, 7)
+    size = 10_000
+    path = work / "ops.db"
+    populate(path, size)
+    floor = floor_connection(path)
+    results: dict[str, Any] = {}
+    results["floor_select"] = per_op(lambda i: floor.execute(FLOOR_SELECT, (f"n{i % size}",)).fetchone(), n, reps)
+    results["floor_insert_commit"] = per_op(lambda i: floor_insert(floor, f"floor-{i}"), n // 5, reps)
+    with Registry(path, timeout=60) as registry:
+        results["lookup"] = per_op(lambda i: registry.lookup(f"n{i % size}", "node"), n, reps)
+        results["get"] = per_op(lambda i: registry.get(f"n{i % size}", "node"), n, reps)
+        for i in range(size):  # make last_seen fresh so the measured resolves are pure reads
+            registry.resolve(f"n{i}", "node")
+        results["resolve_existing"] = per_op(lambda i: registry.resolve(f"n{i % size}", "node"), n, reps)
+        results["resolve_create"] = per_op(lambda i: registry.resolve(f"new-{i}", "node"), n // 5, reps)
+        for i in range(1000):
+            registry.resolve(f"w{i}", "workcell")
+        results["list_1k_of_one_kind"] = per_op(lambda i: registry.list("workcell"), 5, reps)
+        if hasattr(registry, "register"):
+            results["register_validated"] = per_op(
+                lambda i: registry.register(f"Step{i}", "step", {"sagemaker_step_type": "Processing"}),
+                n // 10, reps)
+        if hasattr(registry, "acquire"):
+            for i in range(200):
+                registry.resolve(f"lockable{i}", "node")
+
+            def acquire_release(i: int) -> None:
+                registry.acquire(f"lockable{i % 200}", "node").release()
+
+            acquire_release(0)  # opens the session outside the timing
+            results["acquire_release"] = per_op(acquire_release, n // 10, reps)
+            session = registry.session()
+            if hasattr(session, "beat"):
+                results["heartbeat"] = per_op(lambda i: session.beat(), n // 5, reps)
+        if hasattr(registry, "select"):
+            for start in range(0, 10_000, 1000):
+                registry.register_many([
+                    {"name": f"provider{i}", "kind": "provider",
+                     "capabilities": ["llm", "chat"] + (["vision"] if i % 10 == 0 else [])}
+                    for i in range(start, start + 1000)])
+            results["select_first_10k"] = per_op(
+                lambda i: registry.select("provider", requires={"llm", "vision"}, strategy="first"), 20, reps)
+            results["select_round_robin_10k"] = per_op(
+                lambda i: registry.select("provider", requires={"llm", "vision"}, strategy="round_robin"),
+                20, reps)
+    floor.close()
+    return results
+
+
+# -- scale -------------------------------------------------------------------------------------------
+
+
+def bench_scale(work: Path, sizes: list[int], quick: bool) -> dict[str, Any]:
+    n, rounds = (1000, 3) if quick else (3000, 5)
+    files: dict[int, Path] = {}
+    build: dict[int, float] = {}
+    for size in sizes:
+        files[size] = work / f"scale-{size}.db"
+        build[size] = populate(files[size], size)
+    samples: dict[int, dict[str, list[float]]] = {s: {"lookup": [], "resolve_create": [], "floor": []}
+                                                  for s in sizes}
+    registries = {size: Registry(files[size], timeout=60) for size in sizes}
+    floors = {size: floor_connection(files[size]) for size in sizes}
+    rng = random.Random(7)
+    created = 0
+    for _ in range(rounds):  # interleaved rounds: this machine's noise hits every size alike
+        for size in sizes:
+            registry, floor = registries[size], floors[size]
+            names = [f"n{rng.randrange(size)}" for _ in range(n)]
+            start = time.perf_counter()
+            for name in names:
+                registry.lookup(name, "node")
+            samples[size]["lookup"].append((time.perf_counter() - start) / n * 1e6)
+            start = time.perf_counter()
+            for name in names:
+                floor.execute(FLOOR_SELECT, (name,)).fetchone()
+            samples[size]["floor"].append((time.perf_counter() - start) / n * 1e6)
+            start = time.perf_counter()
+            for _ in range(n // 10):
+                registry.resolve(f"scale-new-{created}", "node")
+                created += 1
+            samples[size]["resolve_create"].append((time.perf_counter() - start) / (n // 10) * 1e6)
+    for registry in registries.values():
+        registry.close()
+    for floor in floors.values():
+        floor.close()
+    return {str(size): {"build_seconds": build[size],
+                        **{f"{key}_median_us": statistics.median(vals) for key, vals in samples[size].items()}}
+            for size in sizes}
+
+
+# -- contention --------------------------------------------------------------------------------------
+
+
+def _contender(barrier: Any, results: Any, index: int, path: str, seconds: float, operation: str,
+               sqlite_busy_handler: bool) -> None:
+    SqliteBackend.use_sqlite_busy_handler = sqlite_busy_handler
+    latencies: list[float] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    rng = random.Random(index)
+    try:
+        with Registry(path, timeout=30) as registry:
+            if operation == "acquire_release":
+                registry.acquire("warmup", "node").release() if hasattr(registry, "acquire") else None
+            barrier.wait(timeout=60)
+            deadline = time.perf_counter() + seconds
+            counter = 0
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    if operation == "resolve":
+                        # 80 % existing names (shared by all processes), 20 % new ones (also shared:
+                        # every process creates the same new names, racing for them)
+                        name = f"n{rng.randrange(1000)}" if rng.random() < 0.8 else f"new-{counter}"
+                        seen[name] = registry.resolve(name, "node")
+                        counter += 1
+                    else:
+                        lease = registry.acquire(f"n{rng.randrange(50)}", "node", wait=30)
+                        lease.release()
+                except Exception as error:  # counted and reported: errors must be 0
+                    errors.append(repr(error))
+                latencies.append(time.perf_counter() - started)
+        results.put((index, {"latencies": latencies, "errors": errors, "seen": seen}))
+    except BaseException as error:
+        results.put((index, {"latencies": latencies, "errors": errors + [repr(error)], "seen": seen}))
+
+
+def run_contention(path: Path, processes: int, seconds: float, operation: str,
+                   sqlite_busy_handler: bool) -> dict[str, Any]:
+    barrier = SPAWN.Barrier(processes)
+    queue = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_contender, args=(barrier, queue, i, str(path), seconds, operation,
+                                                    sqlite_busy_handler)) for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    outcomes = [queue.get(timeout=seconds + 120)[1] for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    latencies = [lat for o in outcomes for lat in o["latencies"]]
+    errors = [e for o in outcomes for e in o["errors"]]
+    ids: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        for name, entry_id in outcome["seen"].items():
+            ids.setdefault(name, set()).add(entry_id)
+    duplicates = sum(1 for values in ids.values() if len(values) > 1)
+    conn = sqlite3.connect(path)
+    rows, distinct = conn.execute("SELECT count(*), count(DISTINCT name) FROM entry WHERE kind_id = "
+                                  "(SELECT id FROM kind WHERE name = 'node')").fetchone()
+    conn.close()
+    return {
+        "processes": processes,
+        "ops": len(latencies),
+        "throughput_per_s": len(latencies) / seconds,
+        "p50_ms": pct(latencies, 0.50) * 1e3,
+        "p99_ms": pct(latencies, 0.99) * 1e3,
+        "max_ms": max(latencies) * 1e3 if latencies else float("nan"),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "duplicates": duplicates + (rows - distinct),
+    }
+
+
+def bench_contention(work: Path, quick: bool) -> dict[str, Any]:
+    seconds = 1.5 if quick else 3.0
+    results: dict[str, Any] = {}
+    operations = ["resolve"] + (["acquire_release"] if hasattr(Registry, "acquire") else [])
+    for operation in operations:
+        for handler in ("nameplate", "sqlite"):
+            if operation != "resolve" and handler == "sqlite":
+                continue
+            key = f"{operation}/{handler}_busy_handler"
+            results[key] = []
+            for processes in (1, 2, 4, 8):
+                path = work / f"contention-{operation}-{handler}-{processes}.db"
+                populate(path, 1000)
+                results[key].append(run_contention(path, processes, seconds, operation, handler == "sqlite"))
+    return results
+
+
+# -- predecessor -----------------------------------------------------------------------------------
+
+
+def bench_predecessor(work: Path, quick: bool) -> dict[str, Any] | None:
+    try:
+        from madsci.common.registry.local_registry import LocalRegistryManager  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    results: dict[str, Any] = {}
+    for size in (1000, 10_000):
+        path = work / f"madsci-{size}" / "registry.json"
+        path.parent.mkdir()
+        manager = LocalRegistryManager(registry_path=path)
+        entries = {}
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for i in range(size):
+            entries[f"n{i}"] = {"id": str(ULID()), "name": f"n{i}", "component_type": "node",
+                                "created_at": now, "last_seen": now, "metadata": {}}
+        manager.import_entries({"entries": entries} if hasattr(manager, "import_entries") else entries)
+        reps = 3
+        n = 5 if size == 10_000 or quick else 20
+        lookup = per_op(lambda i: manager.lookup(f"n{i % size}"), n, reps)
+        create = per_op(lambda i: manager.resolve(f"madsci-new-{size}-{i}", "node", acquire_lock=False), n, reps)
+        results[str(size)] = {"lookup": lookup, "resolve_create": create}
+    return results
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def targets(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    ops = result["operations"]
+    lines = []
+    floor_select = ops["floor_select"]["median_us"]
+    floor_insert = ops["floor_insert_commit"]["median_us"]
+    r = ratio(ops["lookup"]["median_us"], floor_select)
+    lines.append(("lookup p50 <= 3x floor point select", r <= 3, f"{r:.2f}x"))
+    r = ratio(ops["resolve_create"]["median_us"], floor_insert)
+    lines.append(("resolve-create <= 2x floor insert+commit", r <= 2, f"{r:.2f}x"))
+    scale = result.get("scale") or {}
+    if "1000" in scale and "1000000" in scale:
+        r = ratio(scale["1000000"]["lookup_median_us"], scale["1000"]["lookup_median_us"])
+        lines.append(("lookup at 1M <= 1.5x lookup at 1k", r <= 1.5, f"{r:.2f}x"))
+    contention = result.get("contention", {}).get("resolve/nameplate_busy_handler")
+    if contention:
+        one = contention[0]["throughput_per_s"]
+        eight = contention[-1]
+        r = ratio(eight["throughput_per_s"], one)
+        ok = r >= 0.5 and eight["errors"] == 0 and eight["duplicates"] == 0 and eight["max_ms"] < 100
+        lines.append(("8 processes >= 0.5x single-process throughput, 0 errors, max resolve < 100 ms", ok,
+                      f"{r:.2f}x, {eight['errors']} errors, {eight['duplicates']} duplicates, "
+                      f"max {eight['max_ms']:.1f} ms"))
+    predecessor = result.get("predecessor")
+    if predecessor and "10000" in predecessor:
+        for op, ours in (("lookup", "lookup"), ("resolve_create", "resolve_create")):
+            r = ratio(predecessor["10000"][op]["median_us"], ops[ours]["median_us"])
+            lines.append((f">= 1000x faster than LocalRegistryManager at 10k ({op})", r >= 1000, f"{r:,.0f}x"))
+    return lines
+
+
+def print_report(result: dict[str, Any]) -> None:
+    ops = result["operations"]
+    floor_select = ops["floor_select"]["median_us"]
+    floor_insert = ops["floor_insert_commit"]["median_us"]
+    print(f"\n{result['machine']}")
+    print("\n| operation | median µs | vs floor |\n|---|---:|---:|")
+    for key, value in ops.items():
+        base = floor_insert if key in ("resolve_create", "floor_insert_commit", "register_validated",
+                                       "acquire_release", "heartbeat") else floor_select
+        print(f"| {key} | {value['median_us']:.1f} | {ratio(value['median_us'], base):.1f}x |")
+    if result.get("scale"):
+        print("\n| entries | build s | lookup µs | floor select µs | resolve-create µs |\n|---:|---:|---:|---:|---:|")
+        for size, row in result["scale"].items():
+            print(f"| {int(size):,} | {row['build_seconds']:.1f} | {row['lookup_median_us']:.1f} | "
+                  f"{row['floor_median_us']:.1f} | {row['resolve_create_median_us']:.1f} |")
+    for key, rows in (result.get("contention") or {}).items():
+        print(f"\n{key}\n| processes | ops/s | p50 ms | p99 ms | max ms | errors | duplicates |"
+              "\n|---:|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            print(f"| {row['processes']} | {row['throughput_per_s']:,.0f} | {row['p50_ms']:.2f} | "
+                  f"{row['p99_ms']:.2f} | {row['max_ms']:.1f} | {row['errors']} | {row['duplicates']} |")
+    if result.get("predecessor"):
+        print("\n| LocalRegistryManager | lookup µs | resolve-create µs |\n|---:|---:|---:|")
+        for size, row in result["predecessor"].items():
+            print(f"| {int(size):,} | {row['lookup']['median_us']:,.0f} | {row['resolve_create']['median_us']:,.0f} |")
+    print("\nTargets:")
+    for text, ok, detail in targets(result):
+        print(f"- {'met' if ok else 'MISSED'}: {text} ({detail})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="where to write the JSON result")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs")
+    parser.add_argument("--sections", default="operations,scale,contention,predecessor",
+                        help="comma-separated subset of: operations, scale, contention, predecessor")
+    parser.add_argument("--sizes", default=None, help="entry counts for the scale section (default 1k,100k,1M)")
+    args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
+        [1000, 100_000] if args.quick else [1000, 100_000, 1_000_000])
+    result: dict[str, Any] = {
+        "machine": f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+                   f"SQLite {sqlite3.sqlite_version}, {platform.platform()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    with tempfile.TemporaryDirectory(prefix="nameplate-bench-") as tmp:
+        work = Path(tmp)
+        result["operations"] = bench_operations(work, args.quick)
+        if "scale" in sections:
+            result["scale"] = bench_scale(work, sizes, args.quick)
+        if "contention" in sections:
+            result["contention"] = bench_contention(work, args.quick)
+        if "predecessor" in sections:
+            result["predecessor"] = bench_predecessor(work, args.quick)
+    result["targets"] = [{"target": t, "met": ok, "measured": d} for t, ok, d in targets(result)]
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print_report(result)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
