@@ -60,6 +60,8 @@ _LIST_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND k.name = ? 
 
 _WORKSPACE_ID = "SELECT id FROM workspace WHERE name = ?"
 _KIND_ROW = "SELECT id, name_pattern FROM kind WHERE name = ?"
+_WORKSPACE_AND_KIND = ("SELECT w.id, k.id, k.name_pattern FROM workspace AS w, kind AS k "
+                       "WHERE w.name = ? AND k.name = ?")
 _LOCAL_ROW = "SELECT pk, id, hidden FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ?"
 _INSERT_ENTRY = (
     "INSERT INTO entry (id, workspace_id, kind_id, name, hidden, metadata, capabilities, definition, target,"
@@ -248,17 +250,21 @@ class Store:
 
     def _create(self, tx: Tx, workspace: str, name: str, kind: str, metadata: dict[str, Any], now: float,
                 *, owner_session_id: str | None, ephemeral: bool) -> str:
-        workspace_id = self.workspace_id(tx, workspace)
-        kind_id = self.kind_id(tx, kind, name)
+        ids = tx.execute(_WORKSPACE_AND_KIND, (workspace, kind)).fetchone()
+        if ids is None or (ids[2] and not re.search(ids[2], name)):
+            self.workspace_id(tx, workspace)  # raises the precise error: unknown workspace or kind,
+            self.kind_id(tx, kind, name)  # or a name that breaks the kind's pattern
+        workspace_id, kind_id = ids[0], ids[1]
         metadata_text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         entry_id = str(ULID())
-        local = tx.execute(_LOCAL_ROW, (workspace_id, kind_id, name)).fetchone()
-        if local is not None:  # a tombstone of ours hid an inherited entry: the name is ours again
+        inserted = tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
+                                              owner_session_id, int(ephemeral))).rowcount
+        if not inserted:
+            # The name had no visible entry, yet a row of ours holds it: our tombstone hid an inherited
+            # entry. Resolving the name here makes it ours again, with a new id.
+            local = tx.execute(_LOCAL_ROW, (workspace_id, kind_id, name)).fetchone()
             tx.execute(_REVIVE_TOMBSTONE, (entry_id, metadata_text, now, now, now, owner_session_id,
                                            int(ephemeral), local[0]))
-        else:
-            tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
-                                       owner_session_id, int(ephemeral)))
         self.record(tx, "create", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
                     metadata=metadata, **({"ephemeral": True, "session": owner_session_id} if ephemeral else {}))
         return entry_id
