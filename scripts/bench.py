@@ -123,6 +123,10 @@ def bench_operations(work: Path, quick: bool) -> dict[str, Any]:
         for i in range(1000):
             registry.resolve(f"w{i}", "workcell")
         results["list_1k_of_one_kind"] = per_op(lambda i: registry.list("workcell"), 5, reps)
+        workcell = floor.execute("SELECT id FROM kind WHERE name = 'workcell'").fetchone()[0]
+        results["floor_list_1k"] = per_op(lambda i: floor.execute(
+            "SELECT * FROM entry WHERE kind_id = ? AND workspace_id = 1 ORDER BY name", (workcell,)).fetchall(),
+            5, reps)
         if hasattr(registry, "register"):
             results["register_validated"] = per_op(
                 lambda i: registry.register(f"Step{i}", "step", {"sagemaker_step_type": "Processing"}),
@@ -358,6 +362,8 @@ def print_report(result: dict[str, Any]) -> None:
     for key, value in ops.items():
         base = floor_insert if key in ("resolve_create", "floor_insert_commit", "register_validated",
                                        "acquire_release", "heartbeat") else floor_select
+        if key in ("list_1k_of_one_kind", "floor_list_1k"):
+            base = ops["floor_list_1k"]["median_us"]
         print(f"| {key} | {value['median_us']:.1f} | {ratio(value['median_us'], base):.1f}x |")
     if result.get("scale"):
         print("\n| entries | build s | lookup µs | floor select µs | resolve-create µs |\n|---:|---:|---:|---:|---:|")

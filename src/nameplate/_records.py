@@ -13,8 +13,19 @@ def utc(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def frozen_json(text: str | None) -> Mapping[str, Any] | None:
-    return None if text is None else MappingProxyType(json.loads(text))
+    if text is None:
+        return None
+    if text == "{}":  # most entries carry no metadata; skipping the parse halves a listing's decode
+        return _EMPTY
+    return MappingProxyType(json.loads(text))
+
+
+def string_set(text: str) -> frozenset[str]:
+    return frozenset() if text == "[]" else frozenset(json.loads(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 from ulid import ULID
 
 from ._backend import Backend, Tx
-from ._records import Entry, frozen_json, utc
+from ._records import Entry, frozen_json, string_set, utc
 from ._validation import check_name
 from .errors import (
     AmbiguousNameError,
@@ -82,7 +82,7 @@ def decode_entry(row: Sequence[Any]) -> Entry:
     """Build an :class:`Entry` from a row selected with :data:`ENTRY_COLUMNS`."""
     return Entry(
         id=row[1], name=row[2], kind=row[3], workspace=row[4],
-        metadata=frozen_json(row[5]), capabilities=frozenset(json.loads(row[6])),
+        metadata=frozen_json(row[5]), capabilities=string_set(row[6]),
         definition=frozen_json(row[7]), target=row[8],
         created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]),
     )
