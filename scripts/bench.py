@@ -305,15 +305,57 @@ def bench_predecessor(work: Path, quick: bool) -> dict[str, Any] | None:
         entries = {}
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         for i in range(size):
-            entries[f"n{i}"] = {"id": str(ULID()), "name": f"n{i}", "component_type": "node",
-                                "created_at": now, "last_seen": now, "metadata": {}}
-        manager.import_entries({"entries": entries} if hasattr(manager, "import_entries") else entries)
+            entries[f"n{i}"] = {"id": str(ULID()), "component_type": "node", "created_at": now,
+                                "last_seen": now, "metadata": {}}
+        manager.import_entries({"entries": entries})
         reps = 3
         n = 5 if size == 10_000 or quick else 20
         lookup = per_op(lambda i: manager.lookup(f"n{i % size}"), n, reps)
         create = per_op(lambda i: manager.resolve(f"madsci-new-{size}-{i}", "node", acquire_lock=False), n, reps)
-        results[str(size)] = {"lookup": lookup, "resolve_create": create}
+        race = run_madsci_race(path, processes=4, names=[f"race-{size}-{i}" for i in range(50)])
+        results[str(size)] = {"lookup": lookup, "resolve_create": create, "race_4_processes": race}
     return results
+
+
+def _madsci_racer(barrier: Any, results: Any, index: int, path: str, names: list[str]) -> None:
+    from madsci.common.registry.local_registry import LocalRegistryManager  # type: ignore[import-not-found]
+
+    manager = LocalRegistryManager(registry_path=Path(path))
+    order = list(names)
+    random.Random(index).shuffle(order)
+    seen: dict[str, str] = {}
+    errors: list[str] = []
+    barrier.wait(timeout=60)
+    started = time.perf_counter()
+    for name in order:
+        try:
+            seen[name] = manager.resolve(name, "node", acquire_lock=False)
+        except Exception as error:  # counted and reported
+            errors.append(repr(error))
+    results.put((index, {"seconds": time.perf_counter() - started, "seen": seen, "errors": errors}))
+
+
+def run_madsci_race(path: Path, processes: int, names: list[str]) -> dict[str, Any]:
+    """The predecessor's 4-process race: every process resolves the same new names in its own order."""
+    barrier = SPAWN.Barrier(processes)
+    queue = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_madsci_racer, args=(barrier, queue, i, str(path), names))
+             for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    outcomes = [queue.get(timeout=1800)[1] for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    ids: dict[str, set[str]] = {}
+    for outcome in outcomes:
+        for name, entry_id in outcome["seen"].items():
+            ids.setdefault(name, set()).add(entry_id)
+    seconds = max(o["seconds"] for o in outcomes)
+    total = sum(len(o["seen"]) + len(o["errors"]) for o in outcomes)
+    return {"processes": processes, "names": len(names), "seconds": seconds,
+            "per_resolve_ms": seconds / len(names) * 1e3, "throughput_per_s": total / seconds,
+            "errors": sum(len(o["errors"]) for o in outcomes),
+            "duplicates": sum(1 for v in ids.values() if len(v) > 1)}
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -377,9 +419,12 @@ def print_report(result: dict[str, Any]) -> None:
             print(f"| {row['processes']} | {row['throughput_per_s']:,.0f} | {row['p50_ms']:.2f} | "
                   f"{row['p99_ms']:.2f} | {row['max_ms']:.1f} | {row['errors']} | {row['duplicates']} |")
     if result.get("predecessor"):
-        print("\n| LocalRegistryManager | lookup µs | resolve-create µs |\n|---:|---:|---:|")
+        print("\n| LocalRegistryManager entries | lookup µs | resolve-create µs | 4-process race: resolves/s, "
+              "errors, duplicates |\n|---:|---:|---:|---|")
         for size, row in result["predecessor"].items():
-            print(f"| {int(size):,} | {row['lookup']['median_us']:,.0f} | {row['resolve_create']['median_us']:,.0f} |")
+            race = row["race_4_processes"]
+            print(f"| {int(size):,} | {row['lookup']['median_us']:,.0f} | {row['resolve_create']['median_us']:,.0f} | "
+                  f"{race['throughput_per_s']:,.1f}/s, {race['errors']} errors, {race['duplicates']} duplicates |")
     print("\nTargets:")
     for text, ok, detail in targets(result):
         print(f"- {'met' if ok else 'MISSED'}: {text} ({detail})")
