@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._lease import Lease
 from ._paths import Location
 from ._records import Entry, Event
+from ._session import HeldLease, Session, SessionInfo
 from .errors import (
     AmbiguousNameError,
     ConflictError,
@@ -60,6 +62,7 @@ __all__ = [
     "Entry",
     "EntryNotFoundError",
     "Event",
+    "HeldLease",
     "ImportFileError",
     "IntegrityProblemError",
     "InvalidInputError",
@@ -67,6 +70,7 @@ __all__ = [
     "InvalidNameError",
     "KindInUseError",
     "LeaseHeldError",
+    "Lease",
     "LeaseLost",
     "Location",
     "NameTakenError",
@@ -79,7 +83,9 @@ __all__ = [
     "RegistryBusyError",
     "RegistryClosedError",
     "SchemaTooNewError",
+    "Session",
     "SessionClosedError",
+    "SessionInfo",
     "SessionNotFoundError",
     "TargetImportError",
     "UnknownKindError",

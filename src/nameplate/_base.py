@@ -70,6 +70,10 @@ class RegistryBase:
         """The id of this registry's open session, if any (sessions mixin overrides)."""
         return None
 
+    def _before_entry_write(self, tx: Any, local: Any) -> None:
+        """Runs inside an entry write's transaction, before it changes the row (the leases mixin
+        refuses entries leased by another session)."""
+
     def _actor(self) -> tuple[str | None, str]:
         return self._session_id(), f"{os.getpid()}@{HOSTNAME}"
 

@@ -95,6 +95,7 @@ class LocalRow:
     kind_id: int
     kind: str
     workspace_id: int
+    workspace: str
 
 
 class Store:
@@ -189,16 +190,15 @@ class Store:
                 rows = tx.execute(_LIST_KIND, (workspace, kind)).fetchall()
         return [decode_entry(row) for row in rows]
 
-    def visible_local(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
-        """The visible entry ``name`` in ``workspace``, which must live in that very workspace (for writes)."""
+    def visible_row(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
+        """The entry ``name`` resolves to in ``workspace`` (possibly inherited), or a precise error."""
+        select = f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
         if kind is None:
-            rows = tx.execute(f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} "
-                              f"WHERE {VISIBLE} AND r.name = ?", (workspace, name)).fetchall()
+            rows = tx.execute(select, (workspace, name)).fetchall()
             if len(rows) > 1:
                 raise _ambiguous(name, workspace, [r[3] for r in rows])
         else:
-            rows = tx.execute(f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} "
-                              f"WHERE {VISIBLE} AND r.name = ? AND k.name = ?", (workspace, name, kind)).fetchall()
+            rows = tx.execute(select + " AND k.name = ?", (workspace, name, kind)).fetchall()
         if not rows:
             self.workspace_id(tx, workspace)
             if kind is not None:
@@ -208,12 +208,17 @@ class Store:
                                      "(list entries with `nameplate ls`)", name=name, kind=kind,
                                      workspace=workspace)
         pk, entry_id, kind_id, kind_name, ws_id, ws_name = rows[0]
-        if ws_name != workspace:
+        return LocalRow(int(pk), entry_id, int(kind_id), kind_name, int(ws_id), ws_name)
+
+    def visible_local(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
+        """The visible entry ``name`` in ``workspace``, which must live in that very workspace (for writes)."""
+        row = self.visible_row(tx, workspace, name, kind, verb)
+        if row.workspace != workspace:
             raise EntryNotFoundError(
-                f"{kind_name} {name!r} is inherited from workspace {ws_name!r}, not defined in {workspace!r}; "
-                f"{verb} it there (workspace={ws_name!r}) or hide it here with hide()",
-                name=name, kind=kind_name, workspace=workspace, defined_in=ws_name)
-        return LocalRow(int(pk), entry_id, int(kind_id), kind_name, int(ws_id))
+                f"{row.kind} {name!r} is inherited from workspace {row.workspace!r}, not defined in {workspace!r}; "
+                f"{verb} it there (workspace={row.workspace!r}) or hide it here with hide()",
+                name=name, kind=row.kind, workspace=workspace, defined_in=row.workspace)
+        return row
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -286,10 +291,13 @@ class Store:
                     metadata={"before": json.loads(stored), "after": json.loads(merged)})
         return True
 
-    def rename(self, workspace: str, old: str, new: str, kind: str | None) -> str:
+    def rename(self, workspace: str, old: str, new: str, kind: str | None,
+               guard: Callable[[Tx, LocalRow], None] | None = None) -> str:
         check_name(new, "new name")
         with self.backend.write() as tx:
             local = self.visible_local(tx, workspace, old, kind, "rename")
+            if guard is not None:
+                guard(tx, local)
             if new == old:
                 return local.id
             self.kind_id(tx, local.kind, new)

@@ -6,14 +6,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ._api_sessions import SessionsMixin
 from ._base import RegistryBase
+from ._lease import Lease
 from ._context import active_workspace
 from ._records import Entry
 from ._validation import check_kind_name, check_name, encode_object
-from .errors import EntryNotFoundError
+from .errors import EntryNotFoundError, InvalidInputError
 
 
-class Registry(RegistryBase):
+class Registry(SessionsMixin, RegistryBase):
     """An embedded registry shared by every process on this host that opens the same file.
 
     ``Registry()`` finds its database (see :attr:`location`), creates or upgrades it, and is safe to
@@ -45,7 +47,8 @@ class Registry(RegistryBase):
     # -- entries ---------------------------------------------------------------------------------
 
     def resolve(self, name: str, kind: str, metadata: Mapping[str, Any] | None = None, *,
-                workspace: str | None = None) -> str:
+                workspace: str | None = None, lock: bool = False, wait: float | None = None,
+                ephemeral: bool = False) -> str:
         """Return the ULID of ``name``, creating the entry in the workspace if no layer has it.
 
         The same ``(workspace, kind, name)`` gives the same id forever after, from any process. A name
@@ -55,12 +58,21 @@ class Registry(RegistryBase):
         keys are merged over the stored metadata (shallow: given keys win, other keys stay); when that
         changes nothing, the call writes nothing. Metadata of an inherited entry is left to its layer.
         Replace metadata wholesale with :meth:`update`.
+
+        ``lock=True`` also takes the entry's lease (as MADSci's ``resolve(..., acquire_lock=True)``):
+        :class:`LeaseHeldError` if another live process holds it (``wait=`` seconds to wait); get the
+        :class:`Lease` with :meth:`lease` and give it up with :meth:`release`. ``ephemeral=True`` ties a
+        newly created entry to this process's session: it is removed when the session ends.
         """
         ws = self._ws(workspace)
         check_name(name)
         check_kind_name(kind)
         meta = None if metadata is None else _validated(metadata)
-        return self._store.resolve(ws, name, kind, meta)
+        owner = self.session().id if ephemeral else None
+        entry_id = self._store.resolve(ws, name, kind, meta, owner_session_id=owner, ephemeral=ephemeral)
+        if lock:
+            self.acquire(name, kind, wait, workspace=ws)
+        return entry_id
 
     def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
         """The id of ``name``, or ``None``. Never writes, never takes a lock.
@@ -98,8 +110,13 @@ class Registry(RegistryBase):
         return self._store.list(ws, kind)
 
     def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
-               merge: bool = False, workspace: str | None = None) -> Entry:
-        """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace."""
+               merge: bool = False, lease: Lease | None = None, workspace: str | None = None) -> Entry:
+        """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace.
+
+        With ``lease=``, the write is fenced: inside its transaction the lease must still be this
+        process's, with the same token, else :class:`LeaseLost` and nothing is written. An entry leased
+        by another process cannot be changed (:class:`LeaseHeldError`).
+        """
         ws = self._ws(workspace)
         check_name(name)
         if kind is not None:
@@ -107,6 +124,11 @@ class Registry(RegistryBase):
         meta = _validated(metadata)
         with self._backend.write() as tx:
             local = self._store.visible_local(tx, ws, name, kind, "update")
+            if lease is not None:
+                if lease.entry_pk != local.pk:
+                    raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
+                                            name=name, lease_name=lease.name)
+                lease.fence(tx)
             self._before_entry_write(tx, local)
             self._store.update_metadata(tx, local, ws, name, meta, merge=merge)
             return self._store.entry_by_pk(tx, local.pk)
@@ -118,7 +140,7 @@ class Registry(RegistryBase):
         check_name(new, "new name")
         if kind is not None:
             check_kind_name(kind)
-        return self._store.rename(ws, old, new, kind)
+        return self._store.rename(ws, old, new, kind, guard=self._before_entry_write)
 
     def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
         """Remove an entry of this workspace and return what it was. The event log keeps its history."""
@@ -127,9 +149,6 @@ class Registry(RegistryBase):
         if kind is not None:
             check_kind_name(kind)
         return self._store.delete(ws, name, kind, guard=self._before_entry_write)
-
-    def _before_entry_write(self, tx: Any, local: Any) -> None:
-        """Hook run inside an entry write's transaction (the leases mixin refuses leased entries)."""
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,255 @@
+"""The Registry's sessions, leases and process-registry API (guarantees 3 and 4)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from ._base import RegistryBase
+from ._backend import Tx
+from ._lease import Delayed, Holder, Lease, try_acquire
+from ._liveness import verdict
+from ._records import Entry
+from ._session import HeldLease, Session, SessionInfo, default_label, list_leases, list_sessions, reap
+from ._store import ENTRY_COLUMNS, LocalRow, decode_entry
+from ._validation import check_kind_name, check_name
+from .errors import (
+    InvalidInputError,
+    LeaseHeldError,
+    NotLeaseHolderError,
+    SessionClosedError,
+)
+
+DEFAULT_TTL = 15.0
+DEFAULT_LOCK_DELAY = 15.0  # Consul's default lock-delay
+_FIRST_POLL = 0.01
+_MAX_POLL = 0.25
+
+
+class SessionsMixin(RegistryBase):
+    """Sessions (this process, alive), leases (exclusive and fenced) and the process registry."""
+
+    _session_obj: Session | None
+
+    def _known_options(self) -> set[str]:
+        return super()._known_options() | {"ttl", "lock_delay", "label"}
+
+    def _open_extensions(self) -> None:
+        super()._open_extensions()
+        self._ttl = _positive(self._options.get("ttl", DEFAULT_TTL), "ttl")
+        lock_delay = self._options.get("lock_delay", DEFAULT_LOCK_DELAY)
+        if not isinstance(lock_delay, (int, float)) or lock_delay < 0:
+            raise InvalidInputError(f"lock_delay must be a number of seconds >= 0 (0 disables), not {lock_delay!r}",
+                                    lock_delay=lock_delay)
+        self._lock_delay = float(lock_delay)
+        self._label = str(self._options.get("label") or default_label())
+        self._session_obj = None
+        self._session_lock = threading.Lock()
+
+    def _close_extensions(self) -> None:
+        session, self._session_obj = self._session_obj, None
+        try:
+            if session is not None:
+                session.close()
+        finally:
+            super()._close_extensions()
+
+    def _session_id(self) -> str | None:
+        session = self._session_obj
+        return session.id if session is not None and session.usable else None
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session(self, *, label: str | None = None, ttl: float | None = None, status: str = "starting",
+                info: Mapping[str, Any] | None = None) -> Session:
+        """This process's session, opened now if it has none (else the open one is returned as is).
+
+        Leases and ephemeral entries open it on demand; open it explicitly to choose the label, ttl and
+        first status, or to appear in ``sessions()`` before holding anything.
+        """
+        self._ws(None)  # refuses a closed registry
+        with self._session_lock:
+            current = self._session_obj
+            if current is not None and current.usable:
+                return current
+            if current is not None and not current.closed and current.pid == os.getpid():
+                current.close()  # lost: end it cleanly (it frees nothing it no longer holds)
+            self._session_obj = Session(
+                self._backend, self._store, label=label or self._label,
+                ttl=self._ttl if ttl is None else _positive(ttl, "ttl"), status=status, info=info or {},
+                lock_delay=self._lock_delay)
+            return self._session_obj
+
+    def sessions(self, alive: bool = True) -> list[SessionInfo]:
+        """Processes registered here: live ones (judged now) or, with ``alive=False``, all on record."""
+        self._ws(None)
+        with self._backend.read() as tx:
+            return list_sessions(tx, alive=alive)
+
+    def reap(self) -> list[str]:
+        """End sessions whose process is gone or whose heartbeat stopped; return their ids."""
+        self._ws(None)
+        return reap(self._backend, self._store, lock_delay=self._lock_delay)
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
+
+        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
+        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
+        lock-delay for ``lock_delay`` seconds. Acquiring a lease this session already holds returns it.
+        """
+        ws = self._ws(workspace)
+        check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
+        if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
+            raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
+        deadline = None if wait is None else time.monotonic() + wait
+        poll = _FIRST_POLL
+        while True:
+            session = self.session()
+            with self._backend.write() as tx:
+                row = self._store.visible_row(tx, ws, name, kind, "lease")
+                mine = session.held(row.pk)
+                if mine is not None and mine.held:
+                    return mine
+                outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id, name=name,
+                                      kind=row.kind, workspace=row.workspace, releaser=self._release_lease,
+                                      on_lost=on_lost)
+            if isinstance(outcome, Lease):
+                session.track(outcome)
+                return outcome
+            if outcome is None:  # our session was ended under us: the next round opens a new one
+                session._mark_lost("the session was ended by another process")
+                continue
+            if isinstance(outcome, Holder) and outcome.session_id != session.id and verdict(outcome.owner):
+                reap(self._backend, self._store, lock_delay=self._lock_delay, only=outcome.session_id)
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is None or remaining <= 0:
+                raise _held_error(name, row, outcome, wait)
+            time.sleep(min(poll, remaining))
+            poll = min(poll * 2, _MAX_POLL)
+
+    def _release_lease(self, lease: Lease) -> bool:
+        if lease.released or lease.lost:
+            return False
+        session = self._session_obj
+        with self._backend.write() as tx:
+            gone = tx.execute("DELETE FROM lease WHERE entry_pk = ? AND session_id = ? AND token = ?",
+                              (lease.entry_pk, lease.session_id, lease.token)).rowcount
+            if gone:
+                self._store.record(tx, "lease.release", workspace=lease.workspace, kind=lease.kind,
+                                   name=lease.name, entry_id=lease.entry_id, token=lease.token,
+                                   session=lease.session_id)
+        if session is not None:
+            session.forget(lease)
+        if not gone:
+            lease.mark_lost("the lease was already gone when released (expired or released by force)")
+            return False
+        lease.mark_released()
+        return True
+
+    def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
+        """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
+        ws = self._ws(workspace)
+        session = self._session_obj
+        if session is None or not session.usable:
+            return None
+        with self._backend.read() as tx:
+            row = self._store.visible_row(tx, ws, name, kind, "find the lease of")
+        held = session.held(row.pk)
+        return held if held is not None and held.held else None
+
+    def release(self, name: str, kind: str | None = None, *, force: bool = False,
+                workspace: str | None = None) -> bool:
+        """Release the lease on ``name``; return False if nobody held it.
+
+        Only the holder may release; an operator passes ``force=True`` to break anyone's lease (logged
+        as a ``lease.break`` event; the holder finds out at its next beat, check or fenced write).
+        """
+        ws = self._ws(workspace)
+        check_name(name)
+        own = self.lease(name, kind, workspace=ws)
+        if own is not None:
+            return own.release()
+        with self._backend.write() as tx:
+            row = self._store.visible_row(tx, ws, name, kind, "release")
+            holder = tx.execute("SELECT l.session_id, l.token, s.pid, s.hostname, s.label FROM lease AS l "
+                                "JOIN session AS s ON s.id = l.session_id WHERE l.entry_pk = ?", (row.pk,)).fetchone()
+            if holder is None:
+                return False
+            if not force:
+                raise NotLeaseHolderError(
+                    f"{row.kind} {name!r} is held by pid {holder[2]} on {holder[3]} ({holder[4]}), not by this "
+                    "process; only the holder releases (operators: release(..., force=True) or "
+                    "`nameplate release --force`)", name=name, kind=row.kind, holder_session=holder[0])
+            tx.execute("DELETE FROM lease WHERE entry_pk = ?", (row.pk,))
+            self._store.record(tx, "lease.break", workspace=row.workspace, kind=row.kind, name=name,
+                               entry_id=row.id, token=int(holder[1]), session=holder[0], holder_pid=int(holder[2]),
+                               holder_host=holder[3])
+        return True
+
+    def locks(self) -> list[HeldLease]:
+        """Every lease currently held, in every workspace."""
+        self._ws(None)
+        with self._backend.read() as tx:
+            return list_leases(tx)
+
+    def _before_entry_write(self, tx: Tx, local: LocalRow) -> None:
+        held = tx.execute("SELECT l.session_id, s.pid, s.hostname, s.label FROM lease AS l JOIN session AS s "
+                          "ON s.id = l.session_id WHERE l.entry_pk = ?", (local.pk,)).fetchone()
+        if held is not None and held[0] != self._session_id():
+            raise LeaseHeldError(
+                f"{local.kind} {local.id} is leased by pid {held[1]} on {held[2]} ({held[3]}); only the holder "
+                "may change it (wait for its release, or break it with release(..., force=True))",
+                holder={"session": held[0], "pid": int(held[1]), "host": held[2], "label": held[3]})
+
+    # -- stale entries ---------------------------------------------------------------------------
+
+    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> list[Entry]:
+        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them."""
+        self._ws(None)
+        if not isinstance(older_than, timedelta) or older_than.total_seconds() <= 0:
+            raise InvalidInputError(f"older_than must be a positive timedelta, not {older_than!r}",
+                                    older_than=str(older_than))
+        cutoff = time.time() - older_than.total_seconds()
+        select = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+                  "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.hidden = 0 AND r.last_seen_at < ? "
+                  "AND NOT EXISTS (SELECT 1 FROM lease AS l WHERE l.entry_pk = r.pk) ORDER BY w.name, k.name, r.name")
+        if dry_run:
+            with self._backend.read() as tx:
+                return [decode_entry(row) for row in tx.execute(select, (cutoff,)).fetchall()]
+        with self._backend.write() as tx:
+            rows = tx.execute(select, (cutoff,)).fetchall()
+            for row in rows:
+                tx.execute("DELETE FROM entry WHERE pk = ?", (row[0],))
+                self._store.record(tx, "delete", workspace=row[4], kind=row[3], name=row[2], entry_id=row[1],
+                                   reason=f"stale: not seen for over {older_than}")
+        return [decode_entry(row) for row in rows]
+
+
+def _positive(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise InvalidInputError(f"{what} must be a positive number of seconds, not {value!r}", **{what: value})
+    return float(value)
+
+
+def _held_error(name: str, row: LocalRow, outcome: Holder | Delayed, wait: float | None) -> LeaseHeldError:
+    waited = "" if wait is None else f" after waiting {wait:g} s"
+    if isinstance(outcome, Delayed):
+        return LeaseHeldError(
+            f"{row.kind} {name!r} is in lock-delay for {outcome.seconds:.1f} s more{waited}: its last holder's "
+            "session expired (it may be hung, not dead); retry later or pass wait=", name=name, holder=None,
+            delay_remaining=outcome.seconds)
+    holder = outcome.describe()
+    return LeaseHeldError(
+        f"{row.kind} {name!r} is held by pid {holder['pid']} on {holder['host']} ({holder['label']}) since "
+        f"{holder['since']}{waited}; pass wait=seconds to wait for it", name=name, holder=holder)

@@ -1,0 +1,172 @@
+"""Leases: an exclusive, fenced hold on an entry by a session.
+
+The fencing token is the entry's ``fence`` counter, bumped by one in the acquiring transaction, so it
+grows at every acquisition of that entry and is never reused (Consul's LockIndex, ZooKeeper's zxid).
+A write made under a lease checks ``(entry, session, token)`` against the lease row inside its own
+transaction: a holder that lost its lease cannot write, whatever its clocks say.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._backend import Tx
+from ._liveness import Owner, delay_active
+from ._records import utc
+from .errors import LeaseLost
+
+if TYPE_CHECKING:
+    from ._session import Session
+    from ._store import Store
+
+_HOLDER = ("SELECT l.session_id, l.token, l.acquired_at, s.pid, s.hostname, s.boot_id, s.process_start, s.ttl,"
+           " s.beat_at, s.beat_mono, s.label FROM lease AS l JOIN session AS s ON s.id = l.session_id"
+           " WHERE l.entry_pk = ?")
+_DELAY = "SELECT until_mono, boot_id, until_wall FROM lock_delay WHERE entry_pk = ?"
+_BUMP_FENCE = "UPDATE entry SET fence = fence + 1 WHERE pk = ? RETURNING fence"
+_INSERT_LEASE = "INSERT INTO lease (entry_pk, session_id, token, acquired_at) VALUES (?, ?, ?, ?)"
+_CLEAR_DELAY = "DELETE FROM lock_delay WHERE entry_pk = ?"
+_FENCE_CHECK = ("SELECT 1 FROM lease AS l JOIN session AS s ON s.id = l.session_id WHERE l.entry_pk = ?"
+                " AND l.session_id = ? AND l.token = ? AND s.state = 'live'")
+_SESSION_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
+
+
+class Lease:
+    """An exclusive hold on one entry. Use as a context manager, or call :meth:`release`.
+
+    ``token`` is the fencing token. ``lost`` becomes true the moment the heartbeat thread (or any
+    check) finds the lease gone; ``lost_event`` can be waited on, and ``on_lost`` (if given) is
+    called once from the thread that noticed. :meth:`check` raises :class:`LeaseLost` when lost.
+    """
+
+    def __init__(self, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str, workspace: str,
+                 token: int, acquired_at: float, releaser: Callable[[Lease], bool],
+                 on_lost: Callable[[Lease], Any] | None = None) -> None:
+        self._session = session
+        self._releaser = releaser
+        self.entry_pk = entry_pk
+        self.entry_id = entry_id
+        self.name = name
+        self.kind = kind
+        self.workspace = workspace
+        self.token = token
+        self.acquired_at = utc(acquired_at)
+        self.on_lost = on_lost
+        self.lost_event = threading.Event()
+        self.lost_reason: str | None = None
+        self.released = False
+        self._notify_lock = threading.Lock()
+
+    @property
+    def session_id(self) -> str:
+        return self._session.id
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_event.is_set()
+
+    @property
+    def held(self) -> bool:
+        """True while neither released nor lost (as far as this process knows; :meth:`check` asks the db)."""
+        return not self.released and not self.lost
+
+    def mark_lost(self, reason: str) -> None:
+        with self._notify_lock:
+            if self.released or self.lost_event.is_set():
+                return
+            self.lost_reason = reason
+            self.lost_event.set()
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def mark_released(self) -> None:
+        self.released = True
+
+    def _lost_error(self) -> LeaseLost:
+        return LeaseLost(f"lease on {self.kind} {self.name!r} (token {self.token}) is lost: {self.lost_reason}; "
+                         "stop acting on it and acquire again", name=self.name, kind=self.kind, token=self.token,
+                         reason=self.lost_reason)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless the database still shows this exact lease on a live session."""
+        if self.released:
+            raise LeaseLost(f"lease on {self.kind} {self.name!r} (token {self.token}) was released; acquire again",
+                            name=self.name, kind=self.kind, token=self.token, reason="released")
+        if not self.lost:
+            row = self._session._backend.query_one(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token))
+            if row is None:
+                self.mark_lost("the database no longer shows this lease (expired, reaped or released by force)")
+        if self.lost:
+            raise self._lost_error()
+
+    def fence(self, tx: Tx) -> None:
+        """Inside a write transaction: raise :class:`LeaseLost` (rolling it back) unless still held."""
+        if self.released or self.lost:
+            self.check()
+        if tx.execute(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token)).fetchone() is None:
+            self.mark_lost("the database no longer shows this lease (expired, reaped or released by force)")
+            raise self._lost_error()
+
+    def release(self) -> bool:
+        """Give the lease up; return False if it had already been released or lost."""
+        return self._releaser(self)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else ("lost" if self.lost else "held")
+        return f"<Lease {self.kind} {self.name!r} token={self.token} {state}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lease another session asked for."""
+
+    session_id: str
+    token: int
+    acquired_at: float
+    owner: Owner
+    label: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"session": self.session_id, "pid": self.owner.pid, "host": self.owner.hostname,
+                "label": self.label, "since": utc(self.acquired_at).isoformat(), "token": self.token}
+
+
+@dataclass(frozen=True, slots=True)
+class Delayed:
+    seconds: float
+
+
+def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str,
+                workspace: str, releaser: Callable[[Lease], bool],
+                on_lost: Callable[[Lease], Any] | None) -> Lease | Holder | Delayed | None:
+    """One attempt inside a write transaction. ``None`` means our own session is no longer live."""
+    if tx.execute(_SESSION_LIVE, (session.id,)).fetchone() is None:
+        return None
+    held = tx.execute(_HOLDER, (entry_pk,)).fetchone()
+    if held is not None:
+        owner = Owner(pid=int(held[3]), hostname=held[4], boot_id=held[5], process_start=float(held[6]),
+                      ttl=float(held[7]), beat_at=float(held[8]), beat_mono=float(held[9]))
+        return Holder(held[0], int(held[1]), float(held[2]), owner, held[10])
+    delay = tx.execute(_DELAY, (entry_pk,)).fetchone()
+    if delay is not None:
+        remaining = delay_active(float(delay[0]), delay[1], float(delay[2]))
+        if remaining > 0:
+            return Delayed(remaining)
+    token = int(tx.execute(_BUMP_FENCE, (entry_pk,)).fetchone()[0])
+    now = time.time()
+    tx.execute(_INSERT_LEASE, (entry_pk, session.id, token, now))
+    tx.execute(_CLEAR_DELAY, (entry_pk,))
+    store.record(tx, "lease.acquire", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
+                 token=token, session=session.id)
+    return Lease(session, entry_pk=entry_pk, entry_id=entry_id, name=name, kind=kind, workspace=workspace,
+                 token=token, acquired_at=now, releaser=releaser, on_lost=on_lost)

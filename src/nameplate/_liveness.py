@@ -1,0 +1,84 @@
+"""Is a session's owner still there? Process identity, boot identity and clocks.
+
+A session on this host is judged by its process: the pid must exist, not be a zombie, and have the
+same start time (counted from boot, so a wall-clock step does not change it) — a pid reused by an
+unrelated process fails that test. A live process that stopped beating expires after its ttl, measured
+on CLOCK_MONOTONIC (``time.monotonic()``): system-wide, untouched by NTP steps, and paused while a VM
+is suspended, so a resumed VM does not steal live leases. Monotonic readings only compare within one
+boot, hence the boot id next to them. Sessions of other hosts fall back to the wall clock.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+HOSTNAME = socket.gethostname()
+#: Start times are kept in clock ticks (0.01 s); a little more absorbs the float round trip.
+START_TOLERANCE = 0.05
+
+
+def _read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        # Not Linux: the boot time is the next best identity of this boot (coarse, second resolution).
+        return f"boot-{int(psutil.boot_time())}"
+
+
+BOOT_ID = _read_boot_id()
+
+
+def process_start(pid: int) -> float | None:
+    """Seconds from boot to the start of ``pid``; ``None`` if it is gone or a zombie."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time() - psutil.boot_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return float("nan")  # exists but unreadable: treated as alive (see verdict)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The columns of a session row that liveness is judged on."""
+
+    pid: int
+    hostname: str
+    boot_id: str
+    process_start: float
+    ttl: float
+    beat_at: float
+    beat_mono: float
+
+
+def verdict(owner: Owner, *, now_wall: float | None = None, now_mono: float | None = None) -> str | None:
+    """``None`` if the session may live on, else ``"dead"`` (owner proven gone) or ``"expired"`` (ttl)."""
+    now_wall = time.time() if now_wall is None else now_wall
+    now_mono = time.monotonic() if now_mono is None else now_mono
+    if owner.hostname != HOSTNAME:
+        return "expired" if now_wall - owner.beat_at > owner.ttl else None
+    if owner.boot_id != BOOT_ID:
+        return "dead"  # this host rebooted since the session began
+    start = process_start(owner.pid)
+    if start is None:
+        return "dead"
+    if start == start and abs(start - owner.process_start) > START_TOLERANCE:  # NaN: access denied
+        return "dead"  # the pid now belongs to another process
+    if now_mono - owner.beat_mono > owner.ttl:
+        return "expired"
+    return None
+
+
+def delay_active(until_mono: float, boot_id: str, until_wall: float) -> float:
+    """Seconds left in a lock-delay (0 if over), on the monotonic clock when it was set in this boot."""
+    if boot_id == BOOT_ID:
+        return max(0.0, until_mono - time.monotonic())
+    return max(0.0, until_wall - time.time())

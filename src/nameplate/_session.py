@@ -1,0 +1,394 @@
+"""Sessions: one live process each, kept alive by a heartbeat thread, reaped when its owner is gone.
+
+A session owns leases and ephemeral entries. Ending it (close, proven death, ttl expiry) frees both
+in one transaction, with an event for each. Liveness checks read ``/proc`` through psutil, so they run
+outside any transaction; the write that follows only applies if the session did not beat meanwhile
+(``beats`` unchanged), so a judgement never outlives the facts it was made on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from ulid import ULID
+
+from ._backend import Backend, Tx
+from ._liveness import BOOT_ID, HOSTNAME, Owner, process_start, verdict
+from ._records import utc
+from ._validation import encode_object
+from .errors import NameplateError, SessionClosedError
+
+if TYPE_CHECKING:
+    from ._lease import Lease
+    from ._store import Store
+
+log = logging.getLogger("nameplate.session")
+
+_SESSION_OWNER_COLUMNS = "id, pid, hostname, boot_id, process_start, ttl, beat_at, beat_mono, beats"
+_BEAT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1 WHERE id = ? AND state = 'live'")
+_BEAT_WITH_REPORT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1, status = ?, info = ? "
+                     "WHERE id = ? AND state = 'live'")
+_HELD_TOKENS = "SELECT entry_pk, token FROM lease WHERE session_id = ?"
+_INSERT_SESSION = (
+    "INSERT INTO session (id, pid, hostname, boot_id, process_start, label, ttl, status, info, state, started_at,"
+    " beat_at, beat_mono, beats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?, ?, 0)")
+
+_live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease as listed by ``locks()`` and ``sessions()``."""
+
+    entry_id: str
+    name: str
+    kind: str
+    workspace: str
+    token: int
+    session_id: str
+    acquired_at: datetime
+    pid: int
+    hostname: str
+    label: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entry_id": self.entry_id, "name": self.name, "kind": self.kind, "workspace": self.workspace,
+                "token": self.token, "session_id": self.session_id, "acquired_at": self.acquired_at.isoformat(),
+                "pid": self.pid, "hostname": self.hostname, "label": self.label}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One process as the process registry knows it. ``alive`` is judged now, not just read."""
+
+    id: str
+    pid: int
+    hostname: str
+    label: str
+    ttl: float
+    status: str
+    info: Mapping[str, Any]
+    state: str
+    alive: bool
+    started_at: datetime
+    last_beat_at: datetime
+    beats: int
+    ended_at: datetime | None
+    end_reason: str | None
+    leases: tuple[HeldLease, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "pid": self.pid, "hostname": self.hostname, "label": self.label, "ttl": self.ttl,
+                "status": self.status, "info": dict(self.info), "state": self.state, "alive": self.alive,
+                "started_at": self.started_at.isoformat(), "last_beat_at": self.last_beat_at.isoformat(),
+                "beats": self.beats, "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+                "end_reason": self.end_reason, "leases": [lease.to_dict() for lease in self.leases]}
+
+
+_LEASE_LIST = (
+    "SELECT e.id, e.name, k.name, w.name, l.token, l.session_id, l.acquired_at, s.pid, s.hostname, s.label "
+    "FROM lease AS l JOIN entry AS e ON e.pk = l.entry_pk JOIN kind AS k ON k.id = e.kind_id "
+    "JOIN workspace AS w ON w.id = e.workspace_id JOIN session AS s ON s.id = l.session_id")
+
+
+def list_leases(tx: Tx, session_id: str | None = None) -> list[HeldLease]:
+    sql = _LEASE_LIST + (" WHERE l.session_id = ?" if session_id else "") + " ORDER BY k.name, e.name"
+    rows = tx.execute(sql, (session_id,) if session_id else ()).fetchall()
+    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], utc(r[6]), int(r[7]), r[8], r[9]) for r in rows]
+
+
+def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
+    rows = tx.execute(
+        "SELECT id, pid, hostname, boot_id, process_start, ttl, beat_at, beat_mono, beats, label, status, info, "
+        "state, started_at, ended_at, end_reason FROM session "
+        + ("WHERE state = 'live' " if alive else "") + "ORDER BY started_at").fetchall()
+    leases: dict[str, list[HeldLease]] = {}
+    for lease in list_leases(tx):
+        leases.setdefault(lease.session_id, []).append(lease)
+    result = []
+    for r in rows:
+        is_alive = r[12] == "live" and verdict(_owner(r)) is None
+        if alive and not is_alive:
+            continue
+        result.append(SessionInfo(
+            id=r[0], pid=int(r[1]), hostname=r[2], label=r[9], ttl=float(r[5]), status=r[10],
+            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=utc(r[13]),
+            last_beat_at=utc(r[6]), beats=int(r[8]), ended_at=utc(r[14]), end_reason=r[15],
+            leases=tuple(leases.get(r[0], ()))))
+    return result
+
+
+def _owner(row: Any) -> Owner:
+    return Owner(pid=int(row[1]), hostname=row[2], boot_id=row[3], process_start=float(row[4]),
+                 ttl=float(row[5]), beat_at=float(row[6]), beat_mono=float(row[7]))
+
+
+def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reason: str,
+                     lock_delay: float) -> int:
+    """Free a session's leases and ephemeral entries and mark it ended; return the leases freed."""
+    now_wall, now_mono = time.time(), time.monotonic()
+    leases = tx.execute(
+        "SELECT l.entry_pk, l.token, e.id, e.name, k.name, w.name FROM lease AS l "
+        "JOIN entry AS e ON e.pk = l.entry_pk JOIN kind AS k ON k.id = e.kind_id "
+        "JOIN workspace AS w ON w.id = e.workspace_id WHERE l.session_id = ?", (session_id,)).fetchall()
+    action = {"closed": "lease.release", "expired": "lease.expire", "dead": "lease.free"}[state]
+    for entry_pk, token, entry_id, name, kind, workspace in leases:
+        tx.execute("DELETE FROM lease WHERE entry_pk = ?", (entry_pk,))
+        if lock_delay > 0:
+            # The owner may be hung rather than dead: keep the entry unclaimable for a while so a
+            # holder that wakes up cannot overlap with the next one before it notices its loss.
+            tx.execute("INSERT INTO lock_delay (entry_pk, until_wall, until_mono, boot_id) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (entry_pk) DO UPDATE SET until_wall = excluded.until_wall, "
+                       "until_mono = excluded.until_mono, boot_id = excluded.boot_id",
+                       (entry_pk, now_wall + lock_delay, now_mono + lock_delay, BOOT_ID))
+        store.record(tx, action, workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now_wall,
+                     token=int(token), session=session_id, reason=reason,
+                     **({"lock_delay": lock_delay} if lock_delay > 0 else {}))
+    ephemeral = tx.execute(
+        "SELECT e.pk, e.id, e.name, k.name, w.name FROM entry AS e JOIN kind AS k ON k.id = e.kind_id "
+        "JOIN workspace AS w ON w.id = e.workspace_id WHERE e.owner_session_id = ? AND e.ephemeral = 1",
+        (session_id,)).fetchall()
+    for pk, entry_id, name, kind, workspace in ephemeral:
+        tx.execute("DELETE FROM entry WHERE pk = ?", (pk,))
+        store.record(tx, "delete", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now_wall,
+                     reason=f"ephemeral entry of session {session_id} ({state})")
+    tx.execute("UPDATE session SET state = ?, ended_at = ?, end_reason = ? WHERE id = ?",
+               (state, now_wall, reason, session_id))
+    return len(leases)
+
+
+def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None = None) -> list[str]:
+    """End every live session whose owner is dead or whose ttl ran out; return their ids."""
+    sql = f"SELECT {_SESSION_OWNER_COLUMNS} FROM session WHERE state = 'live'" + (" AND id = ?" if only else "")
+    rows = backend.query_all(sql, (only,) if only else ())
+    doomed = [(row, judged) for row in rows if (judged := verdict(_owner(row))) is not None]
+    if not doomed:
+        return []
+    reaped = []
+    with backend.write() as tx:
+        for row, judged in doomed:
+            session_id, beats = row[0], row[8]
+            still = tx.execute("SELECT 1 FROM session WHERE id = ? AND state = 'live' AND beats = ?",
+                               (session_id, beats)).fetchone()
+            if still is None:
+                continue  # it beat (or was reaped) since we judged it: the judgement is stale
+            reason = (f"owner pid {row[1]} on {row[2]} is gone" if judged == "dead"
+                      else f"no heartbeat for over {float(row[5]):g} s")
+            freed = end_session_rows(tx, store, session_id, state=judged, reason=reason,
+                                     lock_delay=lock_delay if judged == "expired" else 0.0)
+            store.record(tx, "session.reap", session=session_id, state=judged, reason=reason, leases_freed=freed,
+                         pid=int(row[1]), hostname=row[2])
+            reaped.append(session_id)
+    return reaped
+
+
+class Session:
+    """This process's session in one registry. Obtain it with ``registry.session()``.
+
+    A daemon thread renews it about every ``ttl / 3`` seconds. ``lost`` is set (and every lease's
+    ``lost`` with it) the moment a beat finds the session ended by someone else. ``report()`` updates
+    status and info at once. ``close()`` (also run by ``registry.close()`` and at interpreter exit)
+    releases the leases, removes the ephemeral entries and stops the thread.
+    """
+
+    def __init__(self, backend: Backend, store: Store, *, label: str, ttl: float, status: str,
+                 info: Mapping[str, Any], lock_delay: float) -> None:
+        self._backend = backend
+        self._store = store
+        self.id = str(ULID())
+        self.label = label
+        self.ttl = float(ttl)
+        self.pid = os.getpid()
+        self.lock_delay = lock_delay
+        self.status = status
+        self.info: dict[str, Any] = dict(info)
+        self.lost = threading.Event()
+        self.lost_reason: str | None = None
+        self.last_error: BaseException | None = None
+        self._closed = False
+        self._leases: dict[int, Lease] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        start = process_start(self.pid)
+        if start is None or start != start:
+            raise NameplateError(f"cannot read this process's start time (pid {self.pid}); psutil needs /proc")
+        now_wall, now_mono = time.time(), time.monotonic()
+        info_text = encode_object(self.info, "info")
+        with backend.write() as tx:
+            tx.execute(_INSERT_SESSION, (self.id, self.pid, HOSTNAME, BOOT_ID, start, label, self.ttl, status,
+                                         info_text, now_wall, now_wall, now_mono))
+            store.record(tx, "session.open", session=self.id, label=label, ttl=self.ttl, pid=self.pid,
+                         hostname=HOSTNAME)
+        self._thread = threading.Thread(target=self._run, name=f"nameplate-heartbeat-{self.id[-6:]}", daemon=True)
+        self._thread.start()
+        _live_sessions.add(self)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and not self.lost.is_set() and self.pid == os.getpid()
+
+    @property
+    def heartbeat_thread(self) -> threading.Thread:
+        return self._thread
+
+    def leases(self) -> list[Lease]:
+        with self._lock:
+            return list(self._leases.values())
+
+    def track(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases[lease.entry_pk] = lease
+
+    def forget(self, lease: Lease) -> None:
+        with self._lock:
+            if self._leases.get(lease.entry_pk) is lease:
+                del self._leases[lease.entry_pk]
+
+    def held(self, entry_pk: int) -> Lease | None:
+        with self._lock:
+            return self._leases.get(entry_pk)
+
+    # -- heartbeat -------------------------------------------------------------------------------
+
+    def beat(self) -> bool:
+        """Renew now; return False (and mark everything lost) if the session was ended by someone else."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.id} is closed; open a new one with registry.session()")
+        if self.lost.is_set():
+            return False
+        with self._backend.write() as tx:
+            renewed = tx.execute(_BEAT, (time.time(), time.monotonic(), self.id)).rowcount
+            tokens = dict(tx.execute(_HELD_TOKENS, (self.id,)).fetchall()) if renewed else {}
+        if not renewed:
+            self._mark_lost("the session was ended by another process (expired or reaped)")
+            return False
+        with self._lock:
+            gone = [lease for pk, lease in self._leases.items() if tokens.get(pk) != lease.token]
+        for lease in gone:
+            lease.mark_lost("the lease row is gone or carries another token (released by force?)")
+            self.forget(lease)
+        return True
+
+    def report(self, status: str | None = None, **info: Any) -> None:
+        """Set status and merge ``info`` (JSON values), written at once and carried by later beats."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.id} is closed; open a new one with registry.session()")
+        merged = {**self.info, **info}
+        info_text = encode_object(merged, "info")
+        new_status = self.status if status is None else str(status)
+        with self._backend.write() as tx:
+            renewed = tx.execute(_BEAT_WITH_REPORT, (time.time(), time.monotonic(), new_status, info_text,
+                                                     self.id)).rowcount
+        if not renewed:
+            self._mark_lost("the session was ended by another process (expired or reaped)")
+            raise SessionClosedError(f"session {self.id} was ended by another process ({self.lost_reason}); "
+                                     "open a new one with registry.session()")
+        self.status, self.info = new_status, merged
+
+    def _run(self) -> None:
+        interval = self.ttl / 3
+        beats = 0
+        while not self._stop.wait(interval):
+            try:
+                if not self.beat():
+                    return
+                beats += 1
+                if beats % 3 == 0:  # about once per ttl, free what dead processes left behind
+                    reap(self._backend, self._store, lock_delay=self.lock_delay)
+            except NameplateError as error:
+                # A busy or unreachable database: keep trying until the ttl says otherwise. The
+                # failure is kept for inspection and logged, never swallowed silently.
+                self.last_error = error
+                log.warning("nameplate heartbeat of session %s failed: %s", self.id, error)
+
+    def _mark_lost(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+        for lease in self.leases():
+            lease.mark_lost(reason)
+        with self._lock:
+            self._leases.clear()
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release everything the session holds, mark it closed, stop the heartbeat thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        _live_sessions.discard(self)
+        if self.pid != os.getpid():
+            return  # a forked child never ends its parent's session
+        leases = self.leases()
+        try:
+            if not self.lost.is_set():
+                with self._backend.write() as tx:
+                    still = tx.execute("SELECT 1 FROM session WHERE id = ? AND state = 'live'", (self.id,)).fetchone()
+                    if still is not None:
+                        end_session_rows(tx, self._store, self.id, state="closed", reason="closed by its owner",
+                                         lock_delay=0.0)
+                        self._store.record(tx, "session.close", session=self.id)
+        finally:
+            for lease in leases:
+                lease.mark_released()
+            with self._lock:
+                self._leases.clear()
+
+    def _abandon_after_fork(self) -> None:
+        """In a forked child: this session is the parent's. Stop using it; touch nothing in the database."""
+        self._closed = True
+        self.lost_reason = "this process is a fork of the session's owner; the session stays with the parent"
+        for lease in self.leases():
+            lease.mark_lost(self.lost_reason)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("lost" if self.lost.is_set() else "live")
+        return f"<Session {self.id} {self.label!r} pid={self.pid} ttl={self.ttl:g} {state}>"
+
+
+def _after_fork_in_child() -> None:
+    for session in list(_live_sessions):
+        session._abandon_after_fork()
+    _live_sessions.clear()
+
+
+def _close_at_exit() -> None:
+    for session in list(_live_sessions):
+        if session.pid == os.getpid():
+            try:
+                session.close()
+            except NameplateError as error:  # the database went away first: nothing left to free
+                print(f"nameplate: could not close session {session.id} at exit: {error}", file=sys.stderr)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)
+
+
+def default_label() -> str:
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return f"{argv0}[{os.getpid()}]"
+
+
+OnLost = Callable[["Lease"], None]
