@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._api_workspaces import Registration
+from ._kind_schema import Kind
+from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
 from ._paths import Location
 from ._records import Entry, Event
@@ -57,28 +60,34 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AmbiguousNameError",
+    "Conflict",
     "ConflictError",
     "DatabaseError",
+    "Diff",
     "Entry",
     "EntryNotFoundError",
     "Event",
+    "Explanation",
     "HeldLease",
     "ImportFileError",
     "IntegrityProblemError",
     "InvalidInputError",
     "InvalidMetadataError",
     "InvalidNameError",
+    "Kind",
     "KindInUseError",
-    "LeaseHeldError",
+    "Layer",
     "Lease",
+    "LeaseHeldError",
     "LeaseLost",
     "Location",
-    "NameTakenError",
     "NameplateError",
+    "NameTakenError",
     "NetworkFilesystemError",
     "NoMatchError",
     "NotFoundError",
     "NotLeaseHolderError",
+    "Registration",
     "Registry",
     "RegistryBusyError",
     "RegistryClosedError",
@@ -93,5 +102,6 @@ __all__ = [
     "UnknownWorkspaceError",
     "ValidationError",
     "WorkspaceError",
+    "WorkspaceInfo",
     "__version__",
 ]

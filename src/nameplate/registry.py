@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._api_sessions import SessionsMixin
+from ._api_workspaces import WorkspacesMixin
 from ._base import RegistryBase
 from ._lease import Lease
 from ._context import active_workspace
@@ -15,7 +16,7 @@ from ._validation import check_kind_name, check_name, encode_object
 from .errors import EntryNotFoundError, InvalidInputError
 
 
-class Registry(SessionsMixin, RegistryBase):
+class Registry(WorkspacesMixin, SessionsMixin, RegistryBase):
     """An embedded registry shared by every process on this host that opens the same file.
 
     ``Registry()`` finds its database (see :attr:`location`), creates or upgrades it, and is safe to

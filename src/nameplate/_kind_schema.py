@@ -1,0 +1,246 @@
+"""Kinds: namespaces with a schema, and the validation of definitions against them.
+
+A kind lists required and optional definition fields, defaults (strings may use ``{name}``, filled
+with the entry's name: the step kind derives ``<Name>Config``, ``<Name>StepBuilder`` and ``<Name>``),
+a name pattern, an optional validator (``"pkg.module:function"``, called with the definition, returning
+``None`` or problem strings, or raising ``ValueError``), and ``strict`` (unknown fields are errors).
+Validation collects every problem at once, each with a suggestion where one exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ._backend import Tx
+from ._records import utc
+from ._store import Store, _suggest
+from ._validation import check_kind_name, check_target, encode_object
+from .errors import (
+    InvalidInputError,
+    KindInUseError,
+    TargetImportError,
+    UnknownKindError,
+    ValidationError,
+)
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_KIND_COLUMNS = ("name, description, required, optional, defaults, name_pattern, validator, strict, builtin, "
+                 "created_at, updated_at, id")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind and its schema."""
+
+    name: str
+    description: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    name_pattern: str | None
+    validator: str | None
+    strict: bool
+    builtin: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "required": list(self.required),
+                "optional": list(self.optional), "defaults": dict(self.defaults), "name_pattern": self.name_pattern,
+                "validator": self.validator, "strict": self.strict, "builtin": self.builtin}
+
+
+def _decode(row: Any) -> Kind:
+    return Kind(name=row[0], description=row[1], required=tuple(json.loads(row[2])),
+                optional=tuple(json.loads(row[3])), defaults=json.loads(row[4]), name_pattern=row[5],
+                validator=row[6], strict=bool(row[7]), builtin=bool(row[8]), created_at=utc(row[9]),
+                updated_at=utc(row[10]))
+
+
+def list_kinds(tx: Tx) -> list[Kind]:
+    return [_decode(r) for r in tx.execute(f"SELECT {_KIND_COLUMNS} FROM kind ORDER BY name").fetchall()]
+
+
+def get_kind(tx: Tx, name: str) -> Kind:
+    row = tx.execute(f"SELECT {_KIND_COLUMNS} FROM kind WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        known = [r[0] for r in tx.execute("SELECT name FROM kind ORDER BY name").fetchall()]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known kinds: {', '.join(known)}"
+        raise UnknownKindError(f"kind {name!r} is not defined{hint} (define it with define_kind)", kind=name,
+                               known=known)
+    return _decode(row)
+
+
+def load_callable(path: str) -> Any:
+    """Import ``"pkg.module:attr.sub"`` and return the attribute (errors are the caller's to wrap)."""
+    module_name, _, attribute = path.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], defaults: Mapping[str, Any] | None,
+               name_pattern: str | None, validator: str | None, strict: bool, description: str) -> dict[str, Any]:
+    """Check a kind definition; return its column values. Every problem is reported at once."""
+    check_kind_name(name)
+    problems: list[str] = []
+    required_list, optional_list = list(required), list(optional)
+    for field in required_list + optional_list:
+        if not isinstance(field, str) or not _FIELD.match(field):
+            problems.append(f"field name {field!r} must be an identifier (letters, digits, '_')")
+    overlap = sorted(set(required_list) & set(optional_list))
+    if overlap:
+        problems.append(f"fields {overlap} are both required and optional; list each once")
+    if len(set(required_list + optional_list)) != len(required_list + optional_list) and not overlap:
+        problems.append("a field is listed twice")
+    defaults = dict(defaults or {})
+    unknown_defaults = sorted(set(defaults) - set(required_list) - set(optional_list))
+    if unknown_defaults:
+        problems.append(f"defaults for fields {unknown_defaults} that the kind does not declare")
+    if name_pattern is not None:
+        try:
+            re.compile(name_pattern)
+        except re.error as error:
+            problems.append(f"name_pattern {name_pattern!r} is not a valid regular expression: {error}")
+    if validator is not None:
+        try:
+            check_target(validator)
+            if not callable(load_callable(validator)):
+                problems.append(f"validator {validator!r} is not callable")
+        except (ImportError, AttributeError) as error:
+            problems.append(f"validator {validator!r} cannot be imported: {error}")
+        except InvalidInputError as error:
+            problems.append(str(error))
+    if not isinstance(description, str):
+        problems.append("description must be a string")
+    if problems:
+        raise ValidationError(f"kind {name!r} is not valid: " + "; ".join(problems), kind=name, problems=problems)
+    return {"name": name, "description": description, "required": json.dumps(required_list),
+            "optional": json.dumps(optional_list), "defaults": encode_object(defaults, "defaults"),
+            "name_pattern": name_pattern, "validator": validator, "strict": int(bool(strict))}
+
+
+def save_kind(tx: Tx, store: Store, values: dict[str, Any]) -> None:
+    existing = tx.execute(f"SELECT {_KIND_COLUMNS} FROM kind WHERE name = ?", (values["name"],)).fetchone()
+    now = time.time()
+    if existing is None:
+        tx.execute("INSERT INTO kind (name, description, required, optional, defaults, name_pattern, validator,"
+                   " strict, builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                   (values["name"], values["description"], values["required"], values["optional"], values["defaults"],
+                    values["name_pattern"], values["validator"], values["strict"], now, now))
+        store.record(tx, "kind.define", kind=values["name"], at=now, schema=_schema_detail(values))
+        return
+    kind = _decode(existing)
+    if kind.builtin:
+        raise KindInUseError(f"kind {kind.name!r} is built in and cannot be redefined; define a new kind "
+                             f"(e.g. {kind.name + '_v2'!r})", kind=kind.name)
+    candidate = _decode((values["name"], values["description"], values["required"], values["optional"],
+                         values["defaults"], values["name_pattern"], values["validator"], values["strict"], 0, now,
+                         now, existing[11]))
+    broken = []
+    for name, definition in tx.execute("SELECT name, definition FROM entry WHERE kind_id = ? AND hidden = 0 AND "
+                                       "definition IS NOT NULL", (existing[11],)).fetchall():
+        _, problems = validate(candidate, name, json.loads(definition), apply_defaults=False)
+        if problems:
+            broken.append(f"{name}: {problems[0]}")
+    if broken:
+        raise KindInUseError(f"redefining kind {kind.name!r} would invalidate {len(broken)} registered "
+                             f"definitions ({'; '.join(broken[:3])}); fix or remove them first",
+                             kind=kind.name, broken=broken)
+    tx.execute("UPDATE kind SET description = ?, required = ?, optional = ?, defaults = ?, name_pattern = ?, "
+               "validator = ?, strict = ?, updated_at = ? WHERE id = ?",
+               (values["description"], values["required"], values["optional"], values["defaults"],
+                values["name_pattern"], values["validator"], values["strict"], now, existing[11]))
+    store.record(tx, "kind.define", kind=values["name"], at=now, schema=_schema_detail(values), redefined=True)
+
+
+def _schema_detail(values: dict[str, Any]) -> dict[str, Any]:
+    return {"required": json.loads(values["required"]), "optional": json.loads(values["optional"]),
+            "defaults": json.loads(values["defaults"]), "name_pattern": values["name_pattern"],
+            "validator": values["validator"], "strict": bool(values["strict"])}
+
+
+def delete_kind(tx: Tx, store: Store, name: str) -> None:
+    kind = get_kind(tx, name)
+    if kind.builtin:
+        raise KindInUseError(f"kind {name!r} is built in and cannot be deleted", kind=name)
+    count = tx.execute("SELECT count(*) FROM entry WHERE kind_id = (SELECT id FROM kind WHERE name = ?)",
+                       (name,)).fetchone()[0]
+    if count:
+        raise KindInUseError(f"kind {name!r} still has {count} entries (in some workspace); delete them first",
+                             kind=name, entries=int(count))
+    tx.execute("DELETE FROM kind WHERE name = ?", (name,))
+    store.record(tx, "kind.delete", kind=name)
+
+
+def validate(kind: Kind, name: str, definition: Mapping[str, Any] | None, *,
+             apply_defaults: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """The definition with defaults filled in, and every problem found (empty when valid)."""
+    problems = name_problems(kind, name)
+    if definition is None:
+        definition = {}
+    if not isinstance(definition, Mapping):
+        return {}, problems + [f"definition must be a JSON object (dict), not {type(definition).__name__}"]
+    result = dict(definition)
+    if apply_defaults:
+        for field, default in kind.defaults.items():
+            if field not in result:
+                result[field] = default.replace("{name}", name) if isinstance(default, str) else default
+    for field in kind.required:
+        if field not in result:
+            problems.append(f"required field {field!r} is missing")
+    if kind.strict:
+        allowed = set(kind.fields)
+        for field in sorted(set(result) - allowed):
+            close = difflib.get_close_matches(field, sorted(allowed), n=1)
+            problems.append(f"unknown field {field!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                           f" (allowed: {', '.join(kind.fields) or 'none'})"))
+    try:
+        encode_object(result, "definition")
+    except InvalidInputError as error:
+        problems.append(str(error))
+    if kind.validator and not problems:
+        problems.extend(_run_validator(kind, result))
+    return result, problems
+
+
+def name_problems(kind: Kind, name: str) -> list[str]:
+    if kind.name_pattern and not re.search(kind.name_pattern, name):
+        suggestion = _suggest(name, kind.name_pattern)
+        return [f"name {name!r} does not match the pattern {kind.name_pattern}"
+                + (f"; did you mean {suggestion!r}?" if suggestion else "")]
+    return []
+
+
+def _run_validator(kind: Kind, definition: dict[str, Any]) -> list[str]:
+    try:
+        function = load_callable(kind.validator or "")
+    except (ImportError, AttributeError) as error:
+        raise TargetImportError(f"the validator {kind.validator!r} of kind {kind.name!r} cannot be imported "
+                                f"({error}); fix the kind with define_kind", kind=kind.name,
+                                target=kind.validator) from None
+    try:
+        outcome = function(dict(definition))
+    except (ValueError, TypeError) as error:
+        return [f"validator {kind.validator}: {error}"]
+    if outcome is None or outcome is True:
+        return []
+    if outcome is False:
+        return [f"validator {kind.validator} rejected the definition"]
+    if isinstance(outcome, str):
+        return [outcome]
+    return [str(problem) for problem in outcome]

@@ -1,0 +1,228 @@
+"""Guarantee 6: layered workspaces, one resolver, context-local active workspace."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import table_snapshot
+from nameplate import (
+    EntryNotFoundError,
+    InvalidNameError,
+    NameTakenError,
+    Registry,
+    UnknownWorkspaceError,
+    WorkspaceError,
+)
+
+
+@pytest.fixture
+def layered(registry: Registry) -> Registry:
+    registry.create_workspace("dev1")
+    registry.create_workspace("dev2")
+    registry.create_workspace("dev1_feature", parent="dev1")
+    return registry
+
+
+def test_siblings_never_see_each_others_rows(layered: Registry) -> None:
+    core = layered.resolve("shared", "node")
+    mine = layered.resolve("only_dev1", "node", workspace="dev1")
+    assert layered.lookup("shared", "node", workspace="dev1") == core
+    assert layered.lookup("shared", "node", workspace="dev2") == core
+    assert layered.lookup("only_dev1", "node", workspace="dev2") is None
+    assert layered.lookup("only_dev1", "node") is None  # not in core either
+    assert layered.lookup("only_dev1", "node", workspace="dev1_feature") == mine
+    assert [e.name for e in layered.list(workspace="dev2")] == ["shared"]
+
+
+def test_a_workspace_row_overrides_its_ancestors(layered: Registry) -> None:
+    core = layered.register("Train", "step", {"sagemaker_step_type": "Training"})
+    override = layered.register("Train", "step", {"sagemaker_step_type": "Processing"}, workspace="dev1")
+    assert override.id != core.id
+    assert layered.get("Train", "step", workspace="dev1").definition["sagemaker_step_type"] == "Processing"
+    assert layered.get("Train", "step", workspace="dev1_feature").id == override.id
+    assert layered.get("Train", "step", workspace="dev2").id == core.id
+
+
+def test_tombstones_hide_for_the_workspace_and_its_children_only(layered: Registry) -> None:
+    core = layered.resolve("legacy", "node")
+    layered.hide("legacy", "node", workspace="dev1")
+    assert layered.lookup("legacy", "node", workspace="dev1") is None
+    assert layered.lookup("legacy", "node", workspace="dev1_feature") is None
+    assert layered.lookup("legacy", "node", workspace="dev2") == core
+    assert layered.lookup("legacy", "node") == core
+    assert "legacy" not in [e.name for e in layered.list(workspace="dev1")]
+    explanation = layered.explain("legacy", "node", workspace="dev1_feature")
+    assert explanation.hidden_by == "dev1" and explanation.entry_id is None
+    layered.unhide("legacy", "node", workspace="dev1")
+    assert layered.lookup("legacy", "node", workspace="dev1") == core
+
+
+def test_resolving_a_hidden_name_creates_the_workspaces_own_entry(layered: Registry) -> None:
+    core = layered.resolve("legacy", "node")
+    layered.hide("legacy", "node", workspace="dev1")
+    own = layered.resolve("legacy", "node", workspace="dev1")
+    assert own != core
+    assert layered.lookup("legacy", "node", workspace="dev1") == own
+    assert layered.lookup("legacy", "node") == core
+
+
+def test_hiding_a_local_entry_or_writing_an_inherited_one_is_refused(layered: Registry, db_path: Path) -> None:
+    layered.resolve("mine", "node", workspace="dev1")
+    layered.resolve("inherited", "node")
+    before = table_snapshot(db_path)
+    with pytest.raises(WorkspaceError):
+        layered.hide("mine", "node", workspace="dev1")
+    with pytest.raises(EntryNotFoundError) as caught:
+        layered.delete("inherited", "node", workspace="dev1")
+    assert "inherited from workspace 'core'" in str(caught.value)
+    with pytest.raises(EntryNotFoundError):
+        layered.rename("inherited", "other", "node", workspace="dev1")
+    assert table_snapshot(db_path) == before
+
+
+def test_promote_moves_a_definition_up_keeping_its_id(layered: Registry) -> None:
+    entry = layered.register("Feature", "step", {"sagemaker_step_type": "Processing"}, workspace="dev1_feature")
+    promoted = layered.promote("Feature", "step", workspace="dev1_feature")
+    assert (promoted.id, promoted.workspace) == (entry.id, "dev1")
+    assert layered.get("Feature", "step", workspace="dev1").id == entry.id
+    layered.register("Feature", "step", {"sagemaker_step_type": "Training"})
+    with pytest.raises(NameTakenError):
+        layered.promote("Feature", "step", workspace="dev1")
+    replaced = layered.promote("Feature", "step", workspace="dev1", replace=True)
+    assert replaced.id == entry.id and replaced.workspace == "core"
+    with pytest.raises(WorkspaceError):
+        layered.promote("Feature", "step")
+
+
+def test_diff_and_conflicts(layered: Registry) -> None:
+    layered.register("Train", "step", {"sagemaker_step_type": "Training"})
+    layered.register("Clean", "step", {"sagemaker_step_type": "Processing"}, workspace="dev1")
+    layered.register("Clean", "step", {"sagemaker_step_type": "Training"}, workspace="dev2")
+    layered.register("Train", "step", {"sagemaker_step_type": "Processing"}, workspace="dev2")
+    diff = layered.diff("dev1", "dev2")
+    assert [(a.name, b.name) for a, b in diff.changed] == [("Clean", "Clean"), ("Train", "Train")]
+    assert not diff.only_in_a and not diff.only_in_b and not diff.empty
+    assert layered.diff("dev1", "dev1").empty
+    found = {(c.type, c.name, c.workspaces) for c in layered.conflicts()}
+    assert ("sibling", "Clean", ("dev1", "dev2")) in found
+    assert ("shadow", "Train", ("dev2", "core")) in found
+
+
+def test_workspace_lifecycle(layered: Registry) -> None:
+    assert [w.name for w in layered.workspaces()] == ["core", "dev1", "dev1_feature", "dev2"]
+    dev1 = next(w for w in layered.workspaces() if w.name == "dev1")
+    assert (dev1.parent, dev1.depth, dev1.children) == ("core", 1, ("dev1_feature",))
+    with pytest.raises(NameTakenError):
+        layered.create_workspace("dev1")
+    with pytest.raises(UnknownWorkspaceError):
+        layered.create_workspace("x", parent="missing")
+    with pytest.raises(InvalidNameError):
+        layered.create_workspace("bad name")
+    layered.resolve("in_feature", "node", workspace="dev1_feature")
+    with pytest.raises(WorkspaceError):
+        layered.delete_workspace("dev1")
+    with pytest.raises(WorkspaceError):
+        layered.delete_workspace("core")
+    assert layered.delete_workspace("dev1", force=True) == ["dev1_feature", "dev1"]
+    assert [w.name for w in layered.workspaces()] == ["core", "dev2"]
+    with pytest.raises(UnknownWorkspaceError):
+        layered.lookup("in_feature", "node", workspace="dev1_feature")
+
+
+def test_explicit_argument_beats_context_beats_environment(layered: Registry,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    in_dev2 = layered.resolve("n", "node", workspace="dev2")
+    in_dev1 = layered.resolve("n", "node", workspace="dev1")
+    assert layered.lookup("n", "node") is None
+    monkeypatch.setenv("NAMEPLATE_WORKSPACE", "dev2")
+    assert layered.lookup("n", "node") == in_dev2
+    with layered.workspace("dev1"):
+        assert layered.current_workspace == "dev1"
+        assert layered.lookup("n", "node") == in_dev1
+        assert layered.lookup("n", "node", workspace="dev2") == in_dev2
+    assert layered.current_workspace == "dev2"
+
+
+def test_the_active_workspace_is_local_to_each_thread(layered: Registry) -> None:
+    ids = {ws: layered.resolve("n", "node", workspace=ws) for ws in ("dev1", "dev2")}
+    barrier = threading.Barrier(2)
+    seen: dict[str, list[str | None]] = {}
+
+    def work(ws: str) -> None:
+        with layered.workspace(ws):
+            barrier.wait()  # both threads are inside their own `with` at the same time
+            seen[ws] = [layered.lookup("n", "node") for _ in range(50)]
+            barrier.wait()
+
+    threads = [threading.Thread(target=work, args=(ws,)) for ws in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert seen == {ws: [ids[ws]] * 50 for ws in ids}
+    assert layered.current_workspace == "core"
+
+
+def test_the_active_workspace_is_local_to_each_asyncio_task(layered: Registry) -> None:
+    ids = {ws: layered.resolve("n", "node", workspace=ws) for ws in ("dev1", "dev2")}
+
+    async def work(ws: str) -> list[str | None]:
+        with layered.workspace(ws):
+            results = []
+            for _ in range(20):
+                await asyncio.sleep(0)  # let the other task run inside its own context
+                results.append(layered.lookup("n", "node"))
+            return results
+
+    async def main() -> list[list[str | None]]:
+        return await asyncio.gather(work("dev1"), work("dev2"))
+
+    first, second = asyncio.run(main())
+    assert first == [ids["dev1"]] * 20 and second == [ids["dev2"]] * 20
+
+
+# -- one resolver: a listing and per-name lookups never disagree -----------------------------------------
+
+_NAMES = st.sampled_from(["alpha", "beta", "gamma", "delta"])
+_KINDS = st.sampled_from(["node", "module"])
+_WORKSPACES = ["core", "a", "b", "a1", "a2", "b1"]
+_PARENTS = {"a": "core", "b": "core", "a1": "a", "a2": "a", "b1": "b"}
+_OPERATIONS = st.lists(st.tuples(st.sampled_from(["resolve", "hide", "delete"]), st.sampled_from(_WORKSPACES),
+                                 _NAMES, _KINDS), max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=_OPERATIONS)
+def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path: Path, operations: list[tuple[str, ...]]) -> None:
+    path = tmp_path / f"property-{abs(hash(tuple(operations)))}.db"
+    with Registry(path) as registry:
+        for name in ("a", "b", "a1", "a2", "b1"):
+            registry.create_workspace(name, parent=_PARENTS[name])
+        for op, ws, name, kind in operations:
+            try:
+                if op == "resolve":
+                    registry.resolve(name, kind, workspace=ws)
+                elif op == "hide":
+                    registry.hide(name, kind, workspace=ws)
+                else:
+                    registry.delete(name, kind, workspace=ws)
+            except (EntryNotFoundError, WorkspaceError):
+                pass  # hiding/deleting what is not there (or not inherited) is refused: fine here
+        for ws in _WORKSPACES:
+            listed = {(e.kind, e.name): e.id for e in registry.list(workspace=ws)}
+            looked_up = {}
+            for name in ("alpha", "beta", "gamma", "delta"):
+                for kind in ("node", "module"):
+                    entry_id = registry.lookup(name, kind, workspace=ws)
+                    if entry_id is not None:
+                        looked_up[(kind, name)] = entry_id
+                    explanation = registry.explain(name, kind, workspace=ws)
+                    assert explanation.entry_id == entry_id
+            assert listed == looked_up
+    path.unlink()
