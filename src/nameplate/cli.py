@@ -1,21 +1,34 @@
-"""The ``nameplate`` command: thin click commands over the Registry (one call and formatting each)."""
+"""The ``nameplate`` command: each subcommand is one Registry call plus formatting.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import NameplateError
+from ._paths import PROJECT_DIR, locate
+from .errors import EntryNotFoundError, IntegrityProblemError, InvalidInputError, NameplateError
 from .registry import Registry
 
+EXIT_CODES = """\b
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem.
+Shell completion (bash): eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
+  (zsh: zsh_source, fish: fish_source)."""
 
-class _Settings:
+
+class Settings:
     def __init__(self, db: str | None, workspace: str | None, as_json: bool) -> None:
         self.db = db
         self.workspace = workspace
@@ -25,7 +38,7 @@ class _Settings:
         return Registry(self.db)
 
 
-def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Library errors become one line on stderr and the error class's exit code; no traceback."""
 
     @functools.wraps(command)
@@ -39,68 +52,52 @@ def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _emit(settings: _Settings, data: Any, human: Callable[[], None]) -> None:
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def emit(settings: Settings, data: Any, human: Callable[[], None]) -> None:
     if settings.as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="nameplate")
-@click.option("--db", metavar="PATH", envvar=None, help="Database file (default: discovery, see `nameplate path`).")
-@click.option("--workspace", "-w", metavar="NAME", help="Workspace to act in (default: NAMEPLATE_WORKSPACE or core).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-@click.pass_context
-def main(ctx: click.Context, db: str | None, workspace: str | None, as_json: bool) -> None:
-    """nameplate: an embedded registry of names, ids, leases and definitions for one host."""
-    ctx.obj = _Settings(db, workspace, as_json)
+def ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    seconds = max(0.0, time.time() - when.timestamp())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
-@main.command()
-@click.pass_obj
-@_fail_cleanly
-def path(settings: _Settings) -> None:
-    """Show which database file is used and why."""
-    from ._paths import locate
-
-    location = locate(settings.db)
-    _emit(settings, {"path": str(location), "source": location.source, "reason": location.reason},
-          lambda: click.echo(f"{location}\n  ({location.reason})"))
-
-
-@main.command()
-@click.argument("name")
-@click.option("--kind", "-k", required=True, help="Kind of the component (node, module, step, ...).")
-@click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
-              help="Metadata to store (repeatable; VALUE parsed as JSON when it is valid JSON).")
-@click.pass_obj
-@_fail_cleanly
-def resolve(settings: _Settings, name: str, kind: str, meta: tuple[str, ...]) -> None:
-    """Print the id of NAME, creating the entry if it does not exist."""
-    metadata = _parse_pairs(meta)
-    with settings.open() as registry:
-        entry_id = registry.resolve(name, kind, metadata or None, workspace=settings.workspace)
-    _emit(settings, {"name": name, "kind": kind, "id": entry_id}, lambda: click.echo(entry_id))
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    if not rows:
+        click.echo("(none)")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-@main.command()
-@click.argument("name")
-@click.option("--kind", "-k", help="Kind, needed when NAME exists under several kinds.")
-@click.pass_obj
-@_fail_cleanly
-def lookup(settings: _Settings, name: str, kind: str | None) -> None:
-    """Print the id of NAME without creating anything (exit 3 if absent)."""
-    with settings.open() as registry:
-        entry_id = registry.lookup(name, kind, workspace=settings.workspace)
-    if entry_id is None:
-        from .errors import EntryNotFoundError
-
-        raise EntryNotFoundError(f"no entry {name!r}" + (f" of kind {kind}" if kind else ""), name=name)
-    _emit(settings, {"name": name, "kind": kind, "id": entry_id}, lambda: click.echo(entry_id))
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
 
 
-def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 45s, 30m, 12h, 7d or 2w")
+    value, unit = float(match.group(1)), match.group(2)
+    seconds = value * {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    if seconds <= 0:
+        raise click.BadParameter("the duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+def parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -111,3 +108,539 @@ def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
         except json.JSONDecodeError:
             result[key] = raw
     return result
+
+
+def kind_option(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--kind", "-k", required=required,
+                        help="Kind of the entry (node, module, step, ...)" +
+                             ("." if required else "; needed when the name exists under several kinds."))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="nameplate")
+@click.option("--db", metavar="PATH", help="Database file (default: discovery; see `nameplate path`).")
+@click.option("--workspace", "-w", metavar="NAME", help="Workspace to act in (default: NAMEPLATE_WORKSPACE or core).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def main(ctx: click.Context, db: str | None, workspace: str | None, as_json: bool) -> None:
+    """nameplate: names, ids, leases and definitions shared by the processes of one host."""
+    ctx.obj = Settings(db, workspace, as_json)
+
+
+# -- where ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def path(settings: Settings) -> None:
+    """Show which database file is used and why."""
+    location = locate(settings.db)
+    emit(settings, {"path": str(location), "source": location.source, "reason": location.reason},
+         lambda: click.echo(f"{location}\n  ({location.reason})"))
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def init(settings: Settings) -> None:
+    """Create .nameplate/ in the current directory: processes below it share its registry."""
+    directory = Path.cwd() / PROJECT_DIR
+    existed = directory.exists()
+    with Registry(directory / "registry.db") as registry:
+        location = registry.path
+    emit(settings, {"path": str(location), "created": not existed},
+         lambda: click.echo(f"{'using existing' if existed else 'created'} {location}"))
+
+
+# -- entries -------------------------------------------------------------------------------------------
+
+
+def entry_rows(entries: Iterable[Any]) -> list[list[Any]]:
+    return [[e.kind, e.name, e.id, e.workspace, ",".join(sorted(e.capabilities)), ago(e.last_seen_at)]
+            for e in entries]
+
+
+@main.command("ls")
+@kind_option()
+@click.option("--capability", "-c", "capabilities", multiple=True, help="Only entries offering this (repeatable).")
+@click.option("--stale", metavar="DURATION", help="Only entries not seen for this long (e.g. 7d).")
+@pass_settings
+@handle_errors
+def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, ...], stale: str | None) -> None:
+    """List the entries visible in the workspace."""
+    cutoff = None if stale is None else time.time() - parse_duration(stale).total_seconds()
+    with settings.open() as registry:
+        if capabilities and kind:
+            entries = registry.find(kind, capabilities, workspace=settings.workspace)
+        else:
+            entries = [e for e in registry.list(kind, workspace=settings.workspace)
+                       if set(capabilities) <= e.capabilities]
+    if cutoff is not None:
+        entries = [e for e in entries if e.last_seen_at.timestamp() < cutoff]
+    emit(settings, [e.to_dict() for e in entries],
+         lambda: table(["kind", "name", "id", "workspace", "capabilities", "last seen"], entry_rows(entries)))
+
+
+@main.command()
+@click.argument("name")
+@kind_option()
+@pass_settings
+@handle_errors
+def show(settings: Settings, name: str, kind: str | None) -> None:
+    """Show one entry in full."""
+    with settings.open() as registry:
+        entry = registry.require(name, kind, workspace=settings.workspace)
+
+    def human() -> None:
+        for label, value in (("id", entry.id), ("name", entry.name), ("kind", entry.kind),
+                             ("workspace", entry.workspace), ("target", entry.target or "-"),
+                             ("capabilities", ", ".join(sorted(entry.capabilities)) or "-"),
+                             ("created", f"{entry.created_at.isoformat()} ({ago(entry.created_at)})"),
+                             ("updated", f"{entry.updated_at.isoformat()} ({ago(entry.updated_at)})"),
+                             ("last seen", f"{entry.last_seen_at.isoformat()} ({ago(entry.last_seen_at)})"),
+                             ("metadata", json.dumps(dict(entry.metadata), sort_keys=True)),
+                             ("definition", "-" if entry.definition is None
+                              else json.dumps(dict(entry.definition), sort_keys=True))):
+            click.echo(f"{label + ':':<14}{value}")
+
+    emit(settings, entry.to_dict(), human)
+
+
+@main.command()
+@click.argument("name")
+@kind_option(required=True)
+@pass_settings
+@handle_errors
+def explain(settings: Settings, name: str, kind: str) -> None:
+    """Show how NAME resolves through the workspace layers."""
+    with settings.open() as registry:
+        explanation = registry.explain(name, kind, workspace=settings.workspace)
+    emit(settings, explanation.to_dict(), lambda: click.echo(str(explanation)))
+
+
+@main.command()
+@click.argument("name")
+@kind_option(required=True)
+@click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
+              help="Metadata to store (repeatable; VALUE is parsed as JSON when it is valid JSON).")
+@pass_settings
+@handle_errors
+def resolve(settings: Settings, name: str, kind: str, meta: tuple[str, ...]) -> None:
+    """Print the id of NAME, creating the entry if it does not exist."""
+    metadata = parse_pairs(meta)
+    with settings.open() as registry:
+        entry_id = registry.resolve(name, kind, metadata or None, workspace=settings.workspace)
+    emit(settings, {"name": name, "kind": kind, "id": entry_id}, lambda: click.echo(entry_id))
+
+
+@main.command()
+@click.argument("name")
+@kind_option()
+@pass_settings
+@handle_errors
+def lookup(settings: Settings, name: str, kind: str | None) -> None:
+    """Print the id of NAME without creating anything (exit 3 if absent)."""
+    with settings.open() as registry:
+        entry_id = registry.lookup(name, kind, workspace=settings.workspace)
+    if entry_id is None:
+        raise EntryNotFoundError(f"no entry {name!r}" + (f" of kind {kind}" if kind else ""), name=name)
+    emit(settings, {"name": name, "kind": kind, "id": entry_id}, lambda: click.echo(entry_id))
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@kind_option()
+@pass_settings
+@handle_errors
+def rename(settings: Settings, old: str, new: str, kind: str | None) -> None:
+    """Rename an entry; its id stays."""
+    with settings.open() as registry:
+        entry_id = registry.rename(old, new, kind, workspace=settings.workspace)
+    emit(settings, {"old": old, "new": new, "id": entry_id}, lambda: click.echo(f"{old} -> {new} ({entry_id})"))
+
+
+@main.command("rm")
+@click.argument("name")
+@kind_option()
+@pass_settings
+@handle_errors
+def remove(settings: Settings, name: str, kind: str | None) -> None:
+    """Delete an entry (the event log keeps its history)."""
+    with settings.open() as registry:
+        entry = registry.delete(name, kind, workspace=settings.workspace)
+    emit(settings, entry.to_dict(), lambda: click.echo(f"deleted {entry.kind} {entry.name} ({entry.id})"))
+
+
+# -- leases and sessions -----------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def locks(settings: Settings) -> None:
+    """List the leases held right now."""
+    with settings.open() as registry:
+        held = registry.locks()
+    emit(settings, [lease.to_dict() for lease in held],
+         lambda: table(["kind", "name", "workspace", "token", "pid", "host", "label", "since"],
+                       [[h.kind, h.name, h.workspace, h.token, h.pid, h.hostname, h.label, ago(h.acquired_at)]
+                        for h in held]))
+
+
+@main.command()
+@click.argument("name")
+@kind_option()
+@click.option("--force", is_flag=True, help="Break a lease held by another process (logged).")
+@pass_settings
+@handle_errors
+def release(settings: Settings, name: str, kind: str | None, force: bool) -> None:
+    """Release the lease on NAME (another process's only with --force)."""
+    with settings.open() as registry:
+        released = registry.release(name, kind, force=force, workspace=settings.workspace)
+    emit(settings, {"name": name, "released": released},
+         lambda: click.echo(f"released {name}" if released else f"{name} was not leased"))
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include ended sessions.")
+@pass_settings
+@handle_errors
+def sessions(settings: Settings, show_all: bool) -> None:
+    """List the processes registered here (live ones, judged now)."""
+    with settings.open() as registry:
+        found = registry.sessions(alive=not show_all)
+    emit(settings, [s.to_dict() for s in found],
+         lambda: table(["id", "pid", "host", "label", "state", "status", "last beat", "leases", "info"],
+                       [[s.id, s.pid, s.hostname, s.label, s.state if s.alive or s.state != "live" else "unresponsive",
+                         s.status, ago(s.last_beat_at), len(s.leases), json.dumps(dict(s.info), sort_keys=True)]
+                        for s in found]))
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def reap(settings: Settings) -> None:
+    """End sessions whose process died or stopped beating, freeing their leases."""
+    with settings.open() as registry:
+        reaped = registry.reap()
+    emit(settings, {"reaped": reaped}, lambda: click.echo(f"reaped {len(reaped)} session(s)"))
+
+
+@main.command()
+@click.option("--older-than", default="7d", show_default=True, help="Remove entries not seen for this long.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@pass_settings
+@handle_errors
+def clean(settings: Settings, older_than: str, dry_run: bool) -> None:
+    """Remove entries (in every workspace) not seen for a while and not leased."""
+    age = parse_duration(older_than)
+    with settings.open() as registry:
+        removed = registry.clean_stale(older_than=age, dry_run=dry_run)
+
+    def human() -> None:
+        table(["kind", "name", "id", "workspace", "capabilities", "last seen"], entry_rows(removed))
+        click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+
+    emit(settings, {"dry_run": dry_run, "entries": [e.to_dict() for e in removed]}, human)
+
+
+# -- documents ---------------------------------------------------------------------------------------------
+
+PROGRESS_THRESHOLD = 5000
+
+
+def _progress_wanted(count: int) -> bool:
+    return count > PROGRESS_THRESHOLD and sys.stderr.isatty()
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
+@click.option("--format", "fmt", type=click.Choice(["nameplate", "madsci"]), default="nameplate", show_default=True)
+@pass_settings
+@handle_errors
+def export(settings: Settings, output: str | None, fmt: str) -> None:
+    """Export the registry as one point-in-time JSON document."""
+    with settings.open() as registry:
+        document = registry.export(fmt, workspace=settings.workspace)
+    entries = document["entries"]
+    count = len(entries)
+    if output is None:
+        click.echo(json.dumps(document, indent=2, sort_keys=True))
+        return
+    items = list(entries.items()) if isinstance(entries, dict) else entries
+    with open(output, "w", encoding="utf-8") as handle:
+        if _progress_wanted(count):
+            # Entries serialised one by one so a progress bar can follow a large export.
+            head = {k: v for k, v in document.items() if k != "entries"}
+            with click.progressbar(items, label="exporting", file=sys.stderr) as bar:
+                parts = [json.dumps(item, sort_keys=True) for item in bar]
+            body = (",\n".join(f"{json.dumps(k)}: {v}" for (k, _), v in zip(items, parts))
+                    if isinstance(entries, dict) else ",\n".join(parts))
+            brackets = "{}" if isinstance(entries, dict) else "[]"
+            handle.write(json.dumps(head, sort_keys=True)[:-1] + f', "entries": {brackets[0]}\n{body}\n{brackets[1]}}}\n')
+        else:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+    summary = {"path": output, "format": fmt, "entries": count, "revision": document.get("revision")}
+    emit(settings, summary, lambda: click.echo(f"exported {count} entries to {output}" +
+                                               (f" at revision {document['revision']}" if "revision" in document else "")))
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Make the file the registry (default: merge, keeping what exists).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "nameplate", "madsci"]), default="auto", show_default=True)
+@pass_settings
+@handle_errors
+def import_(settings: Settings, file: str, replace: bool, dry_run: bool, fmt: str) -> None:
+    """Import an export (or MADSci registry.json) all-or-nothing."""
+    with settings.open() as registry:
+        plan = registry.import_file(file, format=fmt, replace=replace, dry_run=dry_run, workspace=settings.workspace)
+
+    def human() -> None:
+        for label, items in (("add", plan.added), ("replace", plan.replaced), ("remove", plan.removed),
+                             ("keep", plan.kept)):
+            if dry_run:
+                for item in items[:50]:
+                    click.echo(f"  {label:<8}{item}")
+                if len(items) > 50:
+                    click.echo(f"  ... and {len(items) - 50} more to {label}")
+        click.echo(plan.summary())
+
+    emit(settings, plan.to_dict(), human)
+
+
+# -- health --------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def check(settings: Settings) -> None:
+    """Check integrity, foreign keys, definitions, leases and layers (exit 5 on any problem)."""
+    with settings.open() as registry:
+        report = registry.check()
+    emit(settings, report.to_dict(), lambda: click.echo(
+        "ok: " + ", ".join(f"{v} {k}" for k, v in report.checked.items()) if report.ok
+        else "\n".join(f"problem: {p}" for p in report.problems)))
+    if not report.ok:
+        raise IntegrityProblemError(f"{len(report.problems)} problem(s) found", problems=list(report.problems))
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def vacuum(settings: Settings) -> None:
+    """Rebuild the database file to reclaim free space."""
+    with settings.open() as registry:
+        result = registry.vacuum()
+    emit(settings, result, lambda: click.echo(f"file {result['before']['file_bytes']} -> "
+                                              f"{result['after']['file_bytes']} bytes"))
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def checkpoint(settings: Settings) -> None:
+    """Copy the write-ahead log into the database and truncate it."""
+    with settings.open() as registry:
+        result = registry.checkpoint()
+    emit(settings, result, lambda: click.echo(f"checkpointed {result['checkpointed_frames']} of "
+                                              f"{result['wal_frames']} WAL frames" +
+                                              (" (readers kept part of it busy)" if result["busy"] else "")))
+
+
+@main.command()
+@click.option("--status", is_flag=True, help="Only show applied and pending migrations.")
+@pass_settings
+@handle_errors
+def migrate(settings: Settings, status: bool) -> None:
+    """Apply pending schema migrations (opening the registry does this too)."""
+    with settings.open() as registry:
+        applied = registry.migrations_applied
+        state = registry.migration_status()
+    data = {"current": state.current, "latest": state.latest, "applied_now": applied,
+            "applied": [{"version": v, "name": n, "applied_at": a} for v, n, a in state.applied],
+            "pending": [{"version": v, "name": n} for v, n in state.pending]}
+
+    def human() -> None:
+        table(["version", "name", "applied"], [[v, n, ago(datetime.fromtimestamp(a))] for v, n, a in state.applied])
+        click.echo(f"schema version {state.current} (latest {state.latest})" +
+                   (f"; applied now: {applied}" if applied and not status else ""))
+
+    emit(settings, data, human)
+
+
+@main.command()
+@click.option("--since", default=0, show_default=True, help="Show revisions after this one.")
+@click.option("--limit", default=None, type=int, help="At most this many events.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@pass_settings
+@handle_errors
+def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None:
+    """Show the audit log: revision, time, session, action, kind, name, change."""
+
+    def show(event: Any) -> None:
+        if settings.as_json:
+            click.echo(json.dumps(event.to_dict(), sort_keys=True))
+            return
+        detail = json.dumps(dict(event.detail), sort_keys=True)
+        click.echo(f"{event.rev:>6}  {event.at.isoformat(timespec='seconds')}  {(event.session_id or '-')[-8:]:<8}  "
+                   f"{event.action:<16} {event.kind or '-':<12} {event.name or '-':<20} "
+                   f"{detail if len(detail) <= 80 else detail[:77] + '...'}")
+
+    with settings.open() as registry:
+        events = registry.changes(since, limit)
+        if settings.as_json and not follow:
+            click.echo(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True))
+            return
+        for event in events:
+            show(event)
+        if follow:
+            last = events[-1].rev if events else max(since, registry.revision)
+            try:
+                for event in registry.follow(last):
+                    show(event)
+            except KeyboardInterrupt:
+                return
+
+
+@main.command()
+@click.option("--keep-days", required=True, type=float, help="Keep events of the last N days.")
+@pass_settings
+@handle_errors
+def gc(settings: Settings, keep_days: float) -> None:
+    """Prune old events and ended sessions."""
+    with settings.open() as registry:
+        result = registry.gc_events(keep_days)
+    emit(settings, result, lambda: click.echo(f"deleted {result['events_deleted']} events and "
+                                              f"{result['sessions_deleted']} ended sessions"))
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def stats(settings: Settings) -> None:
+    """Counts, file and WAL size, revision."""
+    with settings.open() as registry:
+        result = registry.stats()
+
+    def human() -> None:
+        for key in ("path", "schema_version", "revision", "events", "entries", "tombstones", "workspaces", "kinds",
+                    "live_sessions", "leases", "file_bytes", "wal_bytes"):
+            click.echo(f"{key.replace('_', ' ') + ':':<16}{result[key]}")
+        click.echo("per kind:       " + ", ".join(f"{k} {v}" for k, v in result["entries_per_kind"].items() if v))
+
+    emit(settings, result, human)
+
+
+@main.command()
+@pass_settings
+@handle_errors
+def kinds(settings: Settings) -> None:
+    """List the kinds and their schemas."""
+    with settings.open() as registry:
+        found = registry.kinds()
+    emit(settings, [k.to_dict() for k in found],
+         lambda: table(["kind", "required", "optional", "pattern", "strict", "builtin", "description"],
+                       [[k.name, ",".join(k.required), ",".join(k.optional), k.name_pattern or "", k.strict,
+                         k.builtin, k.description] for k in found]))
+
+
+# -- workspaces ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def workspace() -> None:
+    """Manage workspaces (layers over core)."""
+
+
+@workspace.command("ls")
+@pass_settings
+@handle_errors
+def workspace_list(settings: Settings) -> None:
+    """List workspaces."""
+    with settings.open() as registry:
+        found = registry.workspaces()
+    emit(settings, [w.to_dict() for w in found],
+         lambda: table(["workspace", "parent", "depth", "entries", "tombstones", "description"],
+                       [[w.name, w.parent or "-", w.depth, w.entries, w.tombstones, w.description] for w in found]))
+
+
+@workspace.command("create")
+@click.argument("name")
+@click.option("--parent", default="core", show_default=True)
+@click.option("--description", default="")
+@pass_settings
+@handle_errors
+def workspace_create(settings: Settings, name: str, parent: str, description: str) -> None:
+    """Create a workspace over PARENT."""
+    with settings.open() as registry:
+        info = registry.create_workspace(name, parent, description)
+    emit(settings, info.to_dict(), lambda: click.echo(f"created workspace {name} over {parent}"))
+
+
+@workspace.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Also delete its child workspaces.")
+@pass_settings
+@handle_errors
+def workspace_remove(settings: Settings, name: str, force: bool) -> None:
+    """Delete a workspace and everything defined in it."""
+    with settings.open() as registry:
+        deleted = registry.delete_workspace(name, force=force)
+    emit(settings, {"deleted": deleted}, lambda: click.echo(f"deleted {', '.join(deleted)}"))
+
+
+@workspace.command("diff")
+@click.argument("a")
+@click.argument("b")
+@pass_settings
+@handle_errors
+def workspace_diff(settings: Settings, a: str, b: str) -> None:
+    """Show what the views of workspaces A and B disagree on."""
+    with settings.open() as registry:
+        difference = registry.diff(a, b)
+
+    def human() -> None:
+        for entry in difference.only_in_a:
+            click.echo(f"- {entry.kind} {entry.name} (only in {a}, from {entry.workspace})")
+        for entry in difference.only_in_b:
+            click.echo(f"+ {entry.kind} {entry.name} (only in {b}, from {entry.workspace})")
+        for left, right in difference.changed:
+            click.echo(f"~ {left.kind} {left.name} ({a}: {left.workspace} {left.id}; {b}: {right.workspace} {right.id})")
+        if difference.empty:
+            click.echo("no differences")
+
+    emit(settings, difference.to_dict(), human)
+
+
+@workspace.command("promote")
+@click.argument("name")
+@kind_option()
+@click.option("--replace", is_flag=True, help="Overwrite the parent's entry of the same name.")
+@pass_settings
+@handle_errors
+def workspace_promote(settings: Settings, name: str, kind: str | None, replace: bool) -> None:
+    """Move NAME from the workspace (--workspace) one layer up, keeping its id."""
+    if settings.workspace is None:
+        raise InvalidInputError("give the workspace to promote from: nameplate --workspace NAME workspace promote ...")
+    with settings.open() as registry:
+        entry = registry.promote(name, kind, workspace=settings.workspace, replace=replace)
+    emit(settings, entry.to_dict(), lambda: click.echo(f"promoted {entry.kind} {entry.name} ({entry.id}) to "
+                                                       f"{entry.workspace}"))
+
+
+@workspace.command("conflicts")
+@pass_settings
+@handle_errors
+def workspace_conflicts(settings: Settings) -> None:
+    """List names defined differently in sibling workspaces, and shadowed entries."""
+    with settings.open() as registry:
+        found = registry.conflicts()
+    emit(settings, [c.to_dict() for c in found],
+         lambda: table(["type", "kind", "name", "workspaces"], [[c.type, c.kind, c.name, ", ".join(c.workspaces)]
+                                                                for c in found]))

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ._api_maintenance import MaintenanceMixin
 from ._api_sessions import SessionsMixin
 from ._api_workspaces import WorkspacesMixin
 from ._base import RegistryBase
@@ -16,7 +17,7 @@ from ._validation import check_kind_name, check_name, encode_object
 from .errors import EntryNotFoundError, InvalidInputError
 
 
-class Registry(WorkspacesMixin, SessionsMixin, RegistryBase):
+class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
     """An embedded registry shared by every process on this host that opens the same file.
 
     ``Registry()`` finds its database (see :attr:`location`), creates or upgrades it, and is safe to
