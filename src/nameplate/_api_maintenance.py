@@ -46,13 +46,17 @@ class MaintenanceMixin(RegistryBase):
                                           mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws)
 
     def import_file(self, path: str | os.PathLike[str], *, format: str = "auto", replace: bool = False,
-                    dry_run: bool = False, workspace: str | None = None) -> ImportPlan:
-        """:meth:`import_document` on a JSON file; unreadable or truncated files raise ImportFileError."""
+                    dry_run: bool = False, workspace: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> ImportPlan:
+        """:meth:`import_document` on a JSON file; unreadable or truncated files raise ImportFileError.
+
+        ``progress(done, total)`` is called while the entries are validated (before the write).
+        """
         data = read_json(Path(path))
         ws = self._ws(workspace)
         return _documents.import_document(self._backend, self._store, data, fmt=format,
                                           mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws,
-                                          source=str(path))
+                                          source=str(path), progress=progress)
 
     def import_entries(self, data: dict[str, Any], merge: bool = True) -> None:
         """MADSci's ``LocalRegistryManager.import_entries``: a registry.json dict, merged or replacing."""

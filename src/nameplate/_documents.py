@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -237,7 +237,8 @@ def _parse_madsci(data: Any, workspace: str, source: str) -> _Document:
     return _Document([], [], entries, [], "madsci", locks)
 
 
-def _check_document(doc: _Document, tx: Tx, mode: str, source: str) -> tuple[list[str], dict[str, Kind]]:
+def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], dict[str, Kind]]:
     """Every problem in the document, judged against the registry it goes into."""
     problems: list[str] = []
     existing_ws = {r[0] for r in tx.execute("SELECT name FROM workspace").fetchall()}
@@ -280,6 +281,8 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str) -> tuple[lis
     seen_ids: set[str] = set()
     seen_names: set[tuple[str, str, str]] = set()
     for index, entry in enumerate(doc.entries):
+        if progress is not None and index % 1000 == 0:
+            progress(index, len(doc.entries))
         where = f"entries[{index}] ({entry.get('kind')} {entry.get('name')!r})"
         try:
             check_name(entry.get("name"))
@@ -339,13 +342,21 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str) -> tuple[lis
 
 
 def import_document(backend: Backend, store: Store, data: Any, *, fmt: str = "auto", mode: str = "merge",
-                    dry_run: bool = False, workspace: str = CORE, source: str = "the document") -> ImportPlan:
+                    dry_run: bool = False, workspace: str = CORE, source: str = "the document",
+                    progress: Callable[[int, int], None] | None = None) -> ImportPlan:
+    """Validate and plan (reporting ``progress(done, total)`` over the entries), then write at once.
+
+    Progress is reported only while validating, outside any transaction: the write itself is one
+    short transaction that never waits on a terminal.
+    """
     if mode not in ("merge", "replace"):
         raise InvalidInputError(f"mode must be 'merge' or 'replace', not {mode!r}", mode=mode)
     doc = parse_document(data, fmt, workspace, source)
     with backend.read() as tx:
-        _check_document(doc, tx, mode, source)
+        _check_document(doc, tx, mode, source, progress)
         plan = _plan(tx, doc, mode)
+    if progress is not None:
+        progress(len(doc.entries), len(doc.entries))
     if dry_run:
         return plan
     with backend.write() as tx:

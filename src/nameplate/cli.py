@@ -355,6 +355,31 @@ def _progress_wanted(count: int) -> bool:
     return count > PROGRESS_THRESHOLD and sys.stderr.isatty()
 
 
+class _ProgressBar:
+    """A ``progress(done, total)`` callback drawing a bar on stderr once the total proves large."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if not _progress_wanted(total):
+                return
+            self._bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc_info)
+
+
 @main.command()
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
 @click.option("--format", "fmt", type=click.Choice(["nameplate", "madsci"]), default="nameplate", show_default=True)
@@ -397,8 +422,9 @@ def export(settings: Settings, output: str | None, fmt: str) -> None:
 @handle_errors
 def import_(settings: Settings, file: str, replace: bool, dry_run: bool, fmt: str) -> None:
     """Import an export (or MADSci registry.json) all-or-nothing."""
-    with settings.open() as registry:
-        plan = registry.import_file(file, format=fmt, replace=replace, dry_run=dry_run, workspace=settings.workspace)
+    with settings.open() as registry, _ProgressBar("validating") as progress:
+        plan = registry.import_file(file, format=fmt, replace=replace, dry_run=dry_run, workspace=settings.workspace,
+                                    progress=progress)
 
     def human() -> None:
         for label, items in (("add", plan.added), ("replace", plan.replaced), ("remove", plan.removed),
