@@ -3,8 +3,13 @@
 A kind lists required and optional definition fields, defaults (strings may use ``{name}``, filled
 with the entry's name: the step kind derives ``<Name>Config``, ``<Name>StepBuilder`` and ``<Name>``),
 a name pattern, an optional validator (``"pkg.module:function"``, called with the definition, returning
-``None`` or problem strings, or raising ``ValueError``), and ``strict`` (unknown fields are errors).
-Validation collects every problem at once, each with a suggestion where one exists.
+``None``/``True`` when it is fine, or problem strings, ``False`` or an exception when it is not), and
+``strict`` (unknown fields are errors). Validation collects every problem at once, each with a
+suggestion where one exists. The validator runs whenever the definition has the kind's shape (a bad
+name does not stop it), since it may assume the required fields are there.
+
+Definitions are stored as canonical JSON and come back as read-only mappings
+(``Entry.definition``, a ``types.MappingProxyType``), defaults filled in at registration.
 """
 
 from __future__ import annotations
@@ -121,10 +126,13 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
             check_target(validator)
             if not callable(load_callable(validator)):
                 problems.append(f"validator {validator!r} is not callable")
-        except (ImportError, AttributeError) as error:
-            problems.append(f"validator {validator!r} cannot be imported: {error}")
         except InvalidInputError as error:
             problems.append(str(error))
+        except (ImportError, AttributeError) as error:
+            problems.append(f"validator {validator!r} cannot be imported: {error}")
+        except Exception as error:  # the validator's module failed while importing: report, do not crash
+            problems.append(f"validator {validator!r} cannot be imported: its module raised "
+                            f"{type(error).__name__}: {error}")
     if not isinstance(description, str):
         problems.append("description must be a string")
     if problems:
@@ -134,7 +142,50 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
             "name_pattern": name_pattern, "validator": validator, "strict": int(bool(strict))}
 
 
-def save_kind(tx: Tx, store: Store, values: dict[str, Any]) -> None:
+def candidate_kind(values: dict[str, Any]) -> Kind:
+    """The :class:`Kind` that ``values`` (from :func:`build_kind`) would define."""
+    return _decode((values["name"], values["description"], values["required"], values["optional"],
+                    values["defaults"], values["name_pattern"], values["validator"], values["strict"], 0, 0.0, 0.0))
+
+
+_KIND_ENTRIES = ("SELECT e.name, e.definition FROM entry AS e JOIN kind AS k ON k.id = e.kind_id "
+                 "WHERE k.name = ? AND e.hidden = 0 ORDER BY e.pk")
+#: Changes whenever an entry of the kind, or the kind itself, is written (updated_at moves, rows come
+#: and go): what a redefinition checked outside the write lock compares inside it.
+_KIND_FINGERPRINT = ("SELECT count(e.pk), max(e.updated_at), total(e.pk), k.updated_at FROM kind AS k "
+                     "LEFT JOIN entry AS e ON e.kind_id = k.id WHERE k.name = ?")
+
+
+def kind_entries(tx: Tx, name: str) -> tuple[list[tuple[str, str | None]], tuple[Any, ...]]:
+    """The visible rows of kind ``name`` (name, definition text) and the kind's fingerprint."""
+    return (tx.execute(_KIND_ENTRIES, (name,)).fetchall(),
+            tuple(tx.execute(_KIND_FINGERPRINT, (name,)).fetchone()))
+
+
+def kind_fingerprint(tx: Tx, name: str) -> tuple[Any, ...]:
+    return tuple(tx.execute(_KIND_FINGERPRINT, (name,)).fetchone())
+
+
+def broken_by(candidate: Kind, rows: Iterable[tuple[str, str | None]]) -> list[str]:
+    """The stored entries a redefinition to ``candidate`` would invalidate, one line each (this runs
+    the candidate's validator: keep it outside write transactions)."""
+    broken = []
+    for name, definition in rows:
+        if definition is None:  # an identity without a definition: only its name must still fit
+            problems = name_problems(candidate, name)
+        else:
+            _, problems = validate(candidate, name, json.loads(definition), apply_defaults=False)
+        if problems:
+            broken.append(f"{name}: {problems[0]}")
+    return broken
+
+
+def save_kind(tx: Tx, store: Store, values: dict[str, Any], *, broken: list[str] | None = None) -> None:
+    """Insert or redefine a kind in the caller's transaction.
+
+    ``broken`` is what :func:`broken_by` found for the stored entries, computed by the caller outside
+    the transaction; without it the check runs here (validators included).
+    """
     existing = tx.execute(f"SELECT {_KIND_COLUMNS} FROM kind WHERE name = ?", (values["name"],)).fetchone()
     now = time.time()
     if existing is None:
@@ -148,15 +199,8 @@ def save_kind(tx: Tx, store: Store, values: dict[str, Any]) -> None:
     if kind.builtin:
         raise KindInUseError(f"kind {kind.name!r} is built in and cannot be redefined; define a new kind "
                              f"(e.g. {kind.name + '_v2'!r})", kind=kind.name)
-    candidate = _decode((values["name"], values["description"], values["required"], values["optional"],
-                         values["defaults"], values["name_pattern"], values["validator"], values["strict"], 0, now,
-                         now, existing[11]))
-    broken = []
-    for name, definition in tx.execute("SELECT name, definition FROM entry WHERE kind_id = ? AND hidden = 0 AND "
-                                       "definition IS NOT NULL", (existing[11],)).fetchall():
-        _, problems = validate(candidate, name, json.loads(definition), apply_defaults=False)
-        if problems:
-            broken.append(f"{name}: {problems[0]}")
+    if broken is None:
+        broken = broken_by(candidate_kind(values), tx.execute(_KIND_ENTRIES, (values["name"],)).fetchall())
     if broken:
         raise KindInUseError(f"redefining kind {kind.name!r} would invalidate {len(broken)} registered "
                              f"definitions ({'; '.join(broken[:3])}); fix or remove them first",
@@ -200,22 +244,25 @@ def validate(kind: Kind, name: str, definition: Mapping[str, Any] | None, *,
         for field, default in kind.defaults.items():
             if field not in result:
                 result[field] = default.replace("{name}", name) if isinstance(default, str) else default
+    shape: list[str] = []
     for field in kind.required:
         if field not in result:
-            problems.append(f"required field {field!r} is missing")
+            shape.append(f"required field {field!r} is missing")
     if kind.strict:
         allowed = set(kind.fields)
-        for field in sorted(set(result) - allowed):
-            close = difflib.get_close_matches(field, sorted(allowed), n=1)
-            problems.append(f"unknown field {field!r}" + (f"; did you mean {close[0]!r}?" if close else
-                                                           f" (allowed: {', '.join(kind.fields) or 'none'})"))
+        for field in sorted(set(result) - allowed, key=str):
+            close = difflib.get_close_matches(str(field), sorted(allowed), n=1)
+            shape.append(f"unknown field {field!r}" + (f"; did you mean {close[0]!r}?" if close else
+                                                        f" (allowed: {', '.join(kind.fields) or 'none'})"))
     try:
         encode_object(result, "definition")
     except InvalidInputError as error:
-        problems.append(str(error))
-    if kind.validator and not problems:
-        problems.extend(_run_validator(kind, result))
-    return result, problems
+        shape.append(str(error))
+    # A validator may index required fields, so it only sees definitions of the kind's shape; a name
+    # problem alone does not stop it, so its findings are reported together with the name's.
+    if kind.validator and not shape:
+        shape.extend(_run_validator(kind, result))
+    return result, problems + shape
 
 
 def name_problems(kind: Kind, name: str) -> list[str]:
@@ -237,6 +284,8 @@ def _run_validator(kind: Kind, definition: dict[str, Any]) -> list[str]:
         outcome = function(dict(definition))
     except (ValueError, TypeError) as error:
         return [f"validator {kind.validator}: {error}"]
+    except Exception as error:  # a validator bug is still a reason to refuse, reported with the rest
+        return [f"validator {kind.validator} raised {type(error).__name__}: {error}"]
     if outcome is None or outcome is True:
         return []
     if outcome is False:

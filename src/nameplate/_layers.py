@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from ulid import ULID
 from ._backend import Tx
 from ._context import CORE
 from ._records import Entry, utc
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, Store, decode_entry
 from ._validation import check_workspace_name
 from .errors import EntryNotFoundError, NameTakenError, WorkspaceError
 
@@ -170,10 +171,16 @@ def delete_workspace(tx: Tx, store: Store, name: str, force: bool) -> list[str]:
         raise WorkspaceError(f"workspace {name!r} (or a child) holds {leased} leased entries; release them first",
                              workspace=name, leased=leased)
     for doomed_name, doomed_id in doomed:
-        counts = tx.execute("SELECT count(*) FROM entry WHERE workspace_id = ?", (doomed_id,)).fetchone()[0]
+        # The rows go with the workspace (ON DELETE CASCADE); each entry's history still gets its end.
+        rows = tx.execute("SELECT e.id, e.name, k.name, e.hidden FROM entry AS e JOIN kind AS k ON k.id = e.kind_id "
+                          "WHERE e.workspace_id = ? ORDER BY e.pk", (doomed_id,)).fetchall()
+        for entry_id, entry_name, kind, hidden in rows:
+            if not hidden:
+                store.record(tx, "delete", workspace=doomed_name, kind=kind, name=entry_name, entry_id=entry_id,
+                             reason=f"workspace {doomed_name!r} deleted")
         tx.execute("DELETE FROM workspace_ancestor WHERE workspace_id = ?", (doomed_id,))
         tx.execute("DELETE FROM workspace WHERE id = ?", (doomed_id,))
-        store.record(tx, "workspace.delete", workspace=doomed_name, rows_deleted=int(counts))
+        store.record(tx, "workspace.delete", workspace=doomed_name, rows_deleted=len(rows))
     return [d[0] for d in doomed]
 
 
@@ -203,9 +210,16 @@ def unhide(tx: Tx, store: Store, workspace: str, name: str, kind: str) -> None:
     store.record(tx, "unhide", workspace=workspace, kind=kind, name=name)
 
 
-def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, replace: bool) -> tuple[str, str]:
-    """Move ``workspace``'s own entry one layer up, keeping its id; return ``(id, parent)``."""
+def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, replace: bool,
+            guard: Callable[[Tx, LocalRow], None] | None = None) -> tuple[str, str]:
+    """Move ``workspace``'s own entry one layer up, keeping its id; return ``(id, parent)``.
+
+    ``guard`` runs on every row the promotion changes (the entry, and with ``replace`` the parent's
+    entry it overwrites): the registry refuses rows leased by another session there.
+    """
     local = store.visible_local(tx, workspace, name, kind, "promote")
+    if guard is not None:
+        guard(tx, local)
     parent = tx.execute("SELECT p.id, p.name FROM workspace AS w JOIN workspace AS p ON p.id = w.parent_id "
                         "WHERE w.id = ?", (local.workspace_id,)).fetchone()
     if parent is None:
@@ -219,6 +233,8 @@ def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, r
                              "replace=True to overwrite it with the promoted definition", name=name, kind=local.kind,
                              existing_id=existing[1])
     if existing is not None:
+        if guard is not None and not existing[2]:
+            guard(tx, LocalRow(int(existing[0]), existing[1], local.kind_id, local.kind, int(parent_id), parent_name))
         tx.execute("DELETE FROM entry WHERE pk = ?", (existing[0],))
         if not existing[2]:
             store.record(tx, "delete", workspace=parent_name, kind=local.kind, name=name, entry_id=existing[1],
