@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -31,13 +32,32 @@ def test_find_returns_supersets_of_the_required_capabilities(providers: Registry
     assert providers.find("provider", {"telepathy"}) == []
 
 
-def test_find_reads_the_capability_index_not_the_whole_kind(providers: Registry) -> None:
+@pytest.mark.parametrize("shape", ["find", "first", "random", "round_robin", "least_recently_selected"])
+def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: Registry, shape: str) -> None:
     conn = providers._backend.connection()
-    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _strategies._find_sql(2),
-                                           ("llm", "vision", "core", "provider"))]
-    assert any("entry_capability USING PRIMARY KEY" in step for step in plan), plan
-    assert any("USING INTEGER PRIMARY KEY" in step for step in plan), plan
-    assert not any(step.startswith("SCAN") and "m" != step.split()[-1] for step in plan), plan
+    params: tuple[object, ...] = ("vision", "llm", "core", "provider") + ((0,) if shape == "round_robin" else ())
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _strategies.statement(shape, 2), params)]
+    assert plan[:4] == ["CO-ROUTINE m", "SEARCH c0 USING PRIMARY KEY (capability=?)", "CORRELATED SCALAR SUBQUERY 1",
+                        "SEARCH c1 USING PRIMARY KEY (capability=? AND entry_pk=?)"], plan
+    assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    assert not any("entry_by_kind" in s for s in plan), plan  # that index is the walk over the whole kind
+    assert [s for s in plan if s.startswith("SCAN")] == ["SCAN m"], plan  # only the index matches are scanned
+
+
+@pytest.mark.parametrize("count", [0, 2])
+def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: int) -> None:
+    conn = providers._backend.connection()
+    params = ("vision", "llm")[:count] + ("core", "provider")
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _strategies.statement("healthiest", count), params)]
+    assert plan[1:3] == ["SEARCH o USING INDEX session_by_state (state=?)",
+                         "SEARCH e USING COVERING INDEX entry_by_owner (owner_session_id=?)"], plan
+    assert not any("entry_by_kind" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
+
+
+def test_the_rarest_capability_drives_the_query(providers: Registry) -> None:
+    with providers._backend.read() as tx:
+        assert _strategies.by_rarity(tx, ["chat", "llm", "vision"]) == ["chat", "vision", "llm"]
+        assert _strategies.by_rarity(tx, ["llm", "nobody"]) == ["nobody", "llm"]
 
 
 def test_no_match_says_which_capabilities_nobody_offers(providers: Registry) -> None:
@@ -52,7 +72,34 @@ def test_no_match_says_which_capabilities_nobody_offers(providers: Registry) -> 
 def test_unknown_strategies_are_refused(providers: Registry) -> None:
     with pytest.raises(UnknownStrategyError) as caught:
         providers.select("provider", {"llm"}, strategy="best")
-    assert "round_robin" in str(caught.value)
+    assert "round_robin" in str(caught.value) and caught.value.known == list(_strategies.STRATEGIES)
+    with pytest.raises(UnknownStrategyError):
+        providers.select("provider", {"llm"}, strategy=None)  # type: ignore[arg-type]
+
+
+def test_every_named_strategy_is_implemented(providers: Registry) -> None:
+    providers.session(label="test").report(status="healthy")
+    providers.register("owned", "provider", capabilities=["llm"], owned=True)
+    for strategy in _strategies.STRATEGIES:
+        assert providers.select("provider", {"llm"}, strategy).capabilities >= {"llm"}
+
+
+def test_reads_only_strategies_write_nothing_and_recording_ones_one_short_transaction(providers: Registry) -> None:
+    providers.session(label="test").report(status="healthy")
+    providers.register("owned", "provider", capabilities=["llm"], owned=True)
+    statements: list[str] = []
+    conn = providers._backend.connection()
+    conn.set_trace_callback(statements.append)
+    for strategy in ("first", "random", "healthiest"):
+        providers.select("provider", {"llm"}, strategy)
+    assert not any(s.startswith(("BEGIN IMMEDIATE", "INSERT", "UPDATE", "DELETE")) for s in statements), statements
+    for strategy in ("round_robin", "least_recently_selected"):
+        statements.clear()
+        providers.select("provider", {"llm"}, strategy)
+        assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT", statements
+        assert len(statements) <= 8, statements
+        assert sum(s.startswith("UPDATE entry SET selected_at") for s in statements) == 1
+    conn.set_trace_callback(None)
 
 
 def test_first_and_random(providers: Registry) -> None:
@@ -67,6 +114,18 @@ def test_round_robin_rotates_and_least_recently_selected_spreads(providers: Regi
     picks = [providers.select("provider", {"vision"}, "least_recently_selected").name for _ in range(4)]
     assert picks == ["beta", "gamma", "beta", "gamma"]
     assert providers.get("beta", "provider").id == providers.select("provider", {"vision"}, "first").id
+    providers.register("epsilon", "provider", capabilities=["vision"])
+    assert providers.select("provider", {"vision"}, "least_recently_selected").name == "epsilon"  # never selected
+
+
+def test_round_robin_keeps_its_place_when_matches_come_and_go(providers: Registry) -> None:
+    assert [providers.select("provider", {"llm"}, "round_robin").name for _ in range(2)] == ["alpha", "beta"]
+    providers.delete("alpha", "provider")
+    providers.register("zeta", "provider", capabilities=["llm"])  # registered last: joins at the end
+    assert [providers.select("provider", {"llm"}, "round_robin").name for _ in range(5)] == \
+        ["gamma", "zeta", "beta", "gamma", "zeta"]
+    # Each requirement has its own rotation.
+    assert providers.select("provider", {"llm", "vision"}, "round_robin").name == "beta"
 
 
 _PICKER = """
@@ -129,8 +188,35 @@ def test_healthiest_prefers_healthy_live_owners_and_ignores_a_killed_one(provide
             child.stdout.close()
 
 
-def test_healthiest_falls_back_to_unowned_entries(providers: Registry) -> None:
-    assert providers.select("provider", {"llm", "vision"}, "healthiest").name == "beta"
+def test_healthiest_never_returns_an_entry_without_a_live_owner(providers: Registry, db_path: Path) -> None:
+    with pytest.raises(NoMatchError, match="owned=True") as unowned:
+        providers.select("provider", {"llm", "vision"}, "healthiest")
+    assert unowned.value.missing == []
+    with Registry(db_path) as provider:
+        provider.session(label="provider").report(status="healthy")
+        provider.register("mine", "provider", capabilities=["speech"], owned=True)
+        assert providers.select("provider", {"speech"}, "healthiest").name == "mine"
+    with pytest.raises(NoMatchError, match="no longer alive|bound to a live session"):
+        providers.select("provider", {"speech"}, "healthiest")  # its session ended with the close
+    # Garbage collection deletes the ended session and the entry's owner becomes NULL (ON DELETE SET
+    # NULL): it now looks like an entry that never had an owner, and must not come back as healthy.
+    providers.gc_events(keep_days=0)
+    assert providers.get("mine", "provider") is not None
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT owner_session_id FROM entry WHERE name = 'mine'").fetchone() == (None,)
+    with pytest.raises(NoMatchError):
+        providers.select("provider", {"speech"}, "healthiest")
+
+
+def test_a_restarted_provider_takes_over_its_entry(db_path: Path) -> None:
+    with Registry(db_path) as first:
+        first.session(label="provider, first run").report(status="healthy")
+        entry = first.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
+    with Registry(db_path) as second:  # the same definition again, from a new session
+        second.session(label="provider, second run").report(status="healthy")
+        again = second.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
+        assert again.id == entry.id
+        assert second.select("provider", {"llm"}, "healthiest").id == entry.id
 
 
 def test_selection_respects_workspaces(providers: Registry) -> None:

@@ -14,6 +14,7 @@ from conftest import table_snapshot
 from nameplate import (
     EntryNotFoundError,
     InvalidNameError,
+    LeaseHeldError,
     NameTakenError,
     Registry,
     UnknownWorkspaceError,
@@ -98,6 +99,30 @@ def test_promote_moves_a_definition_up_keeping_its_id(layered: Registry) -> None
     assert replaced.id == entry.id and replaced.workspace == "core"
     with pytest.raises(WorkspaceError):
         layered.promote("Feature", "step")
+
+
+def test_promote_refuses_an_entry_leased_by_another_process(layered: Registry, db_path: Path) -> None:
+    layered.register("Feature", "step", {"sagemaker_step_type": "Processing"}, workspace="dev1")
+    with Registry(db_path) as holder:
+        holder.acquire("Feature", "step", workspace="dev1")
+        before = table_snapshot(db_path)
+        with pytest.raises(LeaseHeldError):
+            layered.promote("Feature", "step", workspace="dev1")
+        assert table_snapshot(db_path) == before
+        promoted = holder.promote("Feature", "step", workspace="dev1")  # the holder itself may
+        assert promoted.workspace == "core"
+
+
+def test_deleting_a_workspace_ends_each_entrys_history(layered: Registry) -> None:
+    gone = layered.resolve("scratch", "node", workspace="dev2")
+    layered.resolve("shared", "node")
+    layered.hide("shared", "node", workspace="dev2")
+    since = layered.revision
+    layered.delete_workspace("dev2")
+    events = layered.changes(since)
+    assert [(e.action, e.entry_id) for e in events if e.action == "delete"] == [("delete", gone)]
+    assert events[-1].action == "workspace.delete" and events[-1].detail["rows_deleted"] == 2
+    assert layered.lookup("shared", "node") is not None
 
 
 def test_diff_and_conflicts(layered: Registry) -> None:
@@ -189,40 +214,88 @@ def test_the_active_workspace_is_local_to_each_asyncio_task(layered: Registry) -
 
 # -- one resolver: a listing and per-name lookups never disagree -----------------------------------------
 
-_NAMES = st.sampled_from(["alpha", "beta", "gamma", "delta"])
-_KINDS = st.sampled_from(["node", "module"])
-_WORKSPACES = ["core", "a", "b", "a1", "a2", "b1"]
-_PARENTS = {"a": "core", "b": "core", "a1": "a", "a2": "a", "b1": "b"}
-_OPERATIONS = st.lists(st.tuples(st.sampled_from(["resolve", "hide", "delete"]), st.sampled_from(_WORKSPACES),
-                                 _NAMES, _KINDS), max_size=40)
+_NAMES = ["alpha", "beta"]
+_KINDS = ["node", "module"]
+_CAPABILITIES = ["x", "y"]
+_OPERATIONS = ["resolve", "register", "hide", "unhide", "delete", "promote"]
+_Operation = tuple[str, str, str, str, frozenset[str], int]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations=_OPERATIONS)
-def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path: Path, operations: list[tuple[str, ...]]) -> None:
-    path = tmp_path / f"property-{abs(hash(tuple(operations)))}.db"
+@st.composite
+def _trees_and_operations(draw: st.DrawFn) -> tuple[dict[str, str], list[_Operation]]:
+    """A random workspace tree (each new workspace hangs under core or an earlier one) and a random
+    sequence of writes over it."""
+    parents: dict[str, str] = {}
+    for index in range(draw(st.integers(min_value=1, max_value=5))):
+        parents[f"w{index}"] = draw(st.sampled_from(["core", *parents]))
+    operations = draw(st.lists(st.tuples(
+        st.sampled_from(_OPERATIONS), st.sampled_from(["core", *parents]), st.sampled_from(_NAMES),
+        st.sampled_from(_KINDS), st.frozensets(st.sampled_from(_CAPABILITIES)), st.integers(0, 7)),
+        min_size=4, max_size=40))
+    return parents, operations
+
+
+def _apply(registry: Registry, operation: _Operation) -> None:
+    """Run one write. Operations that need a row to act on pick one that exists (``pick`` chooses),
+    so that most of them do something."""
+    op, ws, name, kind, capabilities, pick = operation
+    if op == "resolve":
+        registry.resolve(name, kind, workspace=ws)
+        return
+    if op == "register":
+        registry.register(name, kind, {"v": len(capabilities)}, capabilities=capabilities, on_conflict="replace",
+                          workspace=ws)
+        return
+    visible = registry.list(workspace=ws)
+    if op == "hide":
+        candidates = [(e.name, e.kind) for e in visible if e.workspace != ws]
+    elif op == "unhide":
+        candidates = [(n, k) for n in _NAMES for k in _KINDS
+                      if any(layer.workspace == ws and layer.hidden
+                             for layer in registry.explain(n, k, workspace=ws).layers)]
+    else:
+        candidates = [(e.name, e.kind) for e in visible if e.workspace == ws]
+    if not candidates:
+        return
+    name, kind = candidates[pick % len(candidates)]
+    if op == "hide":
+        registry.hide(name, kind, workspace=ws)
+    elif op == "unhide":
+        registry.unhide(name, kind, workspace=ws)
+    elif op == "delete":
+        registry.delete(name, kind, workspace=ws)
+    elif ws != "core":
+        try:
+            registry.promote(name, kind, workspace=ws)
+        except NameTakenError:
+            registry.promote(name, kind, workspace=ws, replace=True)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_trees_and_operations())
+def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path_factory: pytest.TempPathFactory,
+                                                          case: tuple[dict[str, str], list[_Operation]]) -> None:
+    parents, operations = case
+    path = tmp_path_factory.mktemp("property") / "registry.db"
     with Registry(path) as registry:
-        for name in ("a", "b", "a1", "a2", "b1"):
-            registry.create_workspace(name, parent=_PARENTS[name])
-        for op, ws, name, kind in operations:
-            try:
-                if op == "resolve":
-                    registry.resolve(name, kind, workspace=ws)
-                elif op == "hide":
-                    registry.hide(name, kind, workspace=ws)
-                else:
-                    registry.delete(name, kind, workspace=ws)
-            except (EntryNotFoundError, WorkspaceError):
-                pass  # hiding/deleting what is not there (or not inherited) is refused: fine here
-        for ws in _WORKSPACES:
-            listed = {(e.kind, e.name): e.id for e in registry.list(workspace=ws)}
+        for name, parent in parents.items():
+            registry.create_workspace(name, parent=parent)
+        for operation in operations:
+            _apply(registry, operation)
+        for ws in ["core", *parents]:
+            listed = {(e.kind, e.name): e for e in registry.list(workspace=ws)}
             looked_up = {}
-            for name in ("alpha", "beta", "gamma", "delta"):
-                for kind in ("node", "module"):
+            for name in _NAMES:
+                for kind in _KINDS:
                     entry_id = registry.lookup(name, kind, workspace=ws)
+                    entry = registry.get(name, kind, workspace=ws)
+                    assert (entry.id if entry else None) == entry_id
+                    assert registry.explain(name, kind, workspace=ws).entry_id == entry_id
                     if entry_id is not None:
-                        looked_up[(kind, name)] = entry_id
-                    explanation = registry.explain(name, kind, workspace=ws)
-                    assert explanation.entry_id == entry_id
+                        looked_up[(kind, name)] = entry
             assert listed == looked_up
-    path.unlink()
+            for kind in _KINDS:  # the capability index path agrees with the listing too
+                for required in ([], ["x"], ["x", "y"]):
+                    expected = sorted(e.name for (k, _), e in listed.items()
+                                      if k == kind and e.capabilities >= set(required))
+                    assert [e.name for e in registry.find(kind, required, workspace=ws)] == expected

@@ -1,33 +1,44 @@
-"""The Registry's workspaces, kinds, typed definitions, targets and selection API (guarantees 6, 7)."""
+"""The Registry's workspaces, kinds, typed definitions, targets and selection API (guarantees 6, 7).
+
+Every write here validates everything it can before it takes the write lock (user validators and
+imports never run inside a write transaction), then writes in one short ``BEGIN IMMEDIATE``
+transaction that records its events. Reads resolve layers through the ``resolved_entry`` view only.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 from ulid import ULID
 
 from . import _layers, _strategies
+from ._backend import Tx
 from ._base import RegistryBase
 from ._kind_schema import (
     Kind,
+    broken_by,
     build_kind,
+    candidate_kind,
     delete_kind,
     get_kind,
+    kind_entries,
+    kind_fingerprint,
     list_kinds,
-    load_callable,
     name_problems,
     save_kind,
     validate,
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, decode_entry
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, decode_entry
 from ._validation import (
     check_capabilities,
     check_kind_name,
@@ -38,6 +49,7 @@ from ._validation import (
 )
 from .errors import (
     ConflictError,
+    EntryNotFoundError,
     InvalidInputError,
     NameplateError,
     NameTakenError,
@@ -46,11 +58,38 @@ from .errors import (
 )
 
 ON_CONFLICT = ("error", "replace", "keep")
+#: How often a write that validated outside the lock starts over because its kind changed meanwhile.
+_ATTEMPTS = 3
+
+_IDS = "SELECT w.id, k.id FROM workspace AS w, kind AS k WHERE w.name = ? AND k.name = ?"
+_LOCAL = ("SELECT pk, id, hidden, definition, target, capabilities, metadata, owner_session_id FROM entry "
+          "WHERE workspace_id = ? AND kind_id = ? AND name = ?")
+_KIND_UPDATED = "SELECT updated_at FROM kind WHERE name = ?"
+_INSERT = ("INSERT INTO entry (id, metadata, capabilities, definition, target, created_at, updated_at, last_seen_at, "
+           "owner_session_id, workspace_id, kind_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk")
+_REVIVE = ("UPDATE entry SET id = ?, metadata = ?, capabilities = ?, definition = ?, target = ?, created_at = ?, "
+           "updated_at = ?, last_seen_at = ?, owner_session_id = ?, hidden = 0, ephemeral = 0, fence = 0, "
+           "selected_at = NULL, selected_count = 0 WHERE pk = ?")
+_REPLACE = ("UPDATE entry SET definition = ?, target = ?, capabilities = ?, metadata = ?, updated_at = ?, "
+            "owner_session_id = ? WHERE pk = ?")
+_DROP_CAPABILITIES = "DELETE FROM entry_capability WHERE entry_pk = ?"
+_ADD_CAPABILITY = "INSERT INTO entry_capability (capability, entry_pk) VALUES (?, ?)"
+_ENTRY_BY_PK = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+                "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
+_VISIBLE_ENTRY = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
+_ENTRY_IN_VIEW = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.id = ?"
+
+# Objects given to bind() and targets imported by load(), for this process only (a forked child
+# inherits a copy, which is still this process's objects). Bindings are keyed by the database file,
+# so two Registry objects on one file share them and a Registry on another file does not.
+_bound: dict[tuple[str, str, str, str], Any] = {}
+_loaded: dict[tuple[str, str], Any] = {}
+_process_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """One item for :meth:`register_many` (plain dicts with the same keys work too)."""
+    """One item for :meth:`~WorkspacesMixin.register_many` (plain dicts with the same keys work too)."""
 
     name: str
     kind: str
@@ -59,7 +98,6 @@ class Registration:
     capabilities: Sequence[str] = ()
     metadata: Mapping[str, Any] | None = None
     owned: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,45 +109,52 @@ class _Prepared:
     target: str | None
     capabilities: list[str]
     metadata_text: str | None
+    owned: bool
+    origin: str | None  # discover(): the entry point this registration comes from
 
 
 class WorkspacesMixin(RegistryBase):
     """Layered workspaces, kinds with schemas, registration, targets, capability selection."""
 
-    def _open_extensions(self) -> None:
-        super()._open_extensions()
-        self._bound: dict[tuple[str, str, str], Any] = {}
-        self._loaded: dict[tuple[str, str], Any] = {}
-        self._loading_lock = threading.Lock()
-
     # -- workspaces ------------------------------------------------------------------------------
 
     def create_workspace(self, name: str, parent: str = "core", description: str = "") -> WorkspaceInfo:
-        """Create a layer over ``parent``. Reads in it see its own rows over its ancestors'."""
+        """Create a layer over ``parent``. Reads in it see its own rows over its ancestors', never a
+        sibling's. :class:`NameTakenError` if it exists, :class:`UnknownWorkspaceError` if the parent
+        does not."""
         self._ws(None)
         check_workspace_name(name)
         check_workspace_name(parent)
+        if not isinstance(description, str):
+            raise InvalidInputError(f"description must be a string, not {type(description).__name__}")
         with self._backend.write() as tx:
-            _layers.create_workspace(tx, self._store, name, parent, str(description))
+            _layers.create_workspace(tx, self._store, name, parent, description)
             return next(w for w in _layers.list_workspaces(tx) if w.name == name)
 
     def workspaces(self) -> list[WorkspaceInfo]:
-        """Every workspace, by name, with its parent, depth and row counts."""
+        """Every workspace, by name, with its parent, depth, children and row counts."""
         self._ws(None)
         with self._backend.read() as tx:
             return _layers.list_workspaces(tx)
 
     def delete_workspace(self, name: str, force: bool = False) -> list[str]:
-        """Delete a workspace and its rows; refused while it has children unless ``force=True``."""
+        """Delete a workspace with its entries and tombstones; return the workspaces deleted.
+
+        Refused (:class:`WorkspaceError`) for ``core``, while it has child workspaces unless
+        ``force=True`` (then they go too, deepest first), and while any of its entries is leased.
+        """
         self._ws(None)
         check_workspace_name(name)
         with self._backend.write() as tx:
             return _layers.delete_workspace(tx, self._store, name, force)
 
     def hide(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str:
-        """Hide an inherited entry in this workspace (and its children) without touching the parent."""
+        """Hide an inherited entry in this workspace and its children (a tombstone row here), without
+        touching the layer that defines it; return the hidden entry's id."""
         ws = self._ws(workspace)
         check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
         with self._backend.write() as tx:
             return _layers.hide(tx, self._store, ws, name, kind)
 
@@ -123,27 +168,34 @@ class WorkspacesMixin(RegistryBase):
 
     def promote(self, name: str, kind: str | None = None, *, workspace: str | None = None,
                 replace: bool = False) -> Entry:
-        """Move this workspace's own entry one layer up (to its parent), keeping its id."""
+        """Move this workspace's own entry one layer up (to its parent), keeping its id.
+
+        If the parent defines the name already: :class:`NameTakenError`, or with ``replace=True`` the
+        parent's entry is deleted and this one takes its place.
+        """
         ws = self._ws(workspace)
         check_name(name)
+        if kind is not None:
+            check_kind_name(kind)
         with self._backend.write() as tx:
-            entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace)
-            row = tx.execute(f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.id = ?",
-                             (parent, entry_id)).fetchone()
-            return decode_entry(row)
+            entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace,
+                                               guard=self._before_entry_write)
+            return decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
 
     def diff(self, a: str, b: str) -> Diff:
-        """What the views of workspaces ``a`` and ``b`` disagree on."""
+        """What the views of workspaces ``a`` and ``b`` disagree on (each seen with its ancestors)."""
         self._ws(None)
         return _layers.diff(self._store, check_workspace_name(a), check_workspace_name(b))
 
     def conflicts(self) -> list[Conflict]:
-        """Names defined differently in sibling workspaces, and entries that shadow an ancestor's."""
+        """Names defined differently in sibling workspaces (``type="sibling"``), and entries that
+        shadow an ancestor's entry of the same name (``type="shadow"``)."""
         self._ws(None)
         return _layers.conflicts(self._store)
 
     def explain(self, name: str, kind: str, *, workspace: str | None = None) -> Explanation:
-        """The resolution trace of ``name``: which layer answered, what it shadows, which tombstone hid it."""
+        """The resolution trace of ``name``: the ancestry chain, every row met on the way up, which
+        layer answered, what it shadows, and which tombstone hid it. It agrees with :meth:`get`."""
         ws = self._ws(workspace)
         check_name(name)
         check_kind_name(kind)
@@ -155,16 +207,33 @@ class WorkspacesMixin(RegistryBase):
     def define_kind(self, name: str, required: Iterable[str] = (), optional: Iterable[str] = (), *,
                     defaults: Mapping[str, Any] | None = None, name_pattern: str | None = None,
                     validator: str | None = None, strict: bool = True, description: str = "") -> Kind:
-        """Define (or redefine) a kind. Redefinition is refused if it would invalidate stored definitions."""
+        """Define (or redefine) a kind and return it.
+
+        ``defaults`` fill missing fields at registration; string defaults may use ``{name}`` (the
+        entry's name). ``validator`` is ``"pkg.module:function"``, called with each definition. Every
+        problem with the schema is reported at once (:class:`ValidationError`). Redefining is refused
+        (:class:`KindInUseError`) for built-in kinds and when stored entries would no longer validate.
+        """
         self._ws(None)
         values = build_kind(name, required=required, optional=optional, defaults=defaults,
                             name_pattern=name_pattern, validator=validator, strict=strict, description=description)
-        with self._backend.write() as tx:
-            save_kind(tx, self._store, values)
-            return get_kind(tx, name)
+        candidate = candidate_kind(values)
+        for _ in range(_ATTEMPTS):
+            # Stored entries are checked against the new schema outside the lock (the validator is
+            # user code); the write then goes ahead only if none of them changed meanwhile.
+            with self._backend.read() as tx:
+                rows, fingerprint = kind_entries(tx, name)
+            broken = broken_by(candidate, rows)
+            with self._backend.write() as tx:
+                if kind_fingerprint(tx, name) != fingerprint:
+                    continue
+                save_kind(tx, self._store, values, broken=broken)
+                return get_kind(tx, name)
+        raise ConflictError(f"entries of kind {name!r} kept changing while it was being redefined; retry",
+                            kind=name)
 
     def kinds(self) -> list[Kind]:
-        """Every kind with its schema, built-in ones included."""
+        """Every kind with its schema, built-in ones included, by name."""
         self._ws(None)
         with self._backend.read() as tx:
             return list_kinds(tx)
@@ -176,7 +245,8 @@ class WorkspacesMixin(RegistryBase):
             return get_kind(tx, check_kind_name(name))
 
     def delete_kind(self, name: str) -> None:
-        """Delete a user-defined kind that has no entries."""
+        """Delete a user-defined kind that has no entries in any workspace (:class:`KindInUseError`
+        otherwise, and for built-in kinds)."""
         self._ws(None)
         with self._backend.write() as tx:
             delete_kind(tx, self._store, check_kind_name(name))
@@ -190,256 +260,299 @@ class WorkspacesMixin(RegistryBase):
         """Register a typed definition under ``(workspace, kind, name)`` and return the entry.
 
         The definition is checked against the kind (defaults filled in); every problem is reported at
-        once in a :class:`ValidationError` and nothing is written. If this workspace already defines the
-        name differently: ``on_conflict="error"`` raises :class:`NameTakenError`, ``"replace"``
-        overwrites it (the id stays), ``"keep"`` returns the existing entry. Registering the same thing
-        again is a no-op; an entry that was only resolved gets its definition filled in.
-        ``definition=None`` registers an identity (target, capabilities) without a definition: only
-        the name is checked against the kind.
-        ``owned=True`` ties the entry to this process's session for ``select(strategy="healthiest")``.
+        once in a :class:`ValidationError` and nothing is written. ``definition=None`` registers an
+        identity (target, capabilities) without a definition: only the name is checked.
+
+        If this workspace already registered the name with a different definition, target,
+        capabilities or metadata: ``on_conflict="error"`` raises :class:`NameTakenError`,
+        ``"replace"`` overwrites it (the id stays), ``"keep"`` returns the stored entry unchanged.
+        Registering the same thing again writes nothing; an entry that was only resolved gets its
+        definition filled in. Metadata left out (``None``) keeps what is stored.
+
+        ``owned=True`` binds the entry to this process's session (opened on demand), which is what
+        ``select(strategy="healthiest")`` judges; re-registering from a new process moves the binding.
         """
-        return self.register_many([Registration(name, kind, definition, target, tuple(capabilities), metadata,
-                                                owned)], on_conflict=on_conflict, workspace=workspace)[0]
+        # A lone string stays a string, so validation refuses it instead of splitting it into letters.
+        caps = capabilities if isinstance(capabilities, str) else tuple(capabilities)
+        return self.register_many([Registration(name, kind, definition, target, caps, metadata, owned)],
+                                  on_conflict=on_conflict, workspace=workspace)[0]
 
     def register_many(self, items: Iterable[Registration | Mapping[str, Any]], *, on_conflict: str = "error",
                       workspace: str | None = None) -> list[Entry]:
-        """Register a batch in one transaction: all are validated first, then all are written, or none."""
+        """Register a batch in one transaction: every item is validated first and every problem is
+        reported at once (:class:`ValidationError`), then all are written, or none."""
         ws = self._ws(workspace)
         if on_conflict not in ON_CONFLICT:
             raise InvalidInputError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}",
                                     on_conflict=on_conflict)
         registrations = [_as_registration(item, index) for index, item in enumerate(items)]
-        prepared, owned = self._prepare(ws, registrations)
-        owner = self.session().id if owned else None  # type: ignore[attr-defined]
-        for _ in range(3):
+        if not registrations:
+            return []
+        return self._register(ws, registrations, [None] * len(registrations), on_conflict)
+
+    def _register(self, ws: str, registrations: list[Registration], origins: list[str | None],
+                  on_conflict: str) -> list[Entry]:
+        for _ in range(_ATTEMPTS):
+            prepared = self._prepare(ws, registrations, origins)
+            owner = self.session().id if any(p.owned for p in prepared) else None  # type: ignore[attr-defined]
             with self._backend.write() as tx:
-                if not self._kinds_unchanged(tx, prepared):
+                if not _kinds_unchanged(tx, prepared):
                     continue  # a kind was redefined since we validated: validate again, outside the lock
-                return [self._write_registration(tx, ws, item, on_conflict, owner if reg.owned else None)
-                        for item, reg in zip(prepared, registrations, strict=True)]
-            prepared, owned = self._prepare(ws, registrations)
+                return [self._write_registration(tx, ws, item, on_conflict, owner if item.owned else None)
+                        for item in prepared]
         raise ConflictError("kinds kept changing while registering; retry", workspace=ws)
 
-    def _prepare(self, ws: str, registrations: list[Registration]) -> tuple[list[_Prepared], bool]:
-        """Validate everything outside any transaction (validators are user code)."""
+    def _prepare(self, ws: str, registrations: list[Registration], origins: list[str | None]) -> list[_Prepared]:
+        """Validate every item and collect every problem; validators run outside any transaction."""
+        kinds: dict[str, Kind] = {}
+        kind_errors: dict[str, str] = {}
+        with self._backend.read() as tx:
+            self._store.workspace_id(tx, ws)
+            for reg in registrations:
+                kind_name = reg.kind
+                if not isinstance(kind_name, str) or kind_name in kinds or kind_name in kind_errors:
+                    continue
+                try:
+                    kinds[kind_name] = get_kind(tx, check_kind_name(kind_name))
+                except NameplateError as error:  # reported below with every other problem
+                    kind_errors[kind_name] = str(error)
         problems: list[str] = []
         prepared: list[_Prepared] = []
         seen: set[tuple[str, str]] = set()
-        with self._backend.read() as tx:
-            self._store.workspace_id(tx, ws)
-            kinds: dict[str, Kind] = {}
-            for index, reg in enumerate(registrations):
-                where = f"item {index} ({reg.kind} {reg.name!r})" if len(registrations) > 1 else \
-                    f"{reg.kind} {reg.name!r}"
-                local: list[str] = []
-                try:
-                    check_name(reg.name)
+        for index, (reg, origin) in enumerate(zip(registrations, origins, strict=True)):
+            where = f"item {index} ({reg.kind} {reg.name!r})" if len(registrations) > 1 else f"{reg.kind} {reg.name!r}"
+            local: list[str] = []
+            try:
+                check_name(reg.name)
+                if not isinstance(reg.kind, str):
                     check_kind_name(reg.kind)
-                    if reg.kind not in kinds:
-                        kinds[reg.kind] = get_kind(tx, reg.kind)
-                except NameplateError as error:  # bad name or unknown kind: reported with all the others
-                    problems.append(f"{where}: {error}")
-                    continue
-                if (reg.kind, reg.name) in seen:
-                    problems.append(f"{where}: listed twice in this batch")
-                seen.add((reg.kind, reg.name))
-                kind = kinds[reg.kind]
-                if reg.definition is None:  # an identity with a target or capabilities, no definition
-                    definition, found = None, name_problems(kind, reg.name)
-                else:
-                    definition, found = validate(kind, reg.name, reg.definition)
-                local.extend(found)
-                for check, value in ((check_target, reg.target), (check_capabilities, reg.capabilities)):
-                    if value is not None:
-                        try:
-                            check(value)
-                        except InvalidInputError as error:
-                            local.append(str(error))
-                metadata_text = None
-                if reg.metadata is not None:
-                    try:
-                        metadata_text = encode_object(reg.metadata)
-                    except InvalidInputError as error:
-                        local.append(str(error))
-                problems.extend(f"{where}: {p}" for p in local)
-                if not local:
-                    prepared.append(_Prepared(
-                        reg.name, reg.kind, kind.updated_at.timestamp(),
-                        None if definition is None else encode_object(definition, "definition"), reg.target, check_capabilities(reg.capabilities), metadata_text))
+            except NameplateError as error:
+                problems.append(f"{where}: {error}")
+                continue
+            if reg.kind in kind_errors:
+                problems.append(f"{where}: {kind_errors[reg.kind]}")
+                continue
+            if (reg.kind, reg.name) in seen:
+                local.append("listed twice in this batch")
+            seen.add((reg.kind, reg.name))
+            kind = kinds[reg.kind]
+            if reg.definition is None:  # an identity with a target or capabilities, no definition
+                definition, found = None, name_problems(kind, reg.name)
+            else:
+                definition, found = validate(kind, reg.name, reg.definition)
+            local.extend(found)
+            capabilities: list[str] = []
+            try:
+                if reg.target is not None:
+                    check_target(reg.target)
+            except InvalidInputError as error:
+                local.append(str(error))
+            try:
+                capabilities = check_capabilities(reg.capabilities)
+            except InvalidInputError as error:
+                local.append(str(error))
+            metadata_text = None
+            if reg.metadata is not None:
+                try:
+                    metadata_text = encode_object(reg.metadata)
+                except InvalidInputError as error:
+                    local.append(str(error))
+            problems.extend(f"{where}: {p}" for p in local)
+            if not local:
+                prepared.append(_Prepared(
+                    reg.name, reg.kind, kind.updated_at.timestamp(),
+                    None if definition is None else encode_object(definition, "definition"), reg.target,
+                    capabilities, metadata_text, bool(reg.owned), origin))
         if problems:
             raise ValidationError(f"{len(problems)} problem(s), nothing registered: " + "; ".join(problems),
                                   problems=problems)
-        return prepared, any(reg.owned for reg in registrations)
+        return prepared
 
-    def _kinds_unchanged(self, tx: Any, prepared: list[_Prepared]) -> bool:
-        for item in {(p.kind, p.kind_updated) for p in prepared}:
-            row = tx.execute("SELECT updated_at FROM kind WHERE name = ?", (item[0],)).fetchone()
-            if row is None or abs(float(row[0]) - item[1]) > 1e-6:
-                return False
-        return True
-
-    def _write_registration(self, tx: Any, ws: str, item: _Prepared, on_conflict: str,
+    def _write_registration(self, tx: Tx, ws: str, item: _Prepared, on_conflict: str,
                             owner: str | None) -> Entry:
-        ws_id, kind_id = tx.execute("SELECT w.id, k.id FROM workspace AS w, kind AS k WHERE w.name = ? AND "
-                                    "k.name = ?", (ws, item.kind)).fetchone()
-        local = tx.execute("SELECT pk, id, hidden, definition, target, capabilities, metadata, owner_session_id "
-                           "FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ?",
-                           (ws_id, kind_id, item.name)).fetchone()
-        capabilities_text = json.dumps(item.capabilities)
+        ws_id, kind_id = tx.execute(_IDS, (ws, item.kind)).fetchone()
+        local = tx.execute(_LOCAL, (ws_id, kind_id, item.name)).fetchone()
         now = time.time()
-        if local is None or local[2]:
+        capabilities_text = json.dumps(item.capabilities)
+        if local is None or local[2]:  # new here (or our tombstone: registering makes the name ours again)
             entry_id = str(ULID())
             values = (entry_id, item.metadata_text or "{}", capabilities_text, item.definition_text, item.target,
                       now, now, now, owner)
             if local is None:
-                pk = tx.execute("INSERT INTO entry (id, metadata, capabilities, definition, target, created_at, "
-                                "updated_at, last_seen_at, owner_session_id, workspace_id, kind_id, name) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
-                                (*values, ws_id, kind_id, item.name)).fetchone()[0]
+                pk = tx.execute(_INSERT, (*values, ws_id, kind_id, item.name)).fetchone()[0]
             else:
                 pk = local[0]
-                tx.execute("UPDATE entry SET id = ?, metadata = ?, capabilities = ?, definition = ?, target = ?, "
-                           "created_at = ?, updated_at = ?, last_seen_at = ?, owner_session_id = ?, hidden = 0, "
-                           "fence = 0 WHERE pk = ?", (*values, pk))
-            self._set_capabilities(tx, pk, item.capabilities)
+                tx.execute(_REVIVE, (*values, pk))
+            _set_capabilities(tx, pk, item.capabilities)
             self._store.record(tx, "register", workspace=ws, kind=item.kind, name=item.name, entry_id=entry_id,
                                at=now, definition=_loads(item.definition_text), target=item.target,
-                               capabilities=item.capabilities)
-            return self._store.entry_by_pk(tx, pk)
-        pk, entry_id = local[0], local[1]
-        metadata_text = item.metadata_text if item.metadata_text is not None else local[6]
-        wanted = (item.definition_text, item.target, capabilities_text, metadata_text)
-        current = (local[3], local[4], local[5], local[6])
-        if wanted == current or (on_conflict == "keep" and local[3] is not None):
-            return self._store.entry_by_pk(tx, pk)
-        if local[3] is not None and on_conflict == "error":
-            raise NameTakenError(
-                f"{item.kind} {item.name!r} is already registered in workspace {ws!r} with a different "
-                "definition; pass on_conflict='replace' to overwrite it or 'keep' to leave it",
-                name=item.name, kind=item.kind, existing_id=entry_id)
-        self._before_entry_write(tx, self._store_local(pk, entry_id, kind_id, item.kind, ws_id, ws))
-        tx.execute("UPDATE entry SET definition = ?, target = ?, capabilities = ?, metadata = ?, updated_at = ?, "
-                   "owner_session_id = coalesce(?, owner_session_id) WHERE pk = ?",
-                   (*wanted, now, owner, pk))
-        self._set_capabilities(tx, pk, item.capabilities)
-        self._store.record(tx, "register", workspace=ws, kind=item.kind, name=item.name, entry_id=entry_id, at=now,
-                           replaced=local[3] is not None, definition=_loads(item.definition_text),
-                           before=_loads(local[3]), target=item.target, capabilities=item.capabilities)
-        return self._store.entry_by_pk(tx, pk)
-
-    @staticmethod
-    def _store_local(pk: int, entry_id: str, kind_id: int, kind: str, ws_id: int, ws: str) -> Any:
-        from ._store import LocalRow
-
-        return LocalRow(pk, entry_id, kind_id, kind, ws_id, ws)
-
-    @staticmethod
-    def _set_capabilities(tx: Any, pk: int, capabilities: list[str]) -> None:
-        tx.execute("DELETE FROM entry_capability WHERE entry_pk = ?", (pk,))
-        for capability in capabilities:
-            tx.execute("INSERT INTO entry_capability (capability, entry_pk) VALUES (?, ?)", (capability, pk))
+                               capabilities=item.capabilities, **_provenance(item, owner))
+            return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+        pk, entry_id, _, definition, target, capabilities, metadata, current_owner = local
+        # "Registered" means someone said what this entry is; an entry that was only resolved is
+        # an identity waiting for its definition, so filling it in is no conflict.
+        registered = definition is not None or target is not None or capabilities != "[]"
+        if item.origin is not None:
+            stored = json.loads(metadata)
+            if registered and stored.get("entry_point") != item.origin:
+                return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())  # registered by hand: leave it
+            # Discovery refreshes what an entry point says (target, provenance) and keeps the rest.
+            merged = {**stored, **json.loads(item.metadata_text or "{}")}
+            wanted = (definition, item.target, capabilities, encode_object(merged))
+        else:
+            wanted = (item.definition_text, item.target, capabilities_text,
+                      item.metadata_text if item.metadata_text is not None else metadata)
+        current = (definition, target, capabilities, metadata)
+        new_owner = owner if owner is not None else current_owner
+        differing = _differing(wanted, current)
+        same = not differing
+        if same and new_owner == current_owner:
+            return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+        if registered and not same and item.origin is None:
+            if on_conflict == "keep":
+                return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+            if on_conflict == "error":
+                raise NameTakenError(
+                    f"{item.kind} {item.name!r} is already registered in workspace {ws!r} (id {entry_id}) with "
+                    f"a different {' and '.join(differing)}; pass on_conflict='replace' to overwrite it or "
+                    "'keep' to leave it", name=item.name, kind=item.kind, existing_id=entry_id)
+        kind_name = item.kind
+        self._before_entry_write(tx, LocalRow(pk, entry_id, kind_id, kind_name, ws_id, ws))
+        tx.execute(_REPLACE, (*wanted, now, new_owner, pk))
+        if wanted[2] != capabilities:
+            _set_capabilities(tx, pk, json.loads(wanted[2]))
+        self._store.record(tx, "register", workspace=ws, kind=kind_name, name=item.name, entry_id=entry_id, at=now,
+                           replaced=registered, definition=_loads(wanted[0]), before=_loads(definition),
+                           target=wanted[1], capabilities=json.loads(wanted[2]), **_provenance(item, new_owner))
+        return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
 
     # -- targets ---------------------------------------------------------------------------------
 
+    def _bind_key(self) -> str:
+        return os.path.realpath(self.path) if self.path is not None else str(self.location)
+
     def bind(self, name: str, kind: str, obj: Any, *, workspace: str | None = None) -> None:
-        """Make ``obj`` what :meth:`load` returns for ``name`` in this process only (nothing is stored)."""
+        """Make ``obj`` what :meth:`load` returns for ``name`` in this workspace (and the workspaces
+        below it that do not define the name themselves), in this process only: nothing is stored,
+        other processes never see it. Every Registry on the same file in this process sees it."""
         ws = self._ws(workspace)
         check_name(name)
         check_kind_name(kind)
-        with self._loading_lock:
-            self._bound[(ws, kind, name)] = obj
+        with self._backend.read() as tx:
+            self._store.workspace_id(tx, ws)
+            self._store.kind_id(tx, kind)
+        with _process_lock:
+            _bound[(self._bind_key(), ws, kind, name)] = obj
 
-    def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> None:
+    def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
+        """Forget an object given to :meth:`bind`; return whether there was one."""
         ws = self._ws(workspace)
-        with self._loading_lock:
-            self._bound.pop((ws, kind, name), None)
+        check_name(name)
+        check_kind_name(kind)
+        with _process_lock:
+            return _bound.pop((self._bind_key(), ws, kind, name), None) is not None
 
     def load(self, name: str, kind: str, *, workspace: str | None = None) -> Any:
-        """The object an entry's ``target`` names, imported on first use and cached in this process.
+        """The object ``name`` stands for: what :meth:`bind` gave, else its ``target`` imported.
 
-        Objects given to :meth:`bind` (in this workspace or an ancestor) come first. Import failures
-        raise :class:`TargetImportError` naming the entry and the dotted path.
+        Layers decide as for every read: walking up from the workspace, the first layer that binds
+        the name, defines it or hides it answers (a binding beats the row of its own layer). The
+        import happens on first use and is cached for the process, per entry id and target. Import
+        failures raise :class:`TargetImportError` naming the entry and the dotted path.
         """
         ws = self._ws(workspace)
         check_name(name)
         check_kind_name(kind)
         with self._backend.read() as tx:
-            layers = _layers.chain(tx, self._store, ws)
-        with self._loading_lock:
-            for layer in layers:
-                if (layer, kind, name) in self._bound:
-                    return self._bound[(layer, kind, name)]
-        entry = self.get(name, kind, workspace=ws)  # type: ignore[attr-defined]
-        if entry is None:
-            from .errors import EntryNotFoundError
-
-            raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load", name=name, kind=kind,
-                                     workspace=ws)
+            trace = _layers.explain(tx, self._store, ws, name, kind)
+            row = tx.execute(_VISIBLE_ENTRY, (ws, name, kind)).fetchone()
+        key = self._bind_key()
+        rows = {layer.workspace: layer for layer in trace.layers}
+        with _process_lock:
+            for layer in trace.chain:
+                if (key, layer, kind, name) in _bound:
+                    return _bound[(key, layer, kind, name)]
+                if layer in rows:
+                    break
+        if row is None:
+            hidden = f" (hidden by a tombstone in {trace.hidden_by!r})" if trace.hidden_by else ""
+            raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load{hidden}; register it with a "
+                                     "target or bind() an object", name=name, kind=kind, workspace=ws)
+        entry = decode_entry(row)
         if not entry.target:
             raise TargetImportError(f"{kind} {name!r} (id {entry.id}) has no target to load; register it with "
                                     "target='package.module:attribute' or bind() an object", name=name, kind=kind,
-                                    target=None)
-        key = (entry.id, entry.target)
-        with self._loading_lock:
-            if key in self._loaded:
-                return self._loaded[key]
-        try:
-            value = load_callable(entry.target)
-        except ImportError as error:
-            raise TargetImportError(f"cannot load {kind} {name!r}: importing {entry.target!r} failed ({error}); "
-                                    "check that its package is installed", name=name, kind=kind,
-                                    target=entry.target) from error
-        except AttributeError as error:
-            raise TargetImportError(f"cannot load {kind} {name!r}: {entry.target!r} has no such attribute "
-                                    f"({error})", name=name, kind=kind, target=entry.target) from error
-        with self._loading_lock:
-            self._loaded[key] = value
-        return value
+                                    target=None, entry_id=entry.id)
+        cache_key = (entry.id, entry.target)
+        with _process_lock:
+            if cache_key in _loaded:
+                return _loaded[cache_key]
+        value = _import_target(entry)
+        with _process_lock:
+            return _loaded.setdefault(cache_key, value)
 
     def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
                  workspace: str | None = None) -> list[Entry]:
-        """Register the installed entry points of ``group`` (idempotent; one transaction).
+        """Register the installed entry points of ``group`` in one transaction; idempotent.
 
         An entry point named ``kind:name`` registers ``name`` under that kind; a plain ``name`` uses
-        ``kind``. Its value becomes the target, and the distribution goes into the metadata.
+        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution`` and ``version``
+        go into the metadata. Running it again writes nothing unless a package changed; an entry
+        registered by hand under the same name is left as it is; an entry discovered before keeps
+        its definition and capabilities and gets the new target and version.
         """
         ws = self._ws(workspace)
-        items = []
+        check_kind_name(kind)
+        items: list[Registration] = []
+        origins: list[str | None] = []
         for point in sorted(importlib_metadata.entry_points(group=group), key=lambda p: p.name):
             point_kind, sep, point_name = point.name.partition(":")
             if not sep:
                 point_kind, point_name = kind, point.name
+            origin = f"{group}:{point.name}"
+            provenance: dict[str, Any] = {"entry_point": origin}
             dist = getattr(point, "dist", None)
-            provenance = {"entry_point": f"{group}:{point.name}"}
             if dist is not None:
                 provenance.update({"distribution": dist.name, "version": dist.version})
             items.append(Registration(point_name, point_kind, None, point.value, (), provenance))
+            origins.append(origin)
         if not items:
             return []
-        return self.register_many(items, on_conflict="replace", workspace=ws)
+        return self._register(ws, items, origins, "keep")
 
     # -- capabilities and selection ----------------------------------------------------------------
 
     def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> list[Entry]:
-        """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name."""
+        """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
+
+        With a requirement the query starts from the capability index, never from every entry of
+        the kind.
+        """
         ws = self._ws(workspace)
         check_kind_name(kind)
         needed = _strategies.requirement(requires)
         with self._backend.read() as tx:
-            rows = _strategies.matches(tx, ws, kind, needed)
-            if not rows:
+            found = _strategies.find(tx, ws, kind, needed)
+            if not found:
                 self._store.workspace_id(tx, ws)
                 self._store.kind_id(tx, kind)
-        return [_strategies.to_entry(row) for row in rows]
+        return found
 
     def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
                workspace: str | None = None) -> Entry:
-        """One entry of ``kind`` offering all of ``requires``, chosen by ``strategy``.
+        """One entry of ``kind`` offering all of ``requires``, chosen by ``strategy``:
 
-        Strategies: ``first``, ``random``, ``round_robin`` (one rotation shared by every process),
-        ``least_recently_selected`` and ``healthiest`` (live owner with status "healthy" and the
-        freshest heartbeat; never an entry whose owner session is dead). :class:`NoMatchError` names the
-        capabilities nobody offers.
+        - ``first``: the first match by name.
+        - ``random``: a uniformly random match.
+        - ``round_robin``: the next match in registration order after the last one chosen for this
+          (kind, workspace, requirement); one rotation shared by every process on the database.
+        - ``least_recently_selected``: the match selected longest ago, never-selected ones first.
+        - ``healthiest``: only matches registered with ``owned=True`` whose session's process is alive;
+          status ``healthy`` first, then the freshest heartbeat. Never one whose process died.
+
+        ``round_robin`` and ``least_recently_selected`` record the choice (one short write);
+        the others only read. :class:`NoMatchError` names the capabilities nobody offers;
+        :class:`UnknownStrategyError` lists the strategies.
         """
         ws = self._ws(workspace)
         check_kind_name(kind)
@@ -447,23 +560,77 @@ class WorkspacesMixin(RegistryBase):
         needed = _strategies.requirement(requires)
         if strategy in ("round_robin", "least_recently_selected"):
             with self._backend.write() as tx:
-                rows = _strategies.matches(tx, ws, kind, needed)
-                if not rows:
+                chosen = _strategies.choose_and_record(tx, strategy, ws, kind, needed)
+                if chosen is None:
                     raise _strategies.no_match(tx, self._store, ws, kind, needed)
-                return _strategies.to_entry(_strategies.choose_and_record(tx, self._store, rows, strategy, ws,
-                                                                          kind, needed))
+                return chosen
         with self._backend.read() as tx:
-            rows = _strategies.matches(tx, ws, kind, needed)
-            if not rows:
+            if strategy == "healthiest":
+                chosen, owned = _strategies.choose_healthiest(tx, ws, kind, needed)
+                if chosen is None and _strategies.choose_read_only(tx, "first", ws, kind, needed) is not None:
+                    raise _strategies.no_live_owner(ws, kind, needed, owned)
+            else:
+                chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
+            if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
-        live = _strategies.live_owners(self._store, rows) if strategy == "healthiest" else {}
-        chosen = _strategies.choose_read_only(rows, strategy, live)
-        if chosen is None:
-            from .errors import NoMatchError
+            return chosen
 
-            raise NoMatchError(f"every {kind} offering {', '.join(needed) or 'anything'} in workspace {ws!r} belongs "
-                               "to a session that is no longer alive", kind=kind, requires=needed, missing=[])
-        return _strategies.to_entry(chosen)
+
+def _kinds_unchanged(tx: Tx, prepared: list[_Prepared]) -> bool:
+    for kind, updated in {(p.kind, p.kind_updated) for p in prepared}:
+        row = tx.execute(_KIND_UPDATED, (kind,)).fetchone()
+        if row is None or abs(float(row[0]) - updated) > 1e-6:
+            return False
+    return True
+
+
+def _set_capabilities(tx: Tx, pk: int, capabilities: list[str]) -> None:
+    tx.execute(_DROP_CAPABILITIES, (pk,))
+    for capability in capabilities:
+        tx.execute(_ADD_CAPABILITY, (capability, pk))
+
+
+def _differing(wanted: tuple[Any, ...], current: tuple[Any, ...]) -> list[str]:
+    """Which of (definition, target, capabilities, metadata) differ, compared as values: rows written
+    by an import may spell the same JSON differently."""
+    checks = (("definition", _loads(wanted[0]) != _loads(current[0])),
+              ("target", wanted[1] != current[1]),
+              ("capabilities", sorted(json.loads(wanted[2])) != sorted(json.loads(current[2]))),
+              ("metadata", json.loads(wanted[3]) != json.loads(current[3])))
+    return [name for name, differs in checks if differs]
+
+
+def _provenance(item: _Prepared, owner: str | None) -> dict[str, Any]:
+    detail: dict[str, Any] = {}
+    if owner is not None:
+        detail["owner_session"] = owner
+    if item.origin is not None:
+        detail["entry_point"] = item.origin
+    return detail
+
+
+def _import_target(entry: Entry) -> Any:
+    """Import ``entry.target``, turning every way it can fail into a :class:`TargetImportError`."""
+    target = entry.target or ""
+    module_name, _, attribute = target.partition(":")
+    facts = {"name": entry.name, "kind": entry.kind, "target": target, "entry_id": entry.id}
+    try:
+        value: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing {target!r} failed ({error}); "
+                                "check that its package is installed", **facts) from error
+    except Exception as error:  # the module itself raised while being imported
+        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing module {module_name!r} for "
+                                f"{target!r} raised {type(error).__name__}: {error}", **facts) from error
+    for depth, part in enumerate(attribute.split(".")):
+        try:
+            value = getattr(value, part)
+        except AttributeError as error:
+            where = ".".join([module_name, *attribute.split(".")[:depth]])
+            raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: {where!r} has no such attribute "
+                                    f"{part!r} (target {target!r}); fix the target with register(..., "
+                                    "on_conflict='replace')", **facts) from error
+    return value
 
 
 def _loads(text: str | None) -> Any:
@@ -474,11 +641,14 @@ def _as_registration(item: Registration | Mapping[str, Any], index: int) -> Regi
     if isinstance(item, Registration):
         return item
     if not isinstance(item, Mapping):
-        raise InvalidInputError(f"item {index} must be a Registration or a dict, not {type(item).__name__}")
+        raise InvalidInputError(f"item {index} must be a Registration or a dict, not {type(item).__name__}",
+                                index=index)
     known = {"name", "kind", "definition", "target", "capabilities", "metadata", "owned"}
     unknown = sorted(set(item) - known)
     if unknown or "name" not in item or "kind" not in item:
         raise InvalidInputError(f"item {index} needs 'name' and 'kind'" +
                                 (f" and has unknown keys {unknown}" if unknown else ""), index=index)
+    capabilities = item.get("capabilities") or ()
     return Registration(item["name"], item["kind"], item.get("definition"), item.get("target"),
-                        tuple(item.get("capabilities") or ()), item.get("metadata"), bool(item.get("owned", False)))
+                        capabilities if isinstance(capabilities, str) else tuple(capabilities),
+                        item.get("metadata"), bool(item.get("owned", False)))

@@ -82,7 +82,8 @@ class Explanation:
         for item in self.layers:
             role = "answers" if item.workspace == self.answered_by and not item.hidden else (
                 "hides what is below (tombstone)" if item.hidden and item.workspace == self.hidden_by else "shadowed")
-            lines.append(f"  {item.workspace:<16} depth {item.depth}  {'tombstone' if item.hidden else item.id}  {role}")
+            row = "tombstone" if item.hidden else item.id
+            lines.append(f"  {item.workspace:<16} depth {item.depth}  {row}  {role}")
         return "\n".join(lines)
 
 
