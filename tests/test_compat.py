@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,21 @@ def test_step_functions(registry: Registry) -> None:
     assert "CustomStep" not in compat.get_available_steps(registry=registry)
     with pytest.raises(EntryNotFoundError):
         compat.get_config_class_name("Nope", registry=registry)
+    assert compat.validate_step_name("CustomStep", "developer_1", registry=registry)
+    assert not compat.validate_step_name("CustomStep", registry=registry)
+    assert compat.get_workspace_context() == "core"
+    with compat.workspace_context("developer_1", registry=registry):
+        assert compat.get_workspace_context() == "developer_1"
 
 
 def test_hyperparameters_by_model_type(registry: Registry) -> None:
     registry.register("XGBoostHyperparameters", "hyperparameter", {"model_type": "xgboost"})
+    registry.register("JsonHyperparameters", "hyperparameter", {"model_type": "json"}, target="json:JSONDecoder")
     assert compat.get_hyperparameter_class_by_model_type("xgboost", registry=registry) == "XGBoostHyperparameters"
+    assert compat.get_hyperparameter_class_by_model_type("json", registry=registry) is json.JSONDecoder  # loaded
     assert compat.get_hyperparameter_class_by_model_type("lightgbm", registry=registry) is None
+    assert compat.get_all_hyperparameter_classes(registry=registry) == ["JsonHyperparameters",
+                                                                        "XGBoostHyperparameters"]
 
 
 def test_the_default_registry_uses_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,3 +52,4 @@ def test_the_default_registry_uses_discovery(tmp_path: Path, monkeypatch: pytest
         assert compat.default_registry().path == tmp_path / "default.db"
     finally:
         compat.default_registry().close()
+

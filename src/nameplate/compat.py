@@ -1,7 +1,11 @@
 """Convenience functions with the names the seeds' step/builder/hyperparameter registries used.
 
 Each takes an optional ``registry``; without one it uses a module-wide ``Registry()`` opened on first
-use (database by discovery). They are thin calls into the Registry, nothing more.
+use (database by discovery: ``NAMEPLATE_DB``, the nearest ``.nameplate/``, the user data directory).
+They are thin calls into the Registry, nothing more.
+
+Unlike the seeds, the active workspace is never process-global: ``workspace_context`` is local to the
+thread or asyncio task, which is why there is no ``set_workspace_context``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ._context import current_workspace
 from ._records import Entry
 from .errors import EntryNotFoundError
 from .registry import Registry
@@ -42,6 +47,16 @@ def get_available_steps(workspace: str | None = None, *, registry: Registry | No
     return [e.name for e in _reg(registry).list("step", workspace=workspace)]
 
 
+def validate_step_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> bool:
+    """Whether a step of that name is visible in the workspace."""
+    return _reg(registry).lookup(step_name, "step", workspace=workspace) is not None
+
+
+def get_workspace_context() -> str:
+    """The workspace calls without ``workspace=`` act in, here and now (this thread or task)."""
+    return current_workspace()
+
+
 def _step(step_name: str, workspace: str | None, registry: Registry | None) -> Entry:
     entry = _reg(registry).get(step_name, "step", workspace=workspace)
     if entry is None or entry.definition is None:
@@ -51,14 +66,17 @@ def _step(step_name: str, workspace: str | None, registry: Registry | None) -> E
 
 
 def get_config_class_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+    """The step's ``config_class`` (``<Name>Config`` unless registered otherwise)."""
     return str(_step(step_name, workspace, registry).definition["config_class"])  # type: ignore[index]
 
 
 def get_builder_step_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+    """The step's ``builder_step_name`` (``<Name>StepBuilder`` unless registered otherwise)."""
     return str(_step(step_name, workspace, registry).definition["builder_step_name"])  # type: ignore[index]
 
 
 def get_spec_type(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+    """The step's ``spec_type`` (``<Name>`` unless registered otherwise)."""
     return str(_step(step_name, workspace, registry).definition["spec_type"])  # type: ignore[index]
 
 
@@ -79,6 +97,11 @@ def get_hyperparameter_class_by_model_type(model_type: str, workspace: str | Non
     return None
 
 
+def get_all_hyperparameter_classes(workspace: str | None = None, *, registry: Registry | None = None) -> list[str]:
+    """The names of the hyperparameter entries visible in the workspace, sorted."""
+    return [e.name for e in _reg(registry).list("hyperparameter", workspace=workspace)]
+
+
 @contextmanager
 def workspace_context(workspace: str, *, registry: Registry | None = None) -> Iterator[str]:
     """``with workspace_context("dev1"):`` as in the seeds; local to the thread or task."""
@@ -88,12 +111,15 @@ def workspace_context(workspace: str, *, registry: Registry | None = None) -> It
 
 __all__ = [
     "default_registry",
+    "get_all_hyperparameter_classes",
     "get_available_steps",
     "get_builder_step_name",
     "get_config_class_name",
     "get_hyperparameter_class_by_model_type",
     "get_spec_type",
     "get_step_names",
+    "get_workspace_context",
     "register_step",
+    "validate_step_name",
     "workspace_context",
 ]
