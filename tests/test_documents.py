@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import table_snapshot
-from nameplate import ImportFileError, Registry
+from nameplate import ConflictError, ImportFileError, Registry, UnknownWorkspaceError
 
 MADSCI_FILE = Path(__file__).parent / "data" / "madsci_registry.json"
 
@@ -96,13 +96,35 @@ def _broken_documents(document: dict[str, Any]) -> dict[str, Any]:
             entry["definition"] = {"max_volume": 3}
     same_id_twice = json.loads(json.dumps(document))
     same_id_twice["entries"][1]["id"] = same_id_twice["entries"][0]["id"]
-    return {"wrong version": wrong_version, "duplicate names": duplicate, "bad id": bad_id,
-            "unknown parent": bad_parent, "definition against its kind": bad_definition,
-            "id used twice": same_id_twice, "not an object": [1, 2, 3]}
+    cases: dict[str, Any] = {"wrong version": wrong_version, "duplicate names": duplicate, "bad id": bad_id,
+                             "unknown parent": bad_parent, "definition against its kind": bad_definition,
+                             "id used twice": same_id_twice, "not an object": [1, 2, 3],
+                             "version as a boolean": dict(document, version=True),
+                             "section not a list": dict(document, entries="oops")}
+
+    def broken(change: Any) -> dict[str, Any]:
+        copy = json.loads(json.dumps(document))
+        change(copy)
+        return copy
+
+    cases["tombstone without a name"] = broken(lambda d: d["tombstones"][0].update(name=None))
+    cases["lower-case id"] = broken(lambda d: d["entries"][0].update(id=d["entries"][0]["id"].lower()))
+    cases["unknown entry field"] = broken(lambda d: d["entries"][0].update(colour="red"))
+    cases["kind listed twice"] = broken(lambda d: d["kinds"].append(next(k for k in d["kinds"] if not k["builtin"])))
+    cases["built-in kind redefined"] = broken(lambda d: d["kinds"].append({"name": "node", "required": ["x"]}))
+    cases["core with a parent"] = broken(lambda d: d["workspaces"][0].update(parent="dev1"))
+    cases["bad timestamp"] = broken(lambda d: d["entries"][0].update(created_at="yesterday"))
+    cases["capabilities as a string"] = broken(lambda d: d["entries"][0].update(capabilities="llm"))
+    return cases
 
 
-@pytest.mark.parametrize("case", ["wrong version", "duplicate names", "bad id", "unknown parent",
-                                  "definition against its kind", "id used twice", "not an object"])
+BROKEN = ["wrong version", "duplicate names", "bad id", "unknown parent", "definition against its kind",
+          "id used twice", "not an object", "version as a boolean", "section not a list", "tombstone without a name",
+          "lower-case id", "unknown entry field", "kind listed twice", "built-in kind redefined", "core with a parent",
+          "bad timestamp", "capabilities as a string"]
+
+
+@pytest.mark.parametrize("case", BROKEN)
 def test_invalid_documents_are_rejected_and_change_nothing(registry: Registry, tmp_path: Path, case: str) -> None:
     populate(registry)
     document = _broken_documents(registry.export())[case]
@@ -132,12 +154,15 @@ def test_truncated_and_unreadable_files_are_rejected(registry: Registry, db_path
     assert table_snapshot(db_path) == before
 
 
-def test_an_id_that_belongs_to_another_entry_is_refused(registry: Registry, tmp_path: Path) -> None:
+def test_an_id_that_belongs_to_another_entry_is_refused(registry: Registry, db_path: Path) -> None:
     registry.resolve("a", "node")
     document = registry.export()
     document["entries"][0]["name"] = "renamed_elsewhere"
-    with pytest.raises(ImportFileError, match="already belongs to"):
+    before = table_snapshot(db_path)
+    with pytest.raises(ConflictError, match="already belongs to core/node/a") as caught:
         registry.import_document(document)
+    assert caught.value.exit_code == 4 and len(caught.value.problems) == 1
+    assert table_snapshot(db_path) == before
 
 
 def test_madsci_file_imports_and_exports_back_equal(registry: Registry, tmp_path: Path) -> None:
@@ -186,3 +211,186 @@ def test_the_fixture_is_a_real_madsci_file() -> None:
     assert set(data) == {"version", "created_at", "updated_at", "entries"}
     assert all(set(item) == {"id", "component_type", "created_at", "last_seen", "metadata", "lock", "workcell_id"}
                for item in data["entries"].values())
+
+
+def test_export_reads_one_snapshot_and_import_writes_one_transaction(registry: Registry, tmp_path: Path) -> None:
+    populate(registry)
+    statements: list[str] = []
+    conn = registry._backend.connection()
+    conn.set_trace_callback(statements.append)
+    try:
+        document = registry.export()
+    finally:
+        conn.set_trace_callback(None)
+    assert statements[0] == "BEGIN" and statements[-1] == "COMMIT"
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN", "COMMIT"]
+    with Registry(tmp_path / "copy.db") as copy:
+        statements.clear()
+        conn = copy._backend.connection()
+        conn.set_trace_callback(statements.append)
+        try:
+            copy.import_document(document, replace=True)
+        finally:
+            conn.set_trace_callback(None)
+    # validation in a read snapshot, then every row in one BEGIN IMMEDIATE ... COMMIT
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))] == [
+        "BEGIN", "COMMIT", "BEGIN IMMEDIATE", "COMMIT"]
+    write = statements[statements.index("BEGIN IMMEDIATE"):]
+    assert sum(s.startswith("INSERT INTO entry ") for s in write) == len(document["entries"]) + 1  # + the tombstone
+
+
+def test_an_import_is_logged_entry_by_entry(registry: Registry, tmp_path: Path) -> None:
+    populate(registry)
+    with Registry(tmp_path / "copy.db") as copy:
+        plan = copy.import_document(registry.export())
+        events = copy.changes()
+        assert plan.revision == copy.revision == events[-1].rev
+        assert events[-1].action == "import" and events[-1].detail["added"] == 5
+        created = {e.entry_id for e in events if e.action == "create"}
+        assert created == {e["id"] for e in registry.export()["entries"]}
+        assert all(e.detail.get("source") == "import" for e in events if e.action in ("create", "hide"))
+
+
+def test_ephemeral_entries_stay_out_of_exports(registry: Registry) -> None:
+    registry.resolve("durable", "node")
+    registry.resolve("worker_7", "process", ephemeral=True)
+    assert [e["name"] for e in registry.export()["entries"]] == ["durable"]
+
+
+def test_merge_validates_entries_against_the_registrys_own_kind(registry: Registry, tmp_path: Path) -> None:
+    populate(registry)
+    document = registry.export()
+    target = tmp_path / "other.db"
+    with Registry(target) as other:
+        other.define_kind("pipette", required=["volume"])  # same name, another schema: merge keeps this one
+        before = table_snapshot(target)
+        with pytest.raises(ImportFileError, match="required field 'volume' is missing"):
+            other.import_document(document)
+        assert table_snapshot(target) == before
+        assert other.import_document(document, replace=True).applied  # replace brings the file's schema
+        assert other.kind("pipette").required == ("max_volume_ul",)
+
+
+def test_replace_needs_every_user_kind_in_the_file(registry: Registry, tmp_path: Path) -> None:
+    populate(registry)
+    document = registry.export()
+    document["kinds"] = [k for k in document["kinds"] if k["name"] != "pipette"]
+    target = tmp_path / "other.db"
+    with Registry(target) as other:
+        other.define_kind("pipette", required=["max_volume_ul"], optional=["channels"])
+        before = table_snapshot(target)
+        with pytest.raises(ImportFileError, match="kind 'pipette' is not defined here nor in the file"):
+            other.import_document(document, replace=True)  # replace drops the registry's own user kinds
+        assert table_snapshot(target) == before
+        assert other.import_document(document).applied  # merge keeps them, so the entries have their kind
+
+
+def test_import_validates_again_when_the_registry_moved(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+    registry.resolve("a", "node")
+    registry.resolve("b", "node")
+    document = registry.export()
+    target = tmp_path / "other.db"
+    calls: list[int] = []
+    with Registry(target) as mine, Registry(target) as other:
+        def meanwhile(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == 1:  # during the first validation another writer takes the name "a"
+                other.resolve("a", "node")
+
+        plan = mine.import_document(document, progress=meanwhile)
+        assert calls.count(0) == 2  # validated twice: the revision moved between the plan and the write
+        assert plan.kept == ["core/node/a"] and plan.added == ["core/node/b"]
+        assert mine.lookup("a", "node") != registry.lookup("a", "node")
+        assert mine.lookup("b", "node") == registry.lookup("b", "node")
+
+
+def test_duplicate_keys_in_a_file_are_refused(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+    entry = json.dumps({"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "component_type": "node",
+                        "created_at": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "metadata": {},
+                        "lock": None, "workcell_id": None})
+    path = tmp_path / "registry.json"
+    path.write_text(f'{{"version": 1, "entries": {{"lh": {entry}, "lh": {entry}}}}}')
+    before = table_snapshot(db_path)
+    with pytest.raises(ImportFileError, match="'lh' twice"):
+        registry.import_file(path)
+    assert table_snapshot(db_path) == before
+
+
+def _madsci_entry(entry_id: str, kind: str = "node", **extra: Any) -> dict[str, Any]:
+    return {"id": entry_id, "component_type": kind, "created_at": "2026-01-02T03:04:05.123456Z",
+            "last_seen": "2026-01-02T03:04:06Z", "metadata": extra, "lock": None, "workcell_id": None}
+
+
+def test_madsci_workflow_entries_define_their_kind(registry: Registry) -> None:
+    data = {"version": 1, "created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:05Z",
+            "entries": {"pcr": _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV", "workflow", steps=3)}}
+    dry = registry.import_document(data, dry_run=True)
+    assert dry.kinds_added == ["workflow"] and "workflow" not in [k.name for k in registry.kinds()]
+    plan = registry.import_document(data)
+    assert plan.kinds_added == ["workflow"] and registry.lookup("pcr", "workflow") == "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    assert registry.export("madsci")["entries"] == data["entries"]
+
+
+def test_madsci_replace_touches_only_madsci_kinds_of_the_workspace(registry: Registry) -> None:
+    registry.register("Train", "step", {"sagemaker_step_type": "Training"})
+    registry.create_workspace("dev1")
+    registry.resolve("mine", "node", workspace="dev1")
+    old = registry.resolve("old", "node")
+    data = {"version": 1, "entries": {"lh": _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV")}}
+    plan = registry.import_document(data, replace=True, dry_run=True)
+    assert (plan.added, plan.removed, plan.kinds_added) == (["core/node/lh"], ["core/node/old"], [])
+    registry.import_entries(data, merge=False)  # MADSci's spelling of the same call
+    assert registry.lookup("old", "node") is None and registry.lookup("lh", "node") == "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    assert registry.lookup("Train", "step") is not None  # another kind: untouched
+    assert registry.lookup("mine", "node", workspace="dev1") is not None  # another workspace: untouched
+    assert any(e.action == "delete" and e.entry_id == old for e in registry.changes())
+
+
+def test_madsci_replace_in_a_child_workspace_hides_what_it_inherits(registry: Registry) -> None:
+    lh = registry.resolve("lh", "node")
+    registry.resolve("gone", "node")
+    registry.create_workspace("dev1")
+    data = registry.export("madsci", workspace="dev1")
+    del data["entries"]["gone"]
+    data["entries"]["new"] = _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    plan = registry.import_document(data, replace=True, workspace="dev1")
+    assert plan.kept == ["dev1/node/lh"] and plan.added == ["dev1/node/new"]
+    assert plan.removed == plan.tombstones_added == ["dev1/node/gone"]
+    assert registry.lookup("gone", "node", workspace="dev1") is None
+    assert registry.lookup("gone", "node") is not None  # the ancestor's row is not the import's to delete
+    assert registry.get("lh", "node", workspace="dev1").workspace == "core"
+    assert sorted(registry.export("madsci", workspace="dev1")["entries"]) == ["lh", "new"]
+    assert registry.lookup("lh", "node", workspace="dev1") == lh
+
+
+def test_madsci_merge_keeps_a_name_under_any_kind(registry: Registry) -> None:
+    module = registry.resolve("x", "module")
+    data = {"version": 1, "entries": {"x": _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV", "node")}}
+    plan = registry.import_document(data)
+    assert plan.kept == ["core/node/x"] and not plan.added
+    assert registry.lookup("x") == module
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(comment="hi"), "unknown fields ['comment']"),
+    (lambda d: d["entries"]["lh"].update(holder="me"), "unknown fields ['holder']"),
+    (lambda d: d["entries"]["lh"].update(metadata=[1]), "metadata must be a JSON object"),
+    (lambda d: d["entries"]["lh"].update(workcell_id=7), "workcell_id must be a string"),
+    (lambda d: d["entries"].update({" lh": d["entries"]["lh"]}), "leading or trailing whitespace"),
+])
+def test_invalid_madsci_files_are_rejected(registry: Registry, db_path: Path, change: Any, message: str) -> None:
+    data = {"version": 1, "entries": {"lh": _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV")}}
+    change(data)
+    before = table_snapshot(db_path)
+    with pytest.raises(ImportFileError) as caught:
+        registry.import_document(data, format="madsci")
+    assert message in str(caught.value)
+    assert table_snapshot(db_path) == before
+
+
+def test_madsci_import_into_a_missing_workspace(registry: Registry) -> None:
+    with pytest.raises(UnknownWorkspaceError):
+        registry.import_document({"version": 1, "entries": {}}, workspace="nowhere")
+    with pytest.raises(UnknownWorkspaceError):
+        registry.export("madsci", workspace="nowhere")

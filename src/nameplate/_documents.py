@@ -1,15 +1,29 @@
 """Export and import: nameplate's own versioned document, and MADSci's ``registry.json``.
 
-An export is one read transaction, stamped with the revision (the last event) it reflects. An import
-validates the whole document first (structure, version, names, ids, duplicates, kinds, parents,
-definitions), builds a plan against the registry as it is, and only then writes everything in one
-transaction: ``merge`` keeps what exists and adds what is new; ``replace`` makes the file the registry.
-Both formats keep entry ids, so a round trip into an empty registry reproduces them.
+An export is one read transaction, stamped with the revision (the last event) it reflects. It holds the
+durable state: workspaces (parents first), kinds (built-in ones by name, user ones with their schema),
+entries with their ids, and tombstones. Process-bound state (sessions, leases, entries tied to a live
+session with ``ephemeral=True``) is left out: it belongs to processes of the registry it came from.
 
-MADSci's ``LocalRegistryManager`` file maps each name to ``{id, component_type, created_at, last_seen,
-metadata, lock, workcell_id}``. Its names share one namespace, so it imports into one workspace;
-``workcell_id`` travels in the entry's definition; locks belong to processes of the old registry and
-are not imported (the plan counts them).
+An import validates the whole document first (structure, version, names, ids, duplicates, kinds,
+parents, definitions against the kind they will be stored under), plans against the registry as it
+is, and only then writes everything in one transaction: ``merge`` keeps what exists and adds what is
+new; ``replace`` makes the file the registry. Validation (which may run kinds' validators, user code)
+happens outside the write lock; the write re-validates only if the registry's revision moved meanwhile.
+
+MADSci's ``LocalRegistryManager`` file (``madsci.common.types.registry_types.LocalRegistry``) maps each
+name to ``{id, component_type, created_at, last_seen, metadata, lock, workcell_id}``. Its names form one
+namespace, seen here as the entries of MADSci's kinds visible in one workspace (``core`` unless told):
+
+* merge: a name the workspace already sees (under any MADSci kind, own or inherited) is kept;
+* replace: the workspace's view of MADSci kinds becomes the file. Only the workspace's own rows are
+  written: own entries the file lacks are deleted, inherited ones it lacks are hidden (tombstones),
+  an inherited entry with the file's id and kind is kept as is. Other kinds and workspaces are untouched.
+
+``workcell_id`` travels in the entry's definition. ``lock`` describes a process of the old registry and
+is not imported (the plan counts such locks). The ``workflow`` component type has no built-in kind in
+nameplate; an import that needs it defines it (schema-free, like the other MADSci kinds). The file's
+own ``created_at``/``updated_at`` are derived on export (earliest entry creation, latest change).
 """
 
 from __future__ import annotations
@@ -19,28 +33,53 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ulid import ULID
 
 from ._backend import Backend, Tx
 from ._context import CORE
-from ._kind_schema import Kind, build_kind, list_kinds, validate
+from ._kind_schema import Kind, build_kind, candidate_kind, list_kinds, name_problems, save_kind, validate
+from ._layers import create_workspace
 from ._records import utc
 from ._store import Store
-from ._validation import check_capabilities, check_kind_name, check_name, check_target, check_workspace_name, encode_object
-from .errors import ConflictError, ImportFileError, InvalidInputError, NameplateError
+from ._validation import (
+    check_capabilities,
+    check_kind_name,
+    check_name,
+    check_target,
+    check_workspace_name,
+    encode_object,
+)
+from .errors import ConflictError, ImportFileError, InvalidInputError, NameplateError, UnknownWorkspaceError
 
 FORMAT = "nameplate-export"
 VERSION = 1
-MADSCI_KINDS = ("node", "module", "manager", "experiment", "workcell")
+MADSCI_VERSION = 1
+#: ``madsci.common.types.registry_types.ComponentType``.
+MADSCI_KINDS = ("node", "module", "manager", "experiment", "workcell", "workflow")
+_MADSCI_TOP = frozenset({"version", "created_at", "updated_at", "entries"})
+_MADSCI_ENTRY = frozenset({"id", "component_type", "created_at", "last_seen", "metadata", "lock", "workcell_id"})
+_ENTRY_FIELDS = frozenset({"id", "workspace", "kind", "name", "metadata", "capabilities", "definition", "target",
+                           "created_at", "updated_at", "last_seen_at"})
+_KIND_FIELDS = frozenset({"name", "description", "required", "optional", "defaults", "name_pattern", "validator",
+                          "strict", "builtin"})
+_WORKSPACE_FIELDS = frozenset({"name", "parent", "description", "created_at"})
+_TOMBSTONE_FIELDS = frozenset({"workspace", "kind", "name"})
+#: How often an import re-validates outside the write lock when other writers keep moving the
+#: registry, before it validates inside the lock (holding other writers up while validators run).
+_ATTEMPTS = 3
+_REVISION = "SELECT coalesce(max(rev), 0) FROM event"
 
 
 def iso(timestamp: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC with a ``Z``, as pydantic writes MADSci's times."""
     return utc(timestamp).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
 
 
 def parse_time(value: Any, where: str, problems: list[str]) -> float:
+    """An ISO 8601 time as seconds since the epoch (naive times are UTC); problems are appended."""
     if not isinstance(value, str):
         problems.append(f"{where}: expected an ISO 8601 time string, got {value!r}")
         return 0.0
@@ -54,12 +93,53 @@ def parse_time(value: Any, where: str, problems: list[str]) -> float:
     return parsed.timestamp()
 
 
+def read_json(path: Path) -> Any:
+    """Parse a JSON file for import; unreadable, truncated or ambiguous files raise ImportFileError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ImportFileError(f"{path} is a directory, not an export file", path=str(path),
+                              problems=["is a directory"]) from None
+    except OSError as error:
+        raise ImportFileError(f"cannot read {path}: {error.strerror or error}", path=str(path),
+                              problems=[str(error)]) from None
+    except UnicodeDecodeError:
+        raise ImportFileError(f"{path} is not UTF-8 text; export files are JSON", path=str(path),
+                              problems=["not UTF-8"]) from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as error:
+        raise ImportFileError(f"{path} has the key {error.key!r} twice in one object; JSON parsers keep only "
+                              "one of them, so nothing was imported", path=str(path),
+                              problems=[f"duplicate key {error.key!r}"]) from None
+    except json.JSONDecodeError as error:
+        raise ImportFileError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                              "is it truncated?", path=str(path), problems=[str(error)]) from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys silently: in a MADSci file that would drop an entry.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 # -- export ----------------------------------------------------------------------------------------------
 
 
 def export_document(backend: Backend) -> dict[str, Any]:
+    """The registry's durable state as a ``nameplate-export`` document, from one read snapshot."""
     with backend.read() as tx:
-        revision = tx.execute("SELECT coalesce(max(rev), 0) FROM event").fetchone()[0]
+        revision = tx.execute(_REVISION).fetchone()[0]
         workspaces = tx.execute(
             "SELECT w.name, p.name, w.description, w.created_at FROM workspace AS w "
             "LEFT JOIN workspace AS p ON p.id = w.parent_id JOIN workspace_ancestor AS a ON a.workspace_id = w.id "
@@ -68,7 +148,8 @@ def export_document(backend: Backend) -> dict[str, Any]:
         rows = tx.execute(
             "SELECT e.id, w.name, k.name, e.name, e.hidden, e.metadata, e.capabilities, e.definition, e.target, "
             "e.created_at, e.updated_at, e.last_seen_at FROM entry AS e JOIN kind AS k ON k.id = e.kind_id "
-            "JOIN workspace AS w ON w.id = e.workspace_id ORDER BY w.name, k.name, e.name").fetchall()
+            "JOIN workspace AS w ON w.id = e.workspace_id WHERE e.ephemeral = 0 "
+            "ORDER BY w.name, k.name, e.name").fetchall()
         schema_version = backend.schema_version(tx)
     entries, tombstones = [], []
     for r in rows:
@@ -84,7 +165,8 @@ def export_document(backend: Backend) -> dict[str, Any]:
         "schema_version": schema_version,
         "workspaces": [{"name": w[0], "parent": w[1], "description": w[2], "created_at": iso(w[3])}
                        for w in workspaces],
-        "kinds": [k.to_dict() for k in kinds],
+        # Built-in kinds travel by name only: their schema belongs to the nameplate that reads the file.
+        "kinds": [{"name": k.name, "builtin": True} if k.builtin else k.to_dict() for k in kinds],
         "entries": entries,
         "tombstones": tombstones,
     }
@@ -94,6 +176,8 @@ def export_madsci(backend: Backend, workspace: str) -> dict[str, Any]:
     """The entries of MADSci's kinds visible in ``workspace``, as a ``registry.json`` document."""
     marks = ",".join("?" * len(MADSCI_KINDS))
     with backend.read() as tx:
+        if tx.execute("SELECT 1 FROM workspace WHERE name = ?", (workspace,)).fetchone() is None:
+            raise UnknownWorkspaceError(f"workspace {workspace!r} does not exist", workspace=workspace)
         rows = tx.execute(
             "SELECT r.name, r.id, k.name, r.created_at, r.last_seen_at, r.metadata, r.definition, r.pk, r.updated_at "
             "FROM resolved_entry AS r JOIN workspace AS viewer ON viewer.id = r.viewer_id "
@@ -105,9 +189,9 @@ def export_madsci(backend: Backend, workspace: str) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     for name, entry_id, kind, created, seen, metadata, definition, pk, _ in rows:
         if name in entries:
-            raise ConflictError(f"{name!r} exists under several MADSci kinds in workspace {workspace!r}; MADSci's "
-                                "registry.json holds one entry per name (export one kind at a time is not "
-                                "possible; rename one of them first)", name=name)
+            raise ConflictError(f"{name!r} exists as both {entries[name]['component_type']} and {kind} in workspace "
+                                f"{workspace!r}; MADSci's registry.json holds one entry per name, so rename one of "
+                                "them first", name=name, kinds=[entries[name]["component_type"], kind])
         lock = locks.get(pk)
         entries[name] = {
             "id": entry_id, "component_type": kind, "created_at": iso(created), "last_seen": iso(seen),
@@ -119,15 +203,20 @@ def export_madsci(backend: Backend, workspace: str) -> dict[str, Any]:
         }
     created_at = min((r[3] for r in rows), default=time.time())
     updated_at = max((max(r[4], r[8]) for r in rows), default=time.time())
-    return {"version": 1, "created_at": iso(created_at), "updated_at": iso(updated_at), "entries": entries}
+    return {"version": MADSCI_VERSION, "created_at": iso(created_at), "updated_at": iso(updated_at),
+            "entries": entries}
 
 
-# -- import: validation ----------------------------------------------------------------------------------
+# -- import: the document ----------------------------------------------------------------------------------
 
 
 @dataclass
 class ImportPlan:
-    """What an import does (or, with ``dry_run``, would do). Names are ``workspace/kind/name``."""
+    """What an import does (or, with ``dry_run``, would do). Entries are named ``workspace/kind/name``.
+
+    ``revision`` is the registry revision the plan was made against; ``applied`` says whether it was
+    written (then ``revision`` is the one the import itself produced).
+    """
 
     mode: str
     format: str
@@ -136,20 +225,36 @@ class ImportPlan:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     workspaces_added: list[str] = field(default_factory=list)
+    workspaces_removed: list[str] = field(default_factory=list)
     kinds_added: list[str] = field(default_factory=list)
     tombstones_added: list[str] = field(default_factory=list)
     locks_dropped: int = 0
+    revision: int = 0
     applied: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
 
+    @property
+    def changes(self) -> int:
+        """How many rows (entries, tombstones, workspaces, kinds) the import writes or deletes."""
+        return (len(self.added) + len(self.replaced) + len(self.removed) + len(self.workspaces_added)
+                + len(self.workspaces_removed) + len(self.kinds_added) + len(self.tombstones_added))
+
     def summary(self) -> str:
+        """One line for humans: the counts per category."""
         verb = "imported" if self.applied else "would import"
-        return (f"{verb} ({self.mode}, {self.format}): {len(self.added)} added, {len(self.kept)} kept, "
-                f"{len(self.replaced)} replaced, {len(self.removed)} removed, {len(self.workspaces_added)} "
-                f"workspaces and {len(self.kinds_added)} kinds added"
-                + (f", {self.locks_dropped} locks not imported" if self.locks_dropped else ""))
+        text = (f"{verb} ({self.mode}, {self.format}): {len(self.added)} added, {len(self.kept)} kept, "
+                f"{len(self.replaced)} replaced, {len(self.removed)} removed; {len(self.workspaces_added)} "
+                f"workspaces and {len(self.kinds_added)} kinds added")
+        if self.workspaces_removed:
+            text += f", {len(self.workspaces_removed)} workspaces removed"
+        if self.tombstones_added:
+            text += f", {len(self.tombstones_added)} names hidden"
+        if self.locks_dropped:
+            text += f"; {self.locks_dropped} locks of the old registry not imported"
+        return text
 
 
 @dataclass
@@ -159,13 +264,31 @@ class _Document:
     entries: list[dict[str, Any]]
     tombstones: list[dict[str, Any]]
     format: str
+    workspace: str = CORE  # MADSci: the workspace the file is the view of
     locks: int = 0
+
+
+@dataclass
+class _Ops:
+    """The rows an import writes, decided by the plan."""
+
+    wipe: bool = False
+    define_kinds: list[dict[str, Any]] = field(default_factory=list)
+    create_workspaces: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[int, str, str, str, str, bool]] = field(default_factory=list)  # pk, id, ws, kind, name, hidden
+    insert: list[dict[str, Any]] = field(default_factory=list)
+    hide: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _fail(problems: list[str], source: str) -> ImportFileError:
     shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
     return ImportFileError(f"{source} cannot be imported ({len(problems)} problem(s), nothing was changed): {shown}",
                            problems=problems)
+
+
+def _conflict(problems: list[str]) -> ConflictError:
+    shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    return ConflictError(f"the import conflicts with the registry (nothing was changed): {shown}", problems=problems)
 
 
 def detect_format(data: Any) -> str:
@@ -187,20 +310,31 @@ def parse_document(data: Any, fmt: str, workspace: str, source: str) -> _Documen
     raise InvalidInputError(f"unknown import format {fmt!r}; use nameplate, madsci or auto", format=fmt)
 
 
+def _unknown_fields(item: Mapping[str, Any], allowed: frozenset[str], where: str, problems: list[str]) -> None:
+    # A field this version does not know would be dropped on the way in: refuse rather than lose it.
+    unknown = sorted(set(item) - allowed, key=str)
+    if unknown:
+        problems.append(f"{where}: unknown fields {unknown}")
+
+
 def _parse_nameplate(data: Any, source: str) -> _Document:
-    problems: list[str] = []
     if not isinstance(data, Mapping):
         raise _fail(["the document is not a JSON object"], source)
+    problems: list[str] = []
     if data.get("format") != FORMAT:
         problems.append(f"\"format\" must be {FORMAT!r}, found {data.get('format')!r}")
-    if data.get("version") != VERSION:
+    if type(data.get("version")) is not int or data.get("version") != VERSION:
         problems.append(f"version {data.get('version')!r} is not supported (this nameplate reads version {VERSION})")
-    sections = {}
-    for key in ("workspaces", "kinds", "entries", "tombstones"):
+    sections: dict[str, list[dict[str, Any]]] = {}
+    allowed = {"workspaces": _WORKSPACE_FIELDS, "kinds": _KIND_FIELDS, "entries": _ENTRY_FIELDS,
+               "tombstones": _TOMBSTONE_FIELDS}
+    for key, fields in allowed.items():
         value = data.get(key, [])
         if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
             problems.append(f"\"{key}\" must be a list of objects")
             value = []
+        for index, item in enumerate(value):
+            _unknown_fields(item, fields, f"{key}[{index}]", problems)
         sections[key] = [dict(item) for item in value]
     if problems:
         raise _fail(problems, source)
@@ -212,37 +346,113 @@ def _parse_madsci(data: Any, workspace: str, source: str) -> _Document:
     if not isinstance(data, Mapping) or not isinstance(data.get("entries"), Mapping):
         raise _fail(["a MADSci registry.json is an object with an \"entries\" object"], source)
     problems: list[str] = []
+    _unknown_fields(data, _MADSCI_TOP, "the file", problems)
+    version = data.get("version", MADSCI_VERSION)
+    if type(version) is not int or version != MADSCI_VERSION:
+        problems.append(f"MADSci registry version {version!r} is not supported (this nameplate reads version "
+                        f"{MADSCI_VERSION})")
     entries, locks = [], 0
     for name, item in data["entries"].items():
         if not isinstance(item, Mapping):
             problems.append(f"entry {name!r}: not an object")
             continue
-        unknown = sorted(set(item) - {"id", "component_type", "created_at", "last_seen", "metadata", "lock",
-                                      "workcell_id"})
-        if unknown:
-            problems.append(f"entry {name!r}: unknown fields {unknown}")
+        _unknown_fields(item, _MADSCI_ENTRY, f"entry {name!r}", problems)
         if item.get("lock") is not None:
             locks += 1
+        if item.get("component_type") not in MADSCI_KINDS:
+            problems.append(f"entry {name!r}: component_type {item.get('component_type')!r} is not one of "
+                            f"{', '.join(MADSCI_KINDS)}")
+            continue
         workcell = item.get("workcell_id")
+        if workcell is not None and not isinstance(workcell, str):
+            problems.append(f"entry {name!r}: workcell_id must be a string or null, not {workcell!r}")
         entries.append({"id": item.get("id"), "workspace": workspace, "kind": item.get("component_type"),
                         "name": name, "metadata": item.get("metadata", {}), "capabilities": [],
                         "definition": None if workcell is None else {"workcell_id": workcell}, "target": None,
                         "created_at": item.get("created_at"), "updated_at": item.get("last_seen"),
                         "last_seen_at": item.get("last_seen")})
-        if item.get("component_type") not in MADSCI_KINDS:
-            problems.append(f"entry {name!r}: component_type {item.get('component_type')!r} is not one of "
-                            f"{', '.join(MADSCI_KINDS)}")
     if problems:
         raise _fail(problems, source)
-    return _Document([], [], entries, [], "madsci", locks)
+    return _Document([], [], entries, [], "madsci", workspace, locks)
+
+
+# -- import: validation ------------------------------------------------------------------------------------
+
+
+def _madsci_kind(name: str) -> dict[str, Any]:
+    return build_kind(name, required=[], optional=[], defaults=None, name_pattern=None, validator=None, strict=False,
+                      description=f"a {name} (MADSci)")
+
+
+def _kind_values(item: Mapping[str, Any]) -> dict[str, Any]:
+    return build_kind(item.get("name"), required=item.get("required", []),  # type: ignore[arg-type]
+                      optional=item.get("optional", []), defaults=item.get("defaults"),
+                      name_pattern=item.get("name_pattern"), validator=item.get("validator"),
+                      strict=bool(item.get("strict", True)), description=item.get("description", ""))
+
+
+def _effective_kinds(doc: _Document, tx: Tx, mode: str, problems: list[str]) -> tuple[dict[str, Kind], list[str]]:
+    """The kinds the document's entries will be stored under, and the user kinds the import defines."""
+    registry = {k.name: k for k in list_kinds(tx)}
+    wipes_user_kinds = mode == "replace" and doc.format == "nameplate"
+    kinds = {name: k for name, k in registry.items() if k.builtin or not wipes_user_kinds}
+    defined: list[str] = []
+    seen: set[str] = set()
+    for index, item in enumerate(doc.kinds):
+        where = f"kinds[{index}]"
+        name = item.get("name")
+        if not isinstance(name, str):
+            problems.append(f"{where}: a kind's name must be a string, not {name!r}")
+            continue
+        if name in seen:
+            problems.append(f"{where}: kind {name!r} is listed twice")
+            continue
+        seen.add(name)
+        if item.get("builtin"):
+            if name not in registry or not registry[name].builtin:
+                problems.append(f"{where}: built-in kind {name!r} is unknown to this nameplate")
+            continue
+        if name in registry and registry[name].builtin:
+            problems.append(f"{where}: {name!r} is a built-in kind here; a file cannot redefine it")
+            continue
+        try:
+            values = _kind_values(item)
+        except NameplateError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        except (TypeError, ValueError) as error:  # e.g. "required": 5 or a pattern that is not a string
+            problems.append(f"{where}: kind {name!r} is not valid: {error}")
+            continue
+        if name in kinds:  # merge: the registry's own definition of the kind stays, and rules the entries
+            continue
+        kinds[name] = candidate_kind(values)
+        defined.append(name)
+    if doc.format == "madsci":
+        for name in sorted({e["kind"] for e in doc.entries} - set(kinds)):
+            kinds[name] = candidate_kind(_madsci_kind(name))
+            defined.append(name)
+    return kinds, defined
+
+
+def _check_id(value: Any, where: str, problems: list[str]) -> None:
+    try:
+        if not isinstance(value, str) or str(ULID.from_str(value)) != value:
+            raise ValueError
+    except ValueError:
+        problems.append(f"{where}: id {value!r} is not a ULID (26 characters of Crockford base32, upper case)")
 
 
 def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[list[str], dict[str, Kind]]:
-    """Every problem in the document, judged against the registry it goes into."""
+                    progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Raise ImportFileError listing every problem of the document, judged against the registry it goes
+    into; return the user kinds the import defines."""
     problems: list[str] = []
     existing_ws = {r[0] for r in tx.execute("SELECT name FROM workspace").fetchall()}
-    known_ws = {CORE} | (set() if mode == "replace" else existing_ws)
+    if doc.format == "madsci" and doc.workspace not in existing_ws:
+        raise UnknownWorkspaceError(f"workspace {doc.workspace!r} does not exist; create it first",
+                                    workspace=doc.workspace)
+    known_ws = {CORE} | (set() if mode == "replace" and doc.format == "nameplate" else existing_ws)
+    listed: set[str] = set()
     for index, ws in enumerate(doc.workspaces):
         where = f"workspaces[{index}]"
         try:
@@ -250,39 +460,29 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
             continue
-        if ws["name"] == CORE:
+        name = ws["name"]
+        if name in listed:
+            problems.append(f"{where}: workspace {name!r} is listed twice")
+            continue
+        listed.add(name)
+        if not isinstance(ws.get("description", ""), str):
+            problems.append(f"{where}: description must be a string")
+        if "created_at" in ws:
+            parse_time(ws["created_at"], f"{where}.created_at", problems)
+        if name == CORE:
+            if ws.get("parent") is not None:
+                problems.append(f"{where}: core is the root and has no parent, not {ws.get('parent')!r}")
             continue
         if ws.get("parent") not in known_ws:
-            problems.append(f"{where}: parent {ws.get('parent')!r} of {ws['name']!r} is neither core nor listed before it")
-        if ws["name"] in known_ws and ws["name"] in {w.get("name") for w in doc.workspaces[:index]}:
-            problems.append(f"{where}: workspace {ws['name']!r} is listed twice")
-        known_ws.add(ws["name"])
-        parse_time(ws.get("created_at", iso(time.time())), f"{where}.created_at", problems)
-    kinds = {k.name: k for k in list_kinds(tx)}
-    for index, item in enumerate(doc.kinds):
-        where = f"kinds[{index}]"
-        name = item.get("name")
-        if item.get("builtin"):
-            if name not in kinds or not kinds[name].builtin:
-                problems.append(f"{where}: built-in kind {name!r} is unknown to this nameplate")
-            continue
-        try:
-            values = build_kind(name, required=item.get("required", []), optional=item.get("optional", []),
-                                defaults=item.get("defaults"), name_pattern=item.get("name_pattern"),
-                                validator=item.get("validator"), strict=bool(item.get("strict", True)),
-                                description=item.get("description", ""))
-        except NameplateError as error:
-            problems.append(f"{where}: {error}")
-            continue
-        kinds[name] = Kind(name, values["description"], tuple(json.loads(values["required"])),
-                           tuple(json.loads(values["optional"])), json.loads(values["defaults"]),
-                           values["name_pattern"], values["validator"], bool(values["strict"]), False,
-                           utc(time.time()), utc(time.time()))  # type: ignore[arg-type]
+            problems.append(f"{where}: parent {ws.get('parent')!r} of {name!r} is neither core nor listed before it")
+        known_ws.add(name)
+    kinds, defined = _effective_kinds(doc, tx, mode, problems)
     seen_ids: set[str] = set()
-    seen_names: set[tuple[str, str, str]] = set()
+    seen_names: set[tuple[Any, Any, Any]] = set()
+    total = len(doc.entries)
     for index, entry in enumerate(doc.entries):
         if progress is not None and index % 1000 == 0:
-            progress(index, len(doc.entries))
+            progress(index, total)
         where = f"entries[{index}] ({entry.get('kind')} {entry.get('name')!r})"
         try:
             check_name(entry.get("name"))
@@ -290,52 +490,56 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
             continue
-        try:
-            ULID.from_str(str(entry.get("id")))
-            if len(str(entry.get("id"))) != 26:
-                raise ValueError
-        except ValueError:
-            problems.append(f"{where}: id {entry.get('id')!r} is not a ULID")
+        _check_id(entry.get("id"), where, problems)
         if entry.get("id") in seen_ids:
             problems.append(f"{where}: id {entry.get('id')!r} appears twice")
-        seen_ids.add(entry.get("id"))
+        if isinstance(entry.get("id"), str):
+            seen_ids.add(entry["id"])
         key = (entry.get("workspace"), entry["kind"], entry["name"])
         if key in seen_names:
             problems.append(f"{where}: duplicate name in workspace {key[0]!r}")
         seen_names.add(key)
         if entry.get("workspace") not in known_ws:
             problems.append(f"{where}: workspace {entry.get('workspace')!r} does not exist and is not in the file")
-        kind = kinds.get(entry["kind"])
-        if kind is None:
-            problems.append(f"{where}: kind {entry['kind']!r} is not defined here nor in the file")
-        for check, key_name in ((encode_object, "metadata"),):
-            try:
-                check(entry.get("metadata", {}), key_name)
-            except InvalidInputError as error:
-                problems.append(f"{where}: {error}")
         try:
+            encode_object(entry.get("metadata", {}))
             check_capabilities(entry.get("capabilities") or [])
             if entry.get("target") is not None:
                 check_target(entry["target"])
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
-        if entry.get("definition") is not None and kind is not None:
-            _, found = validate(kind, entry["name"], entry["definition"], apply_defaults=False)
+        kind = kinds.get(entry["kind"])
+        if kind is None:
+            problems.append(f"{where}: kind {entry['kind']!r} is not defined here nor in the file")
+        elif entry.get("definition") is None:  # an identity without a definition: only its name must fit
+            problems.extend(f"{where}: {p}" for p in name_problems(kind, entry["name"]))
+        else:
+            try:
+                _, found = validate(kind, entry["name"], entry["definition"], apply_defaults=False)
+            except NameplateError as error:  # a validator that cannot be imported
+                found = [str(error)]
             problems.extend(f"{where}: {p}" for p in found)
         for stamp in ("created_at", "updated_at", "last_seen_at"):
             parse_time(entry.get(stamp), f"{where}.{stamp}", problems)
     for index, tomb in enumerate(doc.tombstones):
         where = f"tombstones[{index}]"
+        try:
+            check_name(tomb.get("name"))
+            check_kind_name(tomb.get("kind"))
+        except InvalidInputError as error:
+            problems.append(f"{where}: {error}")
+            continue
         if tomb.get("workspace") not in known_ws or tomb.get("workspace") == CORE:
             problems.append(f"{where}: a tombstone needs a non-core workspace that exists, not {tomb.get('workspace')!r}")
-        if tomb.get("kind") not in kinds:
-            problems.append(f"{where}: kind {tomb.get('kind')!r} is not defined")
-        key = (tomb.get("workspace"), tomb.get("kind"), tomb.get("name"))
+        if tomb["kind"] not in kinds:
+            problems.append(f"{where}: kind {tomb['kind']!r} is not defined here nor in the file")
+        key = (tomb.get("workspace"), tomb["kind"], tomb["name"])
         if key in seen_names:
-            problems.append(f"{where}: {key} is both an entry and a tombstone")
+            problems.append(f"{where}: {'/'.join(map(str, key))} is listed twice (as an entry or a tombstone)")
+        seen_names.add(key)
     if problems:
         raise _fail(problems, source)
-    return problems, kinds
+    return defined
 
 
 # -- import: plan and write --------------------------------------------------------------------------------
@@ -346,134 +550,217 @@ def import_document(backend: Backend, store: Store, data: Any, *, fmt: str = "au
                     progress: Callable[[int, int], None] | None = None) -> ImportPlan:
     """Validate and plan (reporting ``progress(done, total)`` over the entries), then write at once.
 
-    Progress is reported only while validating, outside any transaction: the write itself is one
-    short transaction that never waits on a terminal.
+    Validation runs in a read snapshot, outside the write lock: kinds' validators are user code and a
+    slow terminal drawing the progress bar must not hold other writers up. The write transaction checks
+    that the revision did not move since; if it did, the import validates again (and after a few tries,
+    inside the lock, so a busy registry cannot starve it).
     """
     if mode not in ("merge", "replace"):
         raise InvalidInputError(f"mode must be 'merge' or 'replace', not {mode!r}", mode=mode)
     doc = parse_document(data, fmt, workspace, source)
-    with backend.read() as tx:
-        _check_document(doc, tx, mode, source, progress)
-        plan = _plan(tx, doc, mode)
-    if progress is not None:
-        progress(len(doc.entries), len(doc.entries))
-    if dry_run:
+    for attempt in range(_ATTEMPTS + 1):
+        locked = attempt == _ATTEMPTS
+        if not locked:
+            with backend.read() as tx:
+                revision = int(tx.execute(_REVISION).fetchone()[0])
+                defined = _check_document(doc, tx, mode, source, progress)
+                plan, ops = _plan(tx, doc, mode, defined, revision)
+            if progress is not None:
+                progress(len(doc.entries), len(doc.entries))
+            if dry_run:
+                return plan
+        with backend.write() as tx:
+            now = int(tx.execute(_REVISION).fetchone()[0])
+            if locked:
+                defined = _check_document(doc, tx, mode, source)
+                plan, ops = _plan(tx, doc, mode, defined, now)
+            elif now != revision:
+                continue  # another process wrote meanwhile: judge the document against the registry as it is now
+            _apply(tx, store, doc, mode, plan, ops)
+            plan.revision = int(tx.execute(_REVISION).fetchone()[0])
+        plan.applied = True
         return plan
-    with backend.write() as tx:
-        _check_document(doc, tx, mode, source)  # the registry may have changed since the plan
-        plan = _plan(tx, doc, mode)
-        _apply(tx, store, doc, mode, plan)
-    plan.applied = True
-    return plan
+    raise AssertionError("unreachable: the last attempt validates under the write lock")
 
 
 def _label(ws: str, kind: str, name: str) -> str:
     return f"{ws}/{kind}/{name}"
 
 
-def _plan(tx: Tx, doc: _Document, mode: str) -> ImportPlan:
-    plan = ImportPlan(mode=mode, format=doc.format, locks_dropped=doc.locks)
-    rows = tx.execute("SELECT w.name, k.name, e.name, e.id, e.hidden FROM entry AS e JOIN kind AS k ON k.id = "
-                      "e.kind_id JOIN workspace AS w ON w.id = e.workspace_id").fetchall()
-    existing = {(r[0], r[1], r[2]): r[3] for r in rows if not r[4]}
-    ids = {r[3]: (r[0], r[1], r[2]) for r in rows}
-    wanted = {(e["workspace"], e["kind"], e["name"]): e["id"] for e in doc.entries}
-    problems = []
-    for key, entry_id in wanted.items():
-        if key in existing and mode == "merge":
-            plan.kept.append(_label(*key))
-        elif key in existing:
-            plan.replaced.append(_label(*key))
-        else:
-            plan.added.append(_label(*key))
-        holder = ids.get(entry_id)
-        if holder is not None and holder != key and (mode == "merge" or holder in wanted):
-            problems.append(f"id {entry_id} of {_label(*key)} already belongs to {_label(*holder)}")
-    if mode == "replace":
-        plan.removed = sorted(_label(*key) for key in existing if key not in wanted)
-        leased = tx.execute("SELECT count(*) FROM lease").fetchone()[0]
-        if leased:
-            problems.append(f"{leased} entries are leased by live processes; a replace would pull them away "
-                            "(release them or stop those processes first)")
-    existing_ws = {r[0] for r in tx.execute("SELECT name FROM workspace").fetchall()}
-    plan.workspaces_added = [w["name"] for w in doc.workspaces if w["name"] != CORE and
-                             (mode == "replace" or w["name"] not in existing_ws)]
-    existing_kinds = {r[0] for r in tx.execute("SELECT name FROM kind").fetchall()}
-    plan.kinds_added = [k["name"] for k in doc.kinds if not k.get("builtin") and k["name"] not in existing_kinds]
-    plan.tombstones_added = [_label(t["workspace"], t["kind"], t["name"]) for t in doc.tombstones]
+def _plan(tx: Tx, doc: _Document, mode: str, defined: list[str], revision: int) -> tuple[ImportPlan, _Ops]:
+    plan = ImportPlan(mode=mode, format=doc.format, locks_dropped=doc.locks, revision=revision,
+                      kinds_added=list(defined))
+    ops = _Ops(define_kinds=[])
+    for item in doc.kinds:
+        if item["name"] in defined:
+            ops.define_kinds.append(_kind_values(item))
+    for name in defined:
+        if doc.format == "madsci":
+            ops.define_kinds.append(_madsci_kind(name))
+    rows = tx.execute("SELECT e.pk, e.id, w.name, k.name, e.name, e.hidden FROM entry AS e JOIN kind AS k ON "
+                      "k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id").fetchall()
+    leased = {r[0] for r in tx.execute("SELECT entry_pk FROM lease").fetchall()}
+    if doc.format == "madsci":
+        _plan_madsci(tx, doc, mode, rows, plan, ops)
+    else:
+        _plan_nameplate(tx, doc, mode, rows, plan, ops)
+    problems = [f"{_label(ws, kind, name)} is leased by a live process; release it (or stop that process) first"
+                for pk, _, ws, kind, name, _ in ops.delete if pk in leased]
+    deleted = {d[0] for d in ops.delete}
+    surviving = {r[1]: _label(r[2], r[3], r[4]) for r in rows if r[0] not in deleted}
+    for entry in ops.insert:
+        holder = surviving.get(entry["id"])
+        if holder is not None:
+            problems.append(f"id {entry['id']} of {_label(entry['workspace'], entry['kind'], entry['name'])} already "
+                            f"belongs to {holder}")
     if problems:
-        raise ImportFileError("the import conflicts with the registry (nothing was changed): " + "; ".join(problems),
-                              problems=problems)
-    plan.added.sort()
-    plan.kept.sort()
-    plan.replaced.sort()
-    return plan
+        raise _conflict(problems)
+    for listing in (plan.added, plan.kept, plan.replaced, plan.removed):
+        listing.sort()
+    return plan, ops
 
 
-def _apply(tx: Tx, store: Store, doc: _Document, mode: str, plan: ImportPlan) -> None:
+def _plan_nameplate(tx: Tx, doc: _Document, mode: str, rows: list[Any], plan: ImportPlan, ops: _Ops) -> None:
+    visible = {(r[2], r[3], r[4]): r for r in rows if not r[5]}
+    occupied = {(r[2], r[3], r[4]): r for r in rows}
+    existing_ws = [r[0] for r in tx.execute("SELECT name FROM workspace WHERE name != ? ORDER BY name", (CORE,))]
     if mode == "replace":
+        ops.wipe = True
+        ops.delete = [(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        wanted = {(e["workspace"], e["kind"], e["name"]) for e in doc.entries}
+        plan.removed = [_label(*key) for key in visible if key not in wanted]
+        listed = {w["name"] for w in doc.workspaces}
+        plan.workspaces_removed = [name for name in existing_ws if name not in listed]
+        plan.workspaces_added = [w["name"] for w in doc.workspaces if w["name"] != CORE and w["name"] not in existing_ws]
+        ops.create_workspaces = [w for w in doc.workspaces if w["name"] != CORE]
+        for entry in doc.entries:
+            key = (entry["workspace"], entry["kind"], entry["name"])
+            (plan.replaced if key in visible else plan.added).append(_label(*key))
+            ops.insert.append(entry)
+        ops.hide = [(t["workspace"], t["kind"], t["name"]) for t in doc.tombstones]
+        plan.tombstones_added = [_label(*key) for key in ops.hide]
+        return
+    ops.create_workspaces = [w for w in doc.workspaces if w["name"] != CORE and w["name"] not in existing_ws]
+    plan.workspaces_added = [w["name"] for w in ops.create_workspaces]
+    for entry in doc.entries:
+        key = (entry["workspace"], entry["kind"], entry["name"])
+        if key in visible:
+            plan.kept.append(_label(*key))
+            continue
+        plan.added.append(_label(*key))
+        ops.insert.append(entry)
+        tomb = occupied.get(key)
+        if tomb is not None:  # the workspace hid this name; the file brings it back
+            ops.delete.append((tomb[0], tomb[1], tomb[2], tomb[3], tomb[4], True))
+    for tomb in doc.tombstones:
+        key = (tomb["workspace"], tomb["kind"], tomb["name"])
+        if key not in occupied:  # a row already there (entry or tombstone) is kept
+            ops.hide.append(key)
+            plan.tombstones_added.append(_label(*key))
+
+
+def _plan_madsci(tx: Tx, doc: _Document, mode: str, rows: list[Any], plan: ImportPlan, ops: _Ops) -> None:
+    ws = doc.workspace
+    marks = ",".join("?" * len(MADSCI_KINDS))
+    seen: dict[str, list[Any]] = {}
+    for r in tx.execute(
+            "SELECT r.pk, r.id, w.name, k.name, r.name FROM resolved_entry AS r JOIN workspace AS viewer ON "
+            f"viewer.id = r.viewer_id JOIN kind AS k ON k.id = r.kind_id JOIN workspace AS w ON w.id = r.workspace_id "
+            f"WHERE viewer.name = ? AND r.hidden = 0 AND k.name IN ({marks})", (ws, *MADSCI_KINDS)).fetchall():
+        seen.setdefault(r[4], []).append(r)
+    own: dict[str, list[Any]] = {}  # this workspace's rows of MADSci kinds, tombstones included
+    for r in rows:
+        if r[2] == ws and r[3] in MADSCI_KINDS:
+            own.setdefault(r[4], []).append(r)
+    wanted = {e["name"] for e in doc.entries}
+
+    def delete(row: Any) -> None:
+        ops.delete.append((row[0], row[1], row[2], row[3], row[4], bool(row[5]) if len(row) > 5 else False))
+
+    for entry in doc.entries:
+        name, label = entry["name"], _label(ws, entry["kind"], entry["name"])
+        visible = seen.get(name, [])
+        if mode == "merge" and visible:
+            plan.kept.append(label)  # MADSci's merge: a name the registry has stays as it is
+            continue
+        if (mode == "replace" and len(visible) == 1 and visible[0][2] != ws and visible[0][1] == entry["id"]
+                and visible[0][3] == entry["kind"]):
+            plan.kept.append(label)  # the inherited entry already is this one; ancestors' rows are not ours
+            continue
+        for row in own.get(name, []):
+            delete(row)  # own rows of the name (another MADSci kind, a tombstone, the old version)
+        (plan.replaced if visible else plan.added).append(label)
+        ops.insert.append(entry)
+    if mode == "replace":
+        for name, visible in seen.items():
+            if name in wanted:
+                continue
+            for row in visible:
+                plan.removed.append(_label(ws, row[3], name))
+                if row[2] == ws:
+                    delete(row)
+                else:  # inherited: hide it in this workspace, leave the ancestor alone
+                    ops.hide.append((ws, row[3], name))
+                    plan.tombstones_added.append(_label(ws, row[3], name))
+
+
+def _apply(tx: Tx, store: Store, doc: _Document, mode: str, plan: ImportPlan, ops: _Ops) -> None:
+    if ops.wipe:
         tx.execute("DELETE FROM entry")
         tx.execute("DELETE FROM selection_cursor")
+        # Deepest first: a workspace's children reference it.
         for (name,) in tx.execute("SELECT w.name FROM workspace AS w JOIN workspace_ancestor AS a ON "
                                   "a.workspace_id = w.id WHERE w.name != ? GROUP BY w.id ORDER BY max(a.depth) DESC",
                                   (CORE,)).fetchall():
-            tx.execute("DELETE FROM workspace_ancestor WHERE workspace_id = (SELECT id FROM workspace WHERE name = ?)",
-                       (name,))
-            tx.execute("DELETE FROM workspace WHERE name = ?", (name,))
+            tx.execute("DELETE FROM workspace WHERE name = ?", (name,))  # its closure rows cascade
+            store.record(tx, "workspace.delete", workspace=name, source="import")
+        for (name,) in tx.execute("SELECT name FROM kind WHERE builtin = 0 ORDER BY name").fetchall():
+            store.record(tx, "kind.delete", kind=name, source="import")
         tx.execute("DELETE FROM kind WHERE builtin = 0")
         for ws in doc.workspaces:
             if ws["name"] == CORE:  # the file becomes the registry: core's own row too
+                ignored: list[str] = []
                 tx.execute("UPDATE workspace SET description = ?, created_at = ? WHERE name = ?",
-                           (ws.get("description", ""), parse_time(ws.get("created_at"), "", []) or time.time(), CORE))
-    from ._kind_schema import save_kind
-    from ._layers import create_workspace
-
-    existing_kinds = {r[0] for r in tx.execute("SELECT name FROM kind").fetchall()}
-    for item in doc.kinds:
-        if item.get("builtin") or item["name"] in existing_kinds:
-            continue
-        save_kind(tx, store, build_kind(item["name"], required=item.get("required", []),
-                                        optional=item.get("optional", []), defaults=item.get("defaults"),
-                                        name_pattern=item.get("name_pattern"), validator=item.get("validator"),
-                                        strict=bool(item.get("strict", True)),
-                                        description=item.get("description", "")))
-    existing_ws = {r[0] for r in tx.execute("SELECT name FROM workspace").fetchall()}
-    for ws in doc.workspaces:
-        if ws["name"] not in existing_ws:
-            create_workspace(tx, store, ws["name"], ws["parent"], ws.get("description", ""))
-            problems: list[str] = []
+                           (ws.get("description", ""),
+                            parse_time(ws.get("created_at"), "", ignored) if "created_at" in ws else time.time(), CORE))
+    for values in ops.define_kinds:
+        save_kind(tx, store, values)
+    for ws in ops.create_workspaces:
+        create_workspace(tx, store, ws["name"], ws["parent"], ws.get("description", ""))
+        if "created_at" in ws:
             tx.execute("UPDATE workspace SET created_at = ? WHERE name = ?",
-                       (parse_time(ws.get("created_at"), "created_at", problems) or time.time(), ws["name"]))
-    ids = {r[0]: r[1] for r in tx.execute("SELECT name, id FROM workspace").fetchall()}
-    kind_ids = {r[0]: r[1] for r in tx.execute("SELECT name, id FROM kind").fetchall()}
-    keep = set(plan.kept)
-    ignore: list[str] = []
-    for entry in doc.entries:
-        label = _label(entry["workspace"], entry["kind"], entry["name"])
-        if label in keep:
-            continue
-        ws_id, kind_id = ids[entry["workspace"]], kind_ids[entry["kind"]]
-        tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ?",
-                   (ws_id, kind_id, entry["name"]))
+                       (parse_time(ws["created_at"], "", []), ws["name"]))
+    for pk, entry_id, ws_name, kind, name, hidden in ops.delete:
+        if not ops.wipe:
+            tx.execute("DELETE FROM entry WHERE pk = ?", (pk,))
+        if hidden:
+            store.record(tx, "unhide", workspace=ws_name, kind=kind, name=name, source="import")
+        else:
+            store.record(tx, "delete", workspace=ws_name, kind=kind, name=name, entry_id=entry_id, source="import")
+    ws_ids = dict(tx.execute("SELECT name, id FROM workspace").fetchall())
+    kind_ids = dict(tx.execute("SELECT name, id FROM kind").fetchall())
+    ignored = []
+    for entry in ops.insert:
         capabilities = check_capabilities(entry.get("capabilities") or [])
         definition = entry.get("definition")
         pk = tx.execute(
             "INSERT INTO entry (id, workspace_id, kind_id, name, metadata, capabilities, definition, target, "
             "created_at, updated_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk",
-            (entry["id"], ws_id, kind_id, entry["name"], encode_object(entry.get("metadata", {})),
-             json.dumps(capabilities), None if definition is None else encode_object(definition, "definition"),
-             entry.get("target"), parse_time(entry["created_at"], "", ignore),
-             parse_time(entry["updated_at"], "", ignore), parse_time(entry["last_seen_at"], "", ignore))).fetchone()[0]
+            (entry["id"], ws_ids[entry["workspace"]], kind_ids[entry["kind"]], entry["name"],
+             encode_object(entry.get("metadata", {})), json.dumps(capabilities),
+             None if definition is None else encode_object(definition, "definition"), entry.get("target"),
+             parse_time(entry["created_at"], "", ignored), parse_time(entry["updated_at"], "", ignored),
+             parse_time(entry["last_seen_at"], "", ignored))).fetchone()[0]
         for capability in capabilities:
             tx.execute("INSERT INTO entry_capability (capability, entry_pk) VALUES (?, ?)", (capability, pk))
         store.record(tx, "create", workspace=entry["workspace"], kind=entry["kind"], name=entry["name"],
                      entry_id=entry["id"], source="import")
     now = time.time()
-    for tomb in doc.tombstones:
-        ws_id, kind_id = ids[tomb["workspace"]], kind_ids[tomb["kind"]]
+    for ws_name, kind, name in ops.hide:
         tx.execute("INSERT INTO entry (id, workspace_id, kind_id, name, hidden, created_at, updated_at, last_seen_at) "
-                   "VALUES (?, ?, ?, ?, 1, ?, ?, ?) ON CONFLICT (name, kind_id, workspace_id) DO NOTHING",
-                   (str(ULID()), ws_id, kind_id, tomb["name"], now, now, now))
-    store.record(tx, "import", mode=mode, format=doc.format, added=len(plan.added), kept=len(plan.kept),
-                 replaced=len(plan.replaced), removed=len(plan.removed), workspaces=len(plan.workspaces_added),
-                 kinds=len(plan.kinds_added), tombstones=len(plan.tombstones_added), locks_dropped=plan.locks_dropped)
+                   "VALUES (?, ?, ?, ?, 1, ?, ?, ?)", (str(ULID()), ws_ids[ws_name], kind_ids[kind], name, now, now, now))
+        store.record(tx, "hide", workspace=ws_name, kind=kind, name=name, source="import")
+    store.record(tx, "import", workspace=doc.workspace if doc.format == "madsci" else None, mode=mode,
+                 format=doc.format, added=len(plan.added), kept=len(plan.kept), replaced=len(plan.replaced),
+                 removed=len(plan.removed), workspaces=len(plan.workspaces_added), kinds=len(plan.kinds_added),
+                 tombstones=len(plan.tombstones_added), locks_dropped=plan.locks_dropped)
