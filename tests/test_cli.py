@@ -17,8 +17,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from nameplate import Registry
-from nameplate.cli import main
+from conftest import table_snapshot
+from nameplate import NameplateError, Registry
+from nameplate import cli as cli_module
+from nameplate import errors as errors_module
+from nameplate.cli import encode_document, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -105,7 +108,8 @@ def test_clean_command(cli, db_path: Path) -> None:  # type: ignore[no-untyped-d
 def test_export_import_commands(cli, db_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli("resolve", "a", "-k", "node")
     out = tmp_path / "export.json"
-    assert "exported 1 entries" in cli("export", "-o", str(out))
+    assert "exported 1 entry to" in cli("export", "-o", str(out))
+    assert oct(out.stat().st_mode & 0o777) == "0o600"  # an export holds what the registry holds
     assert json.loads(out.read_text())["entries"][0]["name"] == "a"
     assert json.loads(cli("export"))["format"] == "nameplate-export"
     assert json.loads(cli("export", "--format", "madsci"))["entries"]["a"]["component_type"] == "node"
@@ -130,7 +134,7 @@ def test_health_and_housekeeping_commands(cli, db_path: Path) -> None:  # type: 
     assert stats["entries"] == 1 and stats["revision"] >= 1 and stats["file_bytes"] > 0
     assert "revision:" in cli("stats")
     assert "file" in cli("vacuum")
-    assert "WAL frames" in cli("checkpoint")
+    assert cli("checkpoint").startswith("WAL ")
     assert json.loads(cli("--json", "migrate", "--status"))["pending"] == []
     assert "schema version 1" in cli("migrate")
     assert [k["name"] for k in json.loads(cli("--json", "kinds"))][:2] == ["builder", "experiment"]
@@ -148,10 +152,15 @@ def test_check_exits_5_and_lists_every_problem(cli, db_path: Path) -> None:  # t
     conn.close()
     output = cli("check", code=5)
     assert "3 problem(s)" in output  # the bad definition, the missing closure row, the broken ancestry
-    problems = json.loads(CliRunner().invoke(main, ["--db", str(db_path), "--json", "check"]).stdout)["problems"]
-    assert any("unknown field 'bogus'" in p for p in problems)
-    assert any("no closure row" in p for p in problems)
-    assert any("ancestry inconsistent" in p for p in problems)
+    result = CliRunner().invoke(main, ["--db", str(db_path), "--json", "check"])
+    assert result.exit_code == 5
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["check"] for p in problems] == ["definition", "layer", "layer"]
+    assert any("unknown field 'bogus'" in p["message"] for p in problems)
+    assert any("no closure row" in p["message"] for p in problems)
+    assert any("ancestry inconsistent" in p["message"] for p in problems)
+    human = CliRunner().invoke(main, ["--db", str(db_path), "check"])
+    assert human.stdout.count("problem  ") == 3 and "FAILED" in human.stdout
 
 
 def test_log_and_gc_commands(cli, db_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -170,19 +179,29 @@ def test_log_and_gc_commands(cli, db_path: Path) -> None:  # type: ignore[no-unt
     assert json.loads(cli("--json", "log"))[-1]["rev"] > max(e["rev"] for e in events)  # never reused
 
 
-def test_log_follow_prints_new_events_from_other_processes(db_path: Path) -> None:
+@pytest.mark.parametrize("as_json", [False, True])
+def test_log_follow_prints_new_events_from_other_processes(db_path: Path, as_json: bool) -> None:
     Registry(db_path).close()
-    follower = subprocess.Popen([sys.executable, "-m", "nameplate", "--db", str(db_path), "log", "--follow"],
+    follower = subprocess.Popen([sys.executable, "-m", "nameplate", "--db", str(db_path),
+                                 *(["--json"] if as_json else []), "log", "--follow"],
                                 stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)  # let it start polling
+        if not as_json:
+            assert follower.stdout.readline().split()[:2] == ["REV", "WHEN"]  # it is up and polling
+        else:
+            time.sleep(1.0)  # let it start polling
         with Registry(db_path) as registry:
             registry.resolve("followed", "node")
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.append(follower.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout=20)
-        assert lines and "create" in lines[0] and "followed" in lines[0]
+        assert lines, "the follower printed nothing within 20 s"
+        if as_json:
+            event = json.loads(lines[0])
+            assert (event["action"], event["name"]) == ("create", "followed")
+        else:
+            assert "create" in lines[0] and "followed" in lines[0]
     finally:
         follower.terminate()
         follower.wait(timeout=10)
@@ -213,11 +232,16 @@ def test_workspace_commands(cli) -> None:  # type: ignore[no-untyped-def]
     (["rename", "a", "b"], 4),                            # NameTakenError
     (["resolve", "x", "-k", "node", "--meta", "novalue"], 2),  # usage
     (["frobnicate"], 2),
+    (["log", "--limit", "0"], 2),
+    (["gc", "--keep-days", "-1"], 2),
+    (["clean", "--older-than", "soon"], 2),
+    (["export", "-o", "/nonexistent-dir/export.json"], 1),  # OSError: one line, no traceback
 ])
 def test_exit_codes_by_error_class(cli, args: list[str], code: int) -> None:  # type: ignore[no-untyped-def]
     cli("resolve", "a", "-k", "node")
     cli("resolve", "b", "-k", "node")
     output = cli(*args, code=code)
+    assert "Traceback" not in output
     if code != 2:
         assert output.startswith("nameplate: error:") and output.count("\n") == 1  # one line, no traceback
 
@@ -268,3 +292,92 @@ def test_the_installed_console_script_runs(db_path: Path) -> None:
     assert missing.returncode == 3 and "Traceback" not in missing.stderr
     version = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "nameplate" in version.stdout
+
+
+def _error_classes() -> list[type[NameplateError]]:
+    return [getattr(errors_module, name) for name in errors_module.__all__]
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_class_exits_with_its_documented_code(cli, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                                          cls: type[NameplateError]) -> None:
+    expected = (3 if issubclass(cls, errors_module.NotFoundError) else
+                4 if issubclass(cls, errors_module.ConflictError) else
+                5 if issubclass(cls, (errors_module.DatabaseError, errors_module.IntegrityProblemError)) else 1)
+    assert cls.exit_code == expected
+
+    def boom(self: Registry) -> None:
+        raise cls(f"{cls.__name__} happened\nacross two lines", detail=1)
+
+    monkeypatch.setattr(Registry, "stats", boom)
+    output = cli("stats", code=expected)
+    assert output == f"nameplate: error: {cls.__name__} happened across two lines\n"
+
+
+def test_migrate_status_only_looks(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    result = CliRunner().invoke(main, ["--db", str(fresh), "--json", "migrate", "--status"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pending"] == [{"version": 1, "name": "initial schema"}]
+    assert not fresh.exists()
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()  # a database file with no schema yet
+    assert "pending" in CliRunner().invoke(main, ["--db", str(empty), "migrate", "--status"]).output
+    assert sqlite3.connect(empty).execute("PRAGMA user_version").fetchone()[0] == 0  # still not migrated
+    applied = CliRunner().invoke(main, ["--db", str(empty), "--json", "migrate"])
+    assert json.loads(applied.output)["applied_now"] == [1]
+    assert json.loads(CliRunner().invoke(main, ["--db", str(empty), "--json", "migrate", "--status"]).output
+                      )["pending"] == []
+
+
+@pytest.mark.parametrize("fmt", ["nameplate", "madsci"])
+def test_exported_text_is_the_same_with_or_without_a_progress_bar(db_path: Path, fmt: str) -> None:
+    with Registry(db_path) as registry:
+        for index in range(1200):
+            registry.resolve(f"n{index}", "node", {"slot": index, "nested": {"a": [1, {"b": 2}]}})
+        document = registry.export(fmt)
+    calls: list[tuple[int, int]] = []
+    text = encode_document(document, lambda done, total: calls.append((done, total)))
+    assert text == json.dumps(document, indent=2, sort_keys=True)
+    assert calls[0] == (0, 1200) and calls[-1] == (1200, 1200)
+    empty = dict(document, entries={} if fmt == "madsci" else [])
+    assert encode_document(empty) == json.dumps(empty, indent=2, sort_keys=True)
+
+
+def test_export_to_stdout_and_the_progress_bar_wiring(cli, db_path: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cli("resolve", "a", "-k", "node")
+    assert json.loads(cli("export", "-o", "-"))["entries"][0]["name"] == "a"
+    monkeypatch.setattr(cli_module, "_progress_wanted", lambda count: True)
+    result = CliRunner().invoke(main, ["--db", str(db_path), "export", "-o", str(tmp_path / "e.json")])
+    assert result.exit_code == 0 and "exporting" in result.stderr and "exporting" not in result.stdout
+    result = CliRunner().invoke(main, ["--db", str(tmp_path / "b.db"), "import", str(tmp_path / "e.json")])
+    assert result.exit_code == 0 and "validating" in result.stderr
+
+
+def test_import_conflicts_exit_4_and_change_nothing(cli, db_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("resolve", "a", "-k", "node")
+    export = tmp_path / "e.json"
+    cli("export", "-o", str(export))
+    with Registry(db_path) as holder:
+        holder.acquire("a", "node")
+        before = table_snapshot(db_path)
+        output = cli("import", str(export), "--replace", code=4)
+        assert "leased by a live process" in output
+        assert table_snapshot(db_path) == before
+    cli("rename", "a", "b")
+    assert "already belongs to core/node/b" in cli("import", str(export), code=4)  # same id, other name
+
+
+def test_import_dry_run_lists_what_would_change(cli, db_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli("resolve", "a", "-k", "node")
+    export = tmp_path / "e.json"
+    cli("export", "-o", str(export))
+    cli("resolve", "extra", "-k", "node")
+    cli("workspace", "create", "dev1")
+    before = table_snapshot(db_path)
+    output = cli("import", str(export), "--replace", "--dry-run")
+    assert "  remove  core/node/extra" in output and "  replace core/node/a" in output
+    assert "would import (replace, nameplate): 0 added, 0 kept, 1 replaced, 1 removed" in output
+    assert json.loads(cli("--json", "import", str(export), "--replace", "--dry-run"))["workspaces_removed"] == ["dev1"]
+    assert table_snapshot(db_path) == before

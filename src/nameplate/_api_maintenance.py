@@ -123,14 +123,29 @@ class MaintenanceMixin(RegistryBase):
         return _health.stats(self._backend)
 
     def vacuum(self) -> dict[str, Any]:
-        """Rebuild the file to reclaim free pages (takes the write lock for its duration)."""
+        """Rebuild the file to reclaim free pages (takes the write lock for its duration).
+
+        Returns the file sizes ``before`` and ``after`` and whether the final checkpoint was ``busy``.
+        """
         self._ws(None)
-        return self._backend.maintenance("vacuum")
+        result = self._backend.maintenance("vacuum")
+        # In WAL mode VACUUM writes the rebuilt pages to the WAL; the file shrinks only when they are
+        # checkpointed, so do that now (else "after" equals "before" and the WAL holds a full copy).
+        busy = self._backend.maintenance("checkpoint")["busy"]
+        return {"before": result["before"], "after": self._backend.maintenance("sizes"), "busy": busy}
 
     def checkpoint(self) -> dict[str, Any]:
-        """Copy the WAL into the database and truncate it (readers still in the WAL keep part of it)."""
+        """Copy the WAL into the database and truncate it (readers still in the WAL keep part of it).
+
+        Returns ``busy`` (a reader kept part of the WAL), ``wal_bytes_before`` and ``wal_bytes_after``.
+        """
         self._ws(None)
-        return self._backend.maintenance("checkpoint")
+        # A TRUNCATE checkpoint that succeeds reports 0 frames in and 0 moved (the log it reports on is
+        # already reset), so the WAL file's size before and after is what tells an operator anything.
+        before = self._backend.maintenance("sizes")["wal_bytes"]
+        result = self._backend.maintenance("checkpoint")
+        after = self._backend.maintenance("sizes")["wal_bytes"]
+        return {"busy": result["busy"], "wal_bytes_before": before, "wal_bytes_after": after}
 
     def migration_status(self) -> _migrate.MigrationStatus:
         """Applied and pending schema migrations of this (open, hence migrated) registry."""

@@ -1,30 +1,59 @@
-"""The audit log: reading changes since a revision, following new ones, pruning old ones."""
+"""The audit log: reading changes since a revision, following new ones, pruning old ones.
+
+A cold path, so it goes through the peewee models (``_models.Event``), run on the backend's own
+connection: inside ``backend.write()`` a model query joins the open transaction.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import peewee
 
 from ._backend import Backend
+from ._models import Event as EventRow
+from ._models import Session as SessionRow
 from ._records import Event, utc
 from ._store import Store
+from .errors import InvalidInputError
 
-_COLUMNS = "rev, at, action, workspace, kind, name, entry_id, session_id, actor, detail"
+#: A follower re-reads the log at least this often even when ``data_version`` stands still: that
+#: counter moves only for other connections' commits, so writes made through this very connection
+#: (the follower's own thread writing between two events) would otherwise wait for someone else.
+_FULL_POLL = 2.0
+
+T = TypeVar("T")
 
 
-def _decode(row: tuple) -> Event:  # type: ignore[type-arg]
-    return Event(rev=int(row[0]), at=utc(row[1]), action=row[2], workspace=row[3], kind=row[4], name=row[5],
-                 entry_id=row[6], session_id=row[7], actor=row[8], detail=json.loads(row[9]))  # type: ignore[arg-type]
+def _decode(row: EventRow) -> Event:
+    return Event(rev=int(row.rev), at=utc(row.at), action=row.action, workspace=row.workspace,  # type: ignore[arg-type]
+                 kind=row.kind, name=row.name, entry_id=row.entry_id, session_id=row.session_id, actor=row.actor,
+                 detail=json.loads(row.detail))
+
+
+def _check_revision(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"{what} must be a revision number >= 0, not {value!r}", **{what: value})
+    return value
 
 
 def changes(backend: Backend, since: int = 0, limit: int | None = None) -> list[Event]:
-    sql = f"SELECT {_COLUMNS} FROM event WHERE rev > ? ORDER BY rev" + (" LIMIT ?" if limit else "")
-    params = (since, limit) if limit else (since,)
-    return [_decode(row) for row in backend.query_all(sql, params)]
+    """Events with ``rev > since``, oldest first, at most ``limit`` (``None``: all)."""
+    _check_revision(since, "since")
+    if limit is not None:
+        _check_revision(limit, "limit")
+    query = EventRow.select().where(EventRow.rev > since).order_by(EventRow.rev)
+    if limit is not None:
+        query = query.limit(limit)
+    with backend.read():  # the backend's snapshot (and busy wait); the model query reads inside it
+        return _run(backend, lambda: [_decode(row) for row in query.execute(backend.peewee)])
 
 
 def revision(backend: Backend) -> int:
+    """The newest revision (0 when the log is empty and was never written)."""
     return int(backend.query_one("SELECT coalesce(max(rev), 0) FROM event")[0])
 
 
@@ -32,31 +61,52 @@ def follow(backend: Backend, since: int | None = None, *, interval: float = 0.25
            stop: Callable[[], bool] | None = None) -> Iterator[Event]:
     """Yield events after ``since`` (default: from now on) as they are committed, until ``stop()``.
 
-    Between polls it asks SQLite's ``data_version`` (microseconds) and reads the log only when
-    another connection has committed.
+    Between polls it asks SQLite's ``data_version`` (microseconds) and reads the log only when another
+    connection has committed (or every ``_FULL_POLL`` seconds, for this connection's own commits).
     """
-    last = revision(backend) if since is None else since
+    if interval <= 0:
+        raise InvalidInputError(f"interval must be a positive number of seconds, not {interval!r}", interval=interval)
+    last = revision(backend) if since is None else _check_revision(since, "since")
+    counter = backend.change_counter()
     for event in changes(backend, last):
         last = event.rev
         yield event
-    counter = backend.change_counter()
+    checked = time.monotonic()
     while stop is None or not stop():
         time.sleep(interval)
         now = backend.change_counter()
-        if now == counter:
+        if now == counter and time.monotonic() - checked < _FULL_POLL:
             continue
-        counter = now
+        counter, checked = now, time.monotonic()
         for event in changes(backend, last):
             last = event.rev
             yield event
 
 
 def gc(backend: Backend, store: Store, keep_days: float) -> dict[str, int]:
-    """Delete events and ended sessions older than ``keep_days``; revisions are never reused."""
-    cutoff = time.time() - keep_days * 86400
+    """Delete events and ended sessions older than ``keep_days``; revisions are never reused.
+
+    The prune is itself logged, so the log never goes empty and its newest revision only grows.
+    """
+    if isinstance(keep_days, bool) or not isinstance(keep_days, (int, float)) or not keep_days >= 0:
+        raise InvalidInputError(f"keep_days must be a number >= 0, not {keep_days!r}", keep_days=keep_days)
+    cutoff = time.time() - float(keep_days) * 86400
     with backend.write() as tx:
-        events = tx.execute("DELETE FROM event WHERE at < ?", (cutoff,)).rowcount
-        sessions = tx.execute("DELETE FROM session WHERE state != 'live' AND coalesce(ended_at, beat_at) < ?",
-                              (cutoff,)).rowcount
+        events = _run(backend, lambda: EventRow.delete().where(EventRow.at < cutoff).execute(backend.peewee))
+        sessions = _run(backend, lambda: SessionRow.delete().where(
+            (SessionRow.state != "live") & (peewee.fn.coalesce(SessionRow.ended_at, SessionRow.beat_at) < cutoff)
+        ).execute(backend.peewee))
         store.record(tx, "gc", keep_days=keep_days, events_deleted=events, sessions_deleted=sessions)
-    return {"events_deleted": events, "sessions_deleted": sessions}
+    return {"events_deleted": int(events), "sessions_deleted": int(sessions)}
+
+
+def _run(backend: Backend, query: Callable[[], T]) -> T:
+    """Run a model query; peewee wraps sqlite3's errors in its own classes, which the backend's
+    transaction helpers do not translate, so translate them here (busy, corrupt, read-only...)."""
+    try:
+        return query()
+    except peewee.PeeweeException as error:
+        translate = getattr(backend, "_translate", None)
+        if translate is None:
+            raise
+        raise translate(error) from None

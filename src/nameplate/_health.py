@@ -6,16 +6,40 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._backend import Backend
-from ._kind_schema import list_kinds, validate
+from ._backend import Backend, Tx
+from ._kind_schema import Kind, list_kinds, name_problems, validate
 from ._migrate import latest_version
+from ._session import list_sessions
+from .errors import NameplateError
+
+#: The checks ``check()`` runs, in order; each finding names the one that found it.
+CHECKS = ("integrity", "foreign_key", "definition", "metadata", "capability_index", "lease", "layer", "ephemeral")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing ``check()`` found: which check found it, and what it is, in one line."""
+
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"check": self.check, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
 class CheckReport:
-    """The outcome of :meth:`Registry.check`: ``ok`` when ``problems`` is empty."""
+    """The outcome of :meth:`Registry.check`.
 
-    problems: tuple[str, ...]
+    ``problems`` are inconsistencies (the CLI exits 5); ``warnings`` are states that housekeeping
+    clears (``nameplate reap``), not damage. ``checked`` counts what was looked at.
+    """
+
+    problems: tuple[Finding, ...]
+    warnings: tuple[Finding, ...] = ()
     checked: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -23,51 +47,113 @@ class CheckReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": list(self.problems), "checked": self.checked}
+        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
+                "warnings": [w.to_dict() for w in self.warnings], "checked": self.checked}
 
 
 def check(backend: Backend) -> CheckReport:
-    problems: list[str] = []
-    problems += [f"integrity: {p}" for p in backend.maintenance("integrity")["problems"]]
-    problems += [f"foreign key: {p}" for p in backend.maintenance("foreign_keys")["problems"]]
+    problems: list[Finding] = []
+    warnings: list[Finding] = []
+    problems += [Finding("integrity", p) for p in backend.maintenance("integrity")["problems"]]
+    problems += [Finding("foreign_key", p) for p in backend.maintenance("foreign_keys")["problems"]]
     with backend.read() as tx:
         kinds = {k.name: k for k in list_kinds(tx)}
-        rows = tx.execute("SELECT w.name, k.name, e.name, e.definition FROM entry AS e JOIN kind AS k ON "
-                          "k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id "
-                          "WHERE e.hidden = 0 AND e.definition IS NOT NULL").fetchall()
-        for workspace, kind, name, definition in rows:
-            try:
-                parsed = json.loads(definition)
-            except ValueError:
-                problems.append(f"definition of {workspace}/{kind}/{name} is not valid JSON")
-                continue
-            _, found = validate(kinds[kind], name, parsed, apply_defaults=False)
-            problems += [f"definition of {workspace}/{kind}/{name}: {p}" for p in found]
-        for session_id, state, name in tx.execute(
-                "SELECT l.session_id, s.state, e.name FROM lease AS l JOIN session AS s ON s.id = l.session_id "
-                "JOIN entry AS e ON e.pk = l.entry_pk WHERE s.state != 'live'").fetchall():
-            problems.append(f"lease on {name!r} belongs to session {session_id}, which is {state}")
-        for (name,) in tx.execute("SELECT w.name FROM workspace AS w WHERE NOT EXISTS (SELECT 1 FROM "
-                                  "workspace_ancestor AS a WHERE a.workspace_id = w.id AND a.ancestor_id = w.id "
-                                  "AND a.depth = 0)").fetchall():
-            problems.append(f"workspace {name!r} has no closure row for itself (layer resolution would miss it)")
-        for name, depth, parent_depth in tx.execute(
-                "SELECT w.name, (SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = w.id), "
-                "(SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = w.parent_id) FROM workspace AS w "
-                "WHERE w.parent_id IS NOT NULL").fetchall():
-            if parent_depth is None or depth != parent_depth + 1:
-                problems.append(f"workspace {name!r} has an ancestry inconsistent with its parent's")
-        for name, session_id in tx.execute(
-                "SELECT e.name, e.owner_session_id FROM entry AS e JOIN session AS s ON s.id = e.owner_session_id "
-                "WHERE e.ephemeral = 1 AND s.state != 'live'").fetchall():
-            problems.append(f"ephemeral entry {name!r} outlived its session {session_id}")
-        for name, in tx.execute("SELECT e.name FROM entry AS e WHERE e.ephemeral = 1 AND e.owner_session_id IS NULL"
-                                ).fetchall():
-            problems.append(f"ephemeral entry {name!r} has no session")
+        definitions = _definitions(tx, kinds, problems)
+        _metadata(tx, problems)
+        _capability_index(tx, problems)
+        _leases(tx, problems, warnings)
+        _layers(tx, problems)
+        _ephemeral(tx, problems)
         checked = {"entries": int(tx.execute("SELECT count(*) FROM entry").fetchone()[0]),
-                   "definitions": len(rows), "kinds": len(kinds),
-                   "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0])}
-    return CheckReport(tuple(problems), checked)
+                   "definitions": definitions, "kinds": len(kinds),
+                   "workspaces": int(tx.execute("SELECT count(*) FROM workspace").fetchone()[0]),
+                   "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0]),
+                   "sessions": int(tx.execute("SELECT count(*) FROM session WHERE state = 'live'").fetchone()[0])}
+    return CheckReport(tuple(problems), tuple(warnings), checked)
+
+
+def _definitions(tx: Tx, kinds: dict[str, Kind], problems: list[Finding]) -> int:
+    """Every visible entry against its kind: definitions in full, identities by their name pattern."""
+    rows = tx.execute("SELECT w.name, k.name, e.name, e.definition FROM entry AS e JOIN kind AS k ON "
+                      "k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id WHERE e.hidden = 0").fetchall()
+    count = 0
+    for workspace, kind_name, name, definition in rows:
+        where = f"{workspace}/{kind_name}/{name}"
+        kind = kinds[kind_name]
+        if definition is None:
+            problems += [Finding("definition", f"{where}: {p}") for p in name_problems(kind, name)]
+            continue
+        count += 1
+        try:
+            parsed = json.loads(definition)
+        except ValueError:
+            problems.append(Finding("definition", f"{where}: the stored definition is not valid JSON"))
+            continue
+        try:
+            _, found = validate(kind, name, parsed, apply_defaults=False)
+        except NameplateError as error:  # the kind's validator cannot be imported: that is a finding too
+            found = [str(error)]
+        problems += [Finding("definition", f"{where}: {p}") for p in found]
+    return count
+
+
+def _metadata(tx: Tx, problems: list[Finding]) -> None:
+    for column, shape in (("metadata", "object"), ("capabilities", "array")):
+        for workspace, kind, name in tx.execute(
+                f"SELECT w.name, k.name, e.name FROM entry AS e JOIN kind AS k ON k.id = e.kind_id JOIN workspace "
+                f"AS w ON w.id = e.workspace_id WHERE NOT json_valid(e.{column}) OR json_type(e.{column}) != ?",
+                (shape,)).fetchall():
+            problems.append(Finding("metadata", f"{workspace}/{kind}/{name}: {column} is not a JSON {shape}"))
+
+
+def _capability_index(tx: Tx, problems: list[Finding]) -> None:
+    """``entry_capability`` must mirror each entry's capabilities, or find() and list() disagree."""
+    rows = tx.execute(
+        "SELECT w.name, k.name, e.name, e.capabilities, (SELECT json_group_array(capability) FROM "
+        "(SELECT capability FROM entry_capability WHERE entry_pk = e.pk ORDER BY capability)) FROM entry AS e "
+        "JOIN kind AS k ON k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id "
+        "WHERE json_valid(e.capabilities) AND (e.capabilities != '[]' OR EXISTS (SELECT 1 FROM entry_capability "
+        "WHERE entry_pk = e.pk))").fetchall()
+    for workspace, kind, name, stored, indexed in rows:
+        if sorted(json.loads(stored)) != json.loads(indexed):
+            problems.append(Finding("capability_index", f"{workspace}/{kind}/{name}: capabilities {stored} but the "
+                                    f"index holds {indexed} (find() would disagree with list())"))
+
+
+def _leases(tx: Tx, problems: list[Finding], warnings: list[Finding]) -> None:
+    for session in list_sessions(tx, alive=False):
+        for lease in session.leases:
+            where = f"lease on {lease.workspace}/{lease.kind}/{lease.name}"
+            if session.state != "live":
+                problems.append(Finding("lease", f"{where} belongs to session {session.id}, which is {session.state}"))
+            elif not session.alive:
+                warnings.append(Finding("lease", f"{where} is held by session {session.id} (pid {session.pid} on "
+                                        f"{session.hostname}), whose process is gone or stopped beating; "
+                                        "`nameplate reap` frees it"))
+
+
+def _layers(tx: Tx, problems: list[Finding]) -> None:
+    for (name,) in tx.execute("SELECT w.name FROM workspace AS w WHERE NOT EXISTS (SELECT 1 FROM "
+                              "workspace_ancestor AS a WHERE a.workspace_id = w.id AND a.ancestor_id = w.id "
+                              "AND a.depth = 0)").fetchall():
+        problems.append(Finding("layer", f"workspace {name!r} has no closure row for itself (layer resolution "
+                                "would miss it)"))
+    for name, depth, parent_depth in tx.execute(
+            "SELECT w.name, (SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = w.id), "
+            "(SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = w.parent_id) FROM workspace AS w "
+            "WHERE w.parent_id IS NOT NULL").fetchall():
+        if parent_depth is None or depth != parent_depth + 1:
+            problems.append(Finding("layer", f"workspace {name!r} has an ancestry inconsistent with its parent's"))
+
+
+def _ephemeral(tx: Tx, problems: list[Finding]) -> None:
+    for name, session_id in tx.execute(
+            "SELECT e.name, e.owner_session_id FROM entry AS e JOIN session AS s ON s.id = e.owner_session_id "
+            "WHERE e.ephemeral = 1 AND s.state != 'live'").fetchall():
+        problems.append(Finding("ephemeral", f"ephemeral entry {name!r} outlived its session {session_id}"))
+    for (name,) in tx.execute("SELECT e.name FROM entry AS e WHERE e.ephemeral = 1 AND e.owner_session_id IS NULL"
+                              ).fetchall():
+        problems.append(Finding("ephemeral", f"ephemeral entry {name!r} has no session"))
 
 
 def stats(backend: Backend) -> dict[str, Any]:

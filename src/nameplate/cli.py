@@ -1,17 +1,21 @@
 """The ``nameplate`` command: each subcommand is one Registry call plus formatting.
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem.
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem (a damaged or
+unusable database, or problems found by ``check``). Library errors carry their exit code
+(:attr:`NameplateError.exit_code`); the CLI prints them as one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +27,12 @@ from .errors import EntryNotFoundError, IntegrityProblemError, InvalidInputError
 from .registry import Registry
 
 EXIT_CODES = """\b
-Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem.
-Shell completion (bash): eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
-  (zsh: zsh_source, fish: fish_source)."""
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
+5 integrity problem (unusable database, or problems found by check).
+Shell completion: add to ~/.bashrc
+  eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
+(zsh: zsh_source in ~/.zshrc; fish: fish_source in
+~/.config/fish/completions/nameplate.fish)."""
 
 
 class Settings:
@@ -46,13 +53,21 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except NameplateError as error:
-            click.echo(f"nameplate: error: {error}", err=True)
-            sys.exit(error.exit_code)
+            fail(str(error), error.exit_code)
+        except OSError as error:  # files the CLI itself reads or writes (export -o, ...)
+            where = f"{error.filename}: " if error.filename else ""
+            fail(f"{where}{error.strerror or error}", 1)
 
     return wrapper
 
 
 pass_settings = click.make_pass_decorator(Settings)
+
+
+def fail(message: str, code: int) -> None:
+    """One line on stderr, then exit with ``code``."""
+    click.echo(f"nameplate: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 def emit(settings: Settings, data: Any, human: Callable[[], None]) -> None:
@@ -81,6 +96,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def size(count: int) -> str:
+    """Bytes for humans: 4096 -> '4.0 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
@@ -348,6 +373,7 @@ def clean(settings: Settings, older_than: str, dry_run: bool) -> None:
 
 # -- documents ---------------------------------------------------------------------------------------------
 
+#: Imports, exports and cleans of more rows than this draw a progress bar (on a terminal only).
 PROGRESS_THRESHOLD = 5000
 
 
@@ -380,56 +406,97 @@ class _ProgressBar:
             self._bar.__exit__(*exc_info)
 
 
+_HOLE = "\x00entries\x00"
+
+
+def encode_document(document: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> str:
+    """``json.dumps(document, indent=2, sort_keys=True)``, entry by entry so that a bar can follow.
+
+    The text is the same with or without ``progress``: each entry is encoded alone and indented to
+    the depth it has in the document.
+    """
+    entries = document["entries"]
+    if not entries:
+        return json.dumps(document, indent=2, sort_keys=True)
+    items = sorted(entries.items()) if isinstance(entries, dict) else [(None, e) for e in entries]
+    parts = []
+    for index, (key, value) in enumerate(items):
+        if progress is not None and index % 500 == 0:
+            progress(index, len(items))
+        body = json.dumps(value, indent=2, sort_keys=True).replace("\n", "\n    ")
+        parts.append("    " + (f"{json.dumps(key)}: " if key is not None else "") + body)
+    if progress is not None:
+        progress(len(items), len(items))
+    brackets = "{}" if isinstance(entries, dict) else "[]"
+    block = f"{brackets[0]}\n" + ",\n".join(parts) + f"\n  {brackets[1]}"
+    return json.dumps(dict(document, entries=_HOLE), indent=2, sort_keys=True).replace(json.dumps(_HOLE), block, 1)
+
+
+def write_private(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a failed export leaves no half file), readable by the
+    owner only, as the registry itself: an export holds everything the registry does."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".nameplate-export-", dir=directory)  # created 0600
+    except OSError as error:  # name the file asked for, not the temporary one
+        raise OSError(error.errno, f"cannot write there ({error.strerror})", path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 @main.command()
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to FILE, not stdout.")
-@click.option("--format", "fmt", type=click.Choice(["nameplate", "madsci"]), default="nameplate", show_default=True)
+@click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write to FILE (created 0600, replaced atomically), not stdout.")
+@click.option("--format", "fmt", type=click.Choice(["nameplate", "madsci"]), default="nameplate", show_default=True,
+              help="nameplate: everything, versioned; madsci: MADSci's registry.json of the workspace.")
 @pass_settings
 @handle_errors
 def export(settings: Settings, output: str | None, fmt: str) -> None:
-    """Export the registry as one point-in-time JSON document."""
+    """Export the registry as one point-in-time JSON document (stamped with its revision)."""
     with settings.open() as registry:
         document = registry.export(fmt, workspace=settings.workspace)
-    entries = document["entries"]
-    count = len(entries)
-    if output is None:
-        click.echo(json.dumps(document, indent=2, sort_keys=True))
+    count = len(document["entries"])
+    with _ProgressBar("exporting") as progress:
+        text = encode_document(document, progress) + "\n"
+    if output is None or output == "-":
+        click.echo(text, nl=False)
         return
-    items = list(entries.items()) if isinstance(entries, dict) else entries
-    with open(output, "w", encoding="utf-8") as handle:
-        if _progress_wanted(count):
-            # Entries serialised one by one so a progress bar can follow a large export.
-            head = {k: v for k, v in document.items() if k != "entries"}
-            with click.progressbar(items, label="exporting", file=sys.stderr) as bar:
-                parts = [json.dumps(item, sort_keys=True) for item in bar]
-            body = (",\n".join(f"{json.dumps(k)}: {v}" for (k, _), v in zip(items, parts))
-                    if isinstance(entries, dict) else ",\n".join(parts))
-            brackets = "{}" if isinstance(entries, dict) else "[]"
-            handle.write(json.dumps(head, sort_keys=True)[:-1] + f', "entries": {brackets[0]}\n{body}\n{brackets[1]}}}\n')
-        else:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+    write_private(output, text)
     summary = {"path": output, "format": fmt, "entries": count, "revision": document.get("revision")}
-    emit(settings, summary, lambda: click.echo(f"exported {count} entries to {output}" +
-                                               (f" at revision {document['revision']}" if "revision" in document else "")))
+    at = f" at revision {document['revision']}" if "revision" in document else ""
+    emit(settings, summary, lambda: click.echo(f"exported {count} entr{'y' if count == 1 else 'ies'} to {output}{at}"))
 
 
 @main.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True, help="Make the file the registry (default: merge, keeping what exists).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "nameplate", "madsci"]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "nameplate", "madsci"]), default="auto", show_default=True,
+              help="auto recognises both by their shape.")
 @pass_settings
 @handle_errors
 def import_(settings: Settings, file: str, replace: bool, dry_run: bool, fmt: str) -> None:
-    """Import an export (or MADSci registry.json) all-or-nothing."""
+    """Import an export (or a MADSci registry.json) all-or-nothing.
+
+    The whole file is validated before anything is written; then it is written in one transaction.
+    A MADSci file goes into the workspace given with --workspace (default core).
+    """
     with settings.open() as registry, _ProgressBar("validating") as progress:
         plan = registry.import_file(file, format=fmt, replace=replace, dry_run=dry_run, workspace=settings.workspace,
                                     progress=progress)
 
     def human() -> None:
-        for label, items in (("add", plan.added), ("replace", plan.replaced), ("remove", plan.removed),
-                             ("keep", plan.kept)):
-            if dry_run:
+        if dry_run:
+            for label, items in (("add", plan.added), ("replace", plan.replaced), ("remove", plan.removed),
+                                 ("hide", plan.tombstones_added), ("keep", plan.kept)):
                 for item in items[:50]:
                     click.echo(f"  {label:<8}{item}")
                 if len(items) > 50:
@@ -449,11 +516,19 @@ def check(settings: Settings) -> None:
     """Check integrity, foreign keys, definitions, leases and layers (exit 5 on any problem)."""
     with settings.open() as registry:
         report = registry.check()
-    emit(settings, report.to_dict(), lambda: click.echo(
-        "ok: " + ", ".join(f"{v} {k}" for k, v in report.checked.items()) if report.ok
-        else "\n".join(f"problem: {p}" for p in report.problems)))
+
+    def human() -> None:
+        for problem in report.problems:
+            click.echo(f"problem  {problem}")
+        for warning in report.warnings:
+            click.echo(f"warning  {warning}")
+        counts = ", ".join(f"{v} {k}" for k, v in report.checked.items())
+        click.echo(f"{'ok' if report.ok else 'FAILED'}: checked {counts}")
+
+    emit(settings, report.to_dict(), human)
     if not report.ok:
-        raise IntegrityProblemError(f"{len(report.problems)} problem(s) found", problems=list(report.problems))
+        raise IntegrityProblemError(f"check found {len(report.problems)} problem(s)",
+                                    problems=[str(p) for p in report.problems])
 
 
 @main.command()
@@ -463,8 +538,8 @@ def vacuum(settings: Settings) -> None:
     """Rebuild the database file to reclaim free space."""
     with settings.open() as registry:
         result = registry.vacuum()
-    emit(settings, result, lambda: click.echo(f"file {result['before']['file_bytes']} -> "
-                                              f"{result['after']['file_bytes']} bytes"))
+    emit(settings, result, lambda: click.echo(f"file {size(result['before']['file_bytes'])} -> "
+                                              f"{size(result['after']['file_bytes'])}"))
 
 
 @main.command()
@@ -474,72 +549,94 @@ def checkpoint(settings: Settings) -> None:
     """Copy the write-ahead log into the database and truncate it."""
     with settings.open() as registry:
         result = registry.checkpoint()
-    emit(settings, result, lambda: click.echo(f"checkpointed {result['checkpointed_frames']} of "
-                                              f"{result['wal_frames']} WAL frames" +
+    emit(settings, result, lambda: click.echo(f"WAL {size(result['wal_bytes_before'])} -> "
+                                              f"{size(result['wal_bytes_after'])}" +
                                               (" (readers kept part of it busy)" if result["busy"] else "")))
 
 
 @main.command()
-@click.option("--status", is_flag=True, help="Only show applied and pending migrations.")
+@click.option("--status", is_flag=True, help="Only show applied and pending migrations; change nothing.")
 @pass_settings
 @handle_errors
 def migrate(settings: Settings, status: bool) -> None:
     """Apply pending schema migrations (opening the registry does this too)."""
-    with settings.open() as registry:
-        applied = registry.migrations_applied
-        state = registry.migration_status()
+    applied: list[int] = []
+    if status:
+        state = Registry.schema_status(settings.db)
+    else:
+        with settings.open() as registry:
+            applied = registry.migrations_applied
+            state = registry.migration_status()
     data = {"current": state.current, "latest": state.latest, "applied_now": applied,
-            "applied": [{"version": v, "name": n, "applied_at": a} for v, n, a in state.applied],
+            "applied": [{"version": v, "name": n, "applied_at": datetime.fromtimestamp(a, UTC).isoformat()}
+                        for v, n, a in state.applied],
             "pending": [{"version": v, "name": n} for v, n in state.pending]}
 
     def human() -> None:
-        table(["version", "name", "applied"], [[v, n, ago(datetime.fromtimestamp(a))] for v, n, a in state.applied])
-        click.echo(f"schema version {state.current} (latest {state.latest})" +
-                   (f"; applied now: {applied}" if applied and not status else ""))
+        table(["version", "name", "applied"],
+              [[v, n, ago(datetime.fromtimestamp(a, UTC))] for v, n, a in state.applied]
+              + [[v, n, "pending"] for v, n in state.pending])
+        click.echo(f"schema version {state.current} (latest {state.latest})"
+                   + (f"; applied now: {', '.join(map(str, applied))}" if applied else ""))
 
     emit(settings, data, human)
 
 
+_LOG_COLUMNS = ("rev", "when", "session", "action", "workspace", "kind", "name", "change")
+
+
+def _log_row(event: Any) -> list[str]:
+    detail = json.dumps(dict(event.detail), sort_keys=True)
+    return [str(event.rev), ago(event.at), (event.session_id or "-")[-8:], event.action, event.workspace or "-",
+            event.kind or "-", event.name or "-", detail if len(detail) <= 60 else detail[:57] + "..."]
+
+
 @main.command()
-@click.option("--since", default=0, show_default=True, help="Show revisions after this one.")
-@click.option("--limit", default=None, type=int, help="At most this many events.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted.")
+@click.option("--since", default=0, show_default=True, type=click.IntRange(min=0), metavar="REV",
+              help="Show revisions after this one.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many events.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted (Ctrl-C).")
 @pass_settings
 @handle_errors
 def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None:
-    """Show the audit log: revision, time, session, action, kind, name, change."""
+    """Show the audit log: revision, time, session, action, kind, name, change.
 
-    def show(event: Any) -> None:
-        if settings.as_json:
-            click.echo(json.dumps(event.to_dict(), sort_keys=True))
-            return
-        detail = json.dumps(dict(event.detail), sort_keys=True)
-        click.echo(f"{event.rev:>6}  {event.at.isoformat(timespec='seconds')}  {(event.session_id or '-')[-8:]:<8}  "
-                   f"{event.action:<16} {event.kind or '-':<12} {event.name or '-':<20} "
-                   f"{detail if len(detail) <= 80 else detail[:77] + '...'}")
+    With --json, prints a JSON list; with --json --follow, one JSON object per line.
+    """
+    widths = [6, 11, 8, 16, 10, 12, 20, 0]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     with settings.open() as registry:
         events = registry.changes(since, limit)
-        if settings.as_json and not follow:
-            click.echo(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True))
+        if not follow:
+            emit(settings, [e.to_dict() for e in events],
+                 lambda: table(list(_LOG_COLUMNS), [_log_row(e) for e in events]))
             return
-        for event in events:
-            show(event)
-        if follow:
-            last = events[-1].rev if events else max(since, registry.revision)
-            try:
-                for event in registry.follow(last):
-                    show(event)
-            except KeyboardInterrupt:
-                return
+        if settings.as_json:
+            for event in events:
+                click.echo(json.dumps(event.to_dict(), sort_keys=True))
+        else:
+            click.echo(line([c.upper() for c in _LOG_COLUMNS]))
+            for event in events:
+                click.echo(line(_log_row(event)))
+        last = events[-1].rev if events else max(since, registry.revision)
+        try:
+            for event in registry.follow(last):
+                click.echo(json.dumps(event.to_dict(), sort_keys=True) if settings.as_json
+                           else line(_log_row(event)))
+        except KeyboardInterrupt:
+            return
 
 
 @main.command()
-@click.option("--keep-days", required=True, type=float, help="Keep events of the last N days.")
+@click.option("--keep-days", required=True, type=click.FloatRange(min=0), metavar="N",
+              help="Keep events of the last N days.")
 @pass_settings
 @handle_errors
 def gc(settings: Settings, keep_days: float) -> None:
-    """Prune old events and ended sessions."""
+    """Prune old events and ended sessions (revisions are never reused)."""
     with settings.open() as registry:
         result = registry.gc_events(keep_days)
     emit(settings, result, lambda: click.echo(f"deleted {result['events_deleted']} events and "
@@ -550,15 +647,21 @@ def gc(settings: Settings, keep_days: float) -> None:
 @pass_settings
 @handle_errors
 def stats(settings: Settings) -> None:
-    """Counts, file and WAL size, revision."""
+    """Counts per kind and workspace, file and WAL size, revision, schema version."""
     with settings.open() as registry:
         result = registry.stats()
 
     def human() -> None:
-        for key in ("path", "schema_version", "revision", "events", "entries", "tombstones", "workspaces", "kinds",
-                    "live_sessions", "leases", "file_bytes", "wal_bytes"):
-            click.echo(f"{key.replace('_', ' ') + ':':<16}{result[key]}")
-        click.echo("per kind:       " + ", ".join(f"{k} {v}" for k, v in result["entries_per_kind"].items() if v))
+        rows = [("path", result["path"]),
+                ("schema version", f"{result['schema_version']} (latest {result['latest_schema_version']})"),
+                ("revision", f"{result['revision']} ({result['events']} events kept)"),
+                ("entries", f"{result['entries']} (+ {result['tombstones']} tombstones)"),
+                ("per kind", ", ".join(f"{k} {v}" for k, v in result["entries_per_kind"].items() if v) or "-"),
+                ("per workspace", ", ".join(f"{k} {v}" for k, v in result["entries_per_workspace"].items())),
+                ("kinds", result["kinds"]), ("live sessions", result["live_sessions"]), ("leases", result["leases"]),
+                ("file", size(result["file_bytes"])), ("wal", size(result["wal_bytes"]))]
+        for label, value in rows:
+            click.echo(f"{label + ':':<16}{value}")
 
     emit(settings, result, human)
 
