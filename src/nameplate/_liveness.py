@@ -34,12 +34,24 @@ BOOT_ID = _read_boot_id()
 
 
 def process_start(pid: int) -> float | None:
-    """Seconds from boot to the start of ``pid``; ``None`` if it is gone or a zombie."""
+    """Seconds from boot to the start of ``pid``; ``None`` if it is gone or a zombie.
+
+    A killed child stays a zombie until its parent waits for it: it is dead for our purposes.
+    """
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process.create_time() - psutil.boot_time()
+        # psutil gives wall-clock create times: the kernel's tick count since boot plus the boot
+        # time from /proc/stat, which moves when the wall clock is stepped. Subtracting a boot time
+        # read separately is exact unless a step lands between the reads, and then a live owner
+        # would look like a reused pid and lose its leases: bracket the reads and retry on a step.
+        for _ in range(3):
+            boot = psutil.boot_time()
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return None
+            created = process.create_time()
+            if psutil.boot_time() == boot:
+                break
+        return float(created - boot)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
