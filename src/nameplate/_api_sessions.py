@@ -5,29 +5,51 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from ._base import RegistryBase
 from ._backend import Tx
-from ._lease import Delayed, Holder, Lease, try_acquire
-from ._liveness import verdict
+from ._base import RegistryBase
+from ._lease import Delayed, Holder, Lease, find_holder, try_acquire
 from ._records import Entry
-from ._session import HeldLease, Session, SessionInfo, default_label, list_leases, list_sessions, reap
+from ._session import (
+    HeldLease,
+    Session,
+    SessionInfo,
+    default_label,
+    list_leases,
+    list_sessions,
+    reap,
+    reap_if_gone,
+)
 from ._store import ENTRY_COLUMNS, LocalRow, decode_entry
 from ._validation import check_kind_name, check_name
 from .errors import (
     InvalidInputError,
     LeaseHeldError,
     NotLeaseHolderError,
-    SessionClosedError,
 )
 
 DEFAULT_TTL = 15.0
 DEFAULT_LOCK_DELAY = 15.0  # Consul's default lock-delay
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.25
+
+
+_open_registries: weakref.WeakSet[SessionsMixin] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have been inside session() when the process forked; that thread does not
+    # exist in the child, so the lock would never be released. (Sessions themselves are abandoned
+    # by _session's own at-fork handler.)
+    for registry in list(_open_registries):
+        registry._session_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SessionsMixin(RegistryBase):
@@ -49,9 +71,12 @@ class SessionsMixin(RegistryBase):
         self._label = str(self._options.get("label") or default_label())
         self._session_obj = None
         self._session_lock = threading.Lock()
+        _open_registries.add(self)
 
     def _close_extensions(self) -> None:
-        session, self._session_obj = self._session_obj, None
+        _open_registries.discard(self)
+        # getattr: a constructor that failed before our _open_extensions ran still calls close().
+        session, self._session_obj = getattr(self, "_session_obj", None), None
         try:
             if session is not None:
                 session.close()
@@ -111,6 +136,11 @@ class SessionsMixin(RegistryBase):
             check_kind_name(kind)
         if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
             raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
+        current = self._session_obj
+        if current is None or not current.usable:
+            # Opening a session is a write of its own: refuse an unknown name before making it.
+            with self._backend.read() as tx:
+                self._store.visible_row(tx, ws, name, kind, "lease")
         deadline = None if wait is None else time.monotonic() + wait
         poll = _FIRST_POLL
         while True:
@@ -121,17 +151,15 @@ class SessionsMixin(RegistryBase):
                 if mine is not None and mine.held:
                     return mine
                 outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id, name=name,
-                                      kind=row.kind, workspace=row.workspace, releaser=self._release_lease,
-                                      on_lost=on_lost)
+                                      kind=row.kind, workspace=row.workspace, lock_delay=self._lock_delay,
+                                      releaser=self._release_lease, on_lost=on_lost)
             if isinstance(outcome, Lease):
                 session.track(outcome)
                 return outcome
             if outcome is None:  # our session was ended under us: the next round opens a new one
                 session._mark_lost("the session was ended by another process")
                 continue
-            if isinstance(outcome, Holder) and outcome.session_id != session.id and verdict(outcome.owner):
-                reap(self._backend, self._store, lock_delay=self._lock_delay, only=outcome.session_id)
-                continue
+            # Held by a live session, or in lock-delay: wait outside any transaction, or give up.
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is None or remaining <= 0:
                 raise _held_error(name, row, outcome, wait)
@@ -204,13 +232,17 @@ class SessionsMixin(RegistryBase):
             return list_leases(tx)
 
     def _before_entry_write(self, tx: Tx, local: LocalRow) -> None:
-        held = tx.execute("SELECT l.session_id, s.pid, s.hostname, s.label FROM lease AS l JOIN session AS s "
-                          "ON s.id = l.session_id WHERE l.entry_pk = ?", (local.pk,)).fetchone()
-        if held is not None and held[0] != self._session_id():
-            raise LeaseHeldError(
-                f"{local.kind} {local.id} is leased by pid {held[1]} on {held[2]} ({held[3]}); only the holder "
-                "may change it (wait for its release, or break it with release(..., force=True))",
-                holder={"session": held[0], "pid": int(held[1]), "host": held[2], "label": held[3]})
+        holder = find_holder(tx, local.pk)
+        if holder is None or holder.session_id == self._session_id():
+            return
+        # A holder that died (or stopped beating) must not pin the entry: free it in this transaction.
+        if reap_if_gone(tx, self._store, holder.session_id, holder.owner, lock_delay=self._lock_delay) is not None:
+            return
+        described = holder.describe()
+        raise LeaseHeldError(
+            f"{local.kind} {local.id} is leased by pid {described['pid']} on {described['host']} "
+            f"({described['label']}) since {described['since']}; only the holder may change it (wait for its "
+            "release, or break it with release(..., force=True))", holder=described)
 
     # -- stale entries ---------------------------------------------------------------------------
 

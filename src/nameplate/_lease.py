@@ -8,6 +8,7 @@ transaction: a holder that lost its lease cannot write, whatever its clocks say.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import Tx
 from ._liveness import Owner, delay_active
-from ._records import utc
+from ._session import instant, reap_if_gone
 from .errors import LeaseLost
 
 if TYPE_CHECKING:
     from ._session import Session
     from ._store import Store
+
+log = logging.getLogger("nameplate.lease")
 
 _HOLDER = ("SELECT l.session_id, l.token, l.acquired_at, s.pid, s.hostname, s.boot_id, s.process_start, s.ttl,"
            " s.beat_at, s.beat_mono, s.label FROM lease AS l JOIN session AS s ON s.id = l.session_id"
@@ -54,7 +57,7 @@ class Lease:
         self.kind = kind
         self.workspace = workspace
         self.token = token
-        self.acquired_at = utc(acquired_at)
+        self.acquired_at = instant(acquired_at)
         self.on_lost = on_lost
         self.lost_event = threading.Event()
         self.lost_reason: str | None = None
@@ -74,17 +77,31 @@ class Lease:
         """True while neither released nor lost (as far as this process knows; :meth:`check` asks the db)."""
         return not self.released and not self.lost
 
-    def mark_lost(self, reason: str) -> None:
+    def mark_lost(self, reason: str, *, notify: bool = True) -> None:
+        """Set ``lost`` (once) and call ``on_lost`` unless ``notify`` is false."""
         with self._notify_lock:
             if self.released or self.lost_event.is_set():
                 return
             self.lost_reason = reason
             self.lost_event.set()
-        if self.on_lost is not None:
-            self.on_lost(self)
+        if notify and self.on_lost is not None:
+            try:
+                self.on_lost(self)
+            except Exception:
+                # The callback usually runs on the heartbeat thread: an error in user code must not
+                # stop the beats that keep this process's other leases alive. Logged with traceback.
+                log.exception("on_lost callback of lease on %s %r (token %d) failed", self.kind, self.name,
+                              self.token)
 
     def mark_released(self) -> None:
         self.released = True
+
+    def _reset_after_fork(self) -> None:
+        # In a forked child, before anything else: the heartbeat thread may have held these locks
+        # at fork time, and it does not exist here to release them. (``_at_fork_reinit`` is what the
+        # standard library's own at-fork handlers use.)
+        self._notify_lock = threading.Lock()
+        self.lost_event._at_fork_reinit()  # type: ignore[attr-defined]
 
     def _lost_error(self) -> LeaseLost:
         return LeaseLost(f"lease on {self.kind} {self.name!r} (token {self.token}) is lost: {self.lost_reason}; "
@@ -138,7 +155,7 @@ class Holder:
 
     def describe(self) -> dict[str, Any]:
         return {"session": self.session_id, "pid": self.owner.pid, "host": self.owner.hostname,
-                "label": self.label, "since": utc(self.acquired_at).isoformat(), "token": self.token}
+                "label": self.label, "since": instant(self.acquired_at).isoformat(), "token": self.token}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,17 +163,31 @@ class Delayed:
     seconds: float
 
 
+def find_holder(tx: Tx, entry_pk: int) -> Holder | None:
+    """Inside a transaction: who holds the lease on ``entry_pk``, if anyone."""
+    held = tx.execute(_HOLDER, (entry_pk,)).fetchone()
+    if held is None:
+        return None
+    owner = Owner(pid=int(held[3]), hostname=held[4], boot_id=held[5], process_start=float(held[6]),
+                  ttl=float(held[7]), beat_at=float(held[8]), beat_mono=float(held[9]))
+    return Holder(held[0], int(held[1]), float(held[2]), owner, held[10])
+
+
 def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str,
-                workspace: str, releaser: Callable[[Lease], bool],
+                workspace: str, lock_delay: float, releaser: Callable[[Lease], bool],
                 on_lost: Callable[[Lease], Any] | None) -> Lease | Holder | Delayed | None:
-    """One attempt inside a write transaction. ``None`` means our own session is no longer live."""
+    """One attempt inside a write transaction. ``None`` means our own session is no longer live.
+
+    A holder whose process is gone is reaped right here, so its lease is ours in this same
+    transaction; one whose ttl ran out is reaped too, leaving the entry in lock-delay.
+    """
     if tx.execute(_SESSION_LIVE, (session.id,)).fetchone() is None:
         return None
-    held = tx.execute(_HOLDER, (entry_pk,)).fetchone()
-    if held is not None:
-        owner = Owner(pid=int(held[3]), hostname=held[4], boot_id=held[5], process_start=float(held[6]),
-                      ttl=float(held[7]), beat_at=float(held[8]), beat_mono=float(held[9]))
-        return Holder(held[0], int(held[1]), float(held[2]), owner, held[10])
+    holder = find_holder(tx, entry_pk)
+    if holder is not None:
+        if holder.session_id == session.id or reap_if_gone(
+                tx, store, holder.session_id, holder.owner, lock_delay=lock_delay) is None:
+            return holder
     delay = tx.execute(_DELAY, (entry_pk,)).fetchone()
     if delay is not None:
         remaining = delay_active(float(delay[0]), delay[1], float(delay[2]))

@@ -1,9 +1,11 @@
 """Sessions: one live process each, kept alive by a heartbeat thread, reaped when its owner is gone.
 
 A session owns leases and ephemeral entries. Ending it (close, proven death, ttl expiry) frees both
-in one transaction, with an event for each. Liveness checks read ``/proc`` through psutil, so they run
-outside any transaction; the write that follows only applies if the session did not beat meanwhile
-(``beats`` unchanged), so a judgement never outlives the facts it was made on.
+in one transaction, with an event for each. Liveness checks read ``/proc`` through psutil. The one
+holder an ``acquire`` (or an entry write) runs into is judged inside that write transaction, where no
+beat can slip in between judging and acting. A full ``reap()`` judges every live session outside any
+transaction and applies a verdict only if the session did not beat meanwhile (``beats`` unchanged),
+so a judgement never outlives the facts it was made on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +43,17 @@ _BEAT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1 WHERE
 _BEAT_WITH_REPORT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1, status = ?, info = ? "
                      "WHERE id = ? AND state = 'live'")
 _HELD_TOKENS = "SELECT entry_pk, token FROM lease WHERE session_id = ?"
+_SESSION_IS_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
 _INSERT_SESSION = (
     "INSERT INTO session (id, pid, hostname, boot_id, process_start, label, ttl, status, info, state, started_at,"
     " beat_at, beat_mono, beats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?, ?, 0)")
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+def instant(timestamp: float) -> datetime:
+    """A stored wall-clock timestamp (never NULL in these tables) as an aware UTC datetime."""
+    return datetime.fromtimestamp(float(timestamp), UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +114,7 @@ _LEASE_LIST = (
 def list_leases(tx: Tx, session_id: str | None = None) -> list[HeldLease]:
     sql = _LEASE_LIST + (" WHERE l.session_id = ?" if session_id else "") + " ORDER BY k.name, e.name"
     rows = tx.execute(sql, (session_id,) if session_id else ()).fetchall()
-    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], utc(r[6]), int(r[7]), r[8], r[9]) for r in rows]
+    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], instant(r[6]), int(r[7]), r[8], r[9]) for r in rows]
 
 
 def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
@@ -124,8 +132,8 @@ def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
             continue
         result.append(SessionInfo(
             id=r[0], pid=int(r[1]), hostname=r[2], label=r[9], ttl=float(r[5]), status=r[10],
-            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=utc(r[13]),
-            last_beat_at=utc(r[6]), beats=int(r[8]), ended_at=utc(r[14]), end_reason=r[15],
+            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=instant(r[13]),
+            last_beat_at=instant(r[6]), beats=int(r[8]), ended_at=utc(r[14]), end_reason=r[15],
             leases=tuple(leases.get(r[0], ()))))
     return result
 
@@ -169,10 +177,38 @@ def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reaso
     return len(leases)
 
 
+def _end_reason(judged: str, owner: Owner) -> str:
+    if judged == "dead":
+        return f"owner pid {owner.pid} on {owner.hostname} is gone"
+    return f"no heartbeat for over {owner.ttl:g} s"
+
+
+def _reap_judged(tx: Tx, store: Store, session_id: str, owner: Owner, judged: str, *, lock_delay: float) -> None:
+    reason = _end_reason(judged, owner)
+    freed = end_session_rows(tx, store, session_id, state=judged, reason=reason,
+                             lock_delay=lock_delay if judged == "expired" else 0.0)
+    store.record(tx, "session.reap", session=session_id, state=judged, reason=reason, leases_freed=freed,
+                 pid=owner.pid, hostname=owner.hostname)
+
+
+def reap_if_gone(tx: Tx, store: Store, session_id: str, owner: Owner, *, lock_delay: float) -> str | None:
+    """Inside a write transaction: end one live session if its owner is dead or its ttl ran out.
+
+    Returns the verdict (``"dead"``/``"expired"``) or ``None`` if it lives. Holding the write lock,
+    no beat can land between judging and acting; one /proc read (about 70 µs) is all it adds.
+    """
+    judged = verdict(owner)
+    if judged is not None:
+        _reap_judged(tx, store, session_id, owner, judged, lock_delay=lock_delay)
+    return judged
+
+
 def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None = None) -> list[str]:
     """End every live session whose owner is dead or whose ttl ran out; return their ids."""
     sql = f"SELECT {_SESSION_OWNER_COLUMNS} FROM session WHERE state = 'live'" + (" AND id = ?" if only else "")
     rows = backend.query_all(sql, (only,) if only else ())
+    # Judged outside the transaction (one /proc read per live session, too many to make every other
+    # writer wait for), then applied only to sessions that did not beat meanwhile.
     doomed = [(row, judged) for row in rows if (judged := verdict(_owner(row))) is not None]
     if not doomed:
         return []
@@ -184,12 +220,7 @@ def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None 
                                (session_id, beats)).fetchone()
             if still is None:
                 continue  # it beat (or was reaped) since we judged it: the judgement is stale
-            reason = (f"owner pid {row[1]} on {row[2]} is gone" if judged == "dead"
-                      else f"no heartbeat for over {float(row[5]):g} s")
-            freed = end_session_rows(tx, store, session_id, state=judged, reason=reason,
-                                     lock_delay=lock_delay if judged == "expired" else 0.0)
-            store.record(tx, "session.reap", session=session_id, state=judged, reason=reason, leases_freed=freed,
-                         pid=int(row[1]), hostname=row[2])
+            _reap_judged(tx, store, session_id, _owner(row), judged, lock_delay=lock_delay)
             reaped.append(session_id)
     return reaped
 
@@ -305,19 +336,38 @@ class Session:
 
     def _run(self) -> None:
         interval = self.ttl / 3
+        last_renewed = time.monotonic()
         beats = 0
-        while not self._stop.wait(interval):
-            try:
-                if not self.beat():
-                    return
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.beat():
+                        return
+                except NameplateError as error:
+                    if self._closed:
+                        return  # close() raced with this round
+                    self.last_error = error
+                    if time.monotonic() - last_renewed > self.ttl:
+                        # Others may have reaped us by now: say so rather than let the holder act on
+                        # leases it can no longer vouch for.
+                        self._mark_lost(f"could not renew the session for over its ttl ({self.ttl:g} s): {error}")
+                        log.error("nameplate session %s lost: %s", self.id, self.lost_reason)
+                        return
+                    # A busy database: keep trying until the ttl says otherwise (logged, kept above).
+                    log.warning("nameplate heartbeat of session %s failed: %s", self.id, error)
+                    continue
+                last_renewed = time.monotonic()
                 beats += 1
                 if beats % 3 == 0:  # about once per ttl, free what dead processes left behind
-                    reap(self._backend, self._store, lock_delay=self.lock_delay)
-            except NameplateError as error:
-                # A busy or unreachable database: keep trying until the ttl says otherwise. The
-                # failure is kept for inspection and logged, never swallowed silently.
-                self.last_error = error
-                log.warning("nameplate heartbeat of session %s failed: %s", self.id, error)
+                    try:
+                        reap(self._backend, self._store, lock_delay=self.lock_delay)
+                    except NameplateError as error:  # housekeeping only: the next round retries
+                        log.warning("nameplate reap from session %s failed: %s", self.id, error)
+        except BaseException as error:
+            # Nothing renews the session any more: tell the holder instead of dying quietly.
+            if not self._closed:
+                self._mark_lost(f"the heartbeat thread failed: {error!r}")
+            raise
 
     def _mark_lost(self, reason: str) -> None:
         self.lost_reason = reason
@@ -342,13 +392,14 @@ class Session:
             return  # a forked child never ends its parent's session
         leases = self.leases()
         try:
-            if not self.lost.is_set():
-                with self._backend.write() as tx:
-                    still = tx.execute("SELECT 1 FROM session WHERE id = ? AND state = 'live'", (self.id,)).fetchone()
-                    if still is not None:
-                        end_session_rows(tx, self._store, self.id, state="closed", reason="closed by its owner",
-                                         lock_delay=0.0)
-                        self._store.record(tx, "session.close", session=self.id)
+            # Even a session marked lost here may still be live in the database (its renewals
+            # failed for a while): ending it now frees its rows without a lock-delay.
+            with self._backend.write() as tx:
+                still = tx.execute(_SESSION_IS_LIVE, (self.id,)).fetchone()
+                if still is not None:
+                    end_session_rows(tx, self._store, self.id, state="closed", reason="closed by its owner",
+                                     lock_delay=0.0)
+                    self._store.record(tx, "session.close", session=self.id)
         finally:
             for lease in leases:
                 lease.mark_released()
@@ -356,11 +407,20 @@ class Session:
                 self._leases.clear()
 
     def _abandon_after_fork(self) -> None:
-        """In a forked child: this session is the parent's. Stop using it; touch nothing in the database."""
+        """In a forked child: this session is the parent's. Stop using it; touch nothing in the database.
+
+        Its leases read as lost here (the child never held them) without calling ``on_lost``: user code
+        has no business running inside ``fork()``.
+        """
+        # The heartbeat thread may have held these when the process forked; it does not exist here.
+        self._lock = threading.RLock()
+        self.lost._at_fork_reinit()  # type: ignore[attr-defined]
         self._closed = True
         self.lost_reason = "this process is a fork of the session's owner; the session stays with the parent"
-        for lease in self.leases():
-            lease.mark_lost(self.lost_reason)
+        for lease in list(self._leases.values()):
+            lease._reset_after_fork()
+            lease.mark_lost(self.lost_reason, notify=False)
+        self._leases.clear()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("lost" if self.lost.is_set() else "live")
