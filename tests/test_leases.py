@@ -1,4 +1,4 @@
-"""Guarantees 3 and 4 with real processes: fenced leases, dead owners, hung owners, heartbeats."""
+"""Guarantees 3 and 4 with real processes: fenced leases, dead owners, hung owners, lock-delay."""
 
 from __future__ import annotations
 
@@ -16,24 +16,24 @@ from typing import Any
 
 import pytest
 
-from conftest import run_processes, wait_until
+from _session_helpers import events, insert_session, session_row, sleeper, stop_child
+from conftest import run_processes, table_snapshot
 from nameplate import (
+    EntryNotFoundError,
+    InvalidInputError,
     LeaseHeldError,
     LeaseLost,
     NotLeaseHolderError,
     Registry,
-    SessionClosedError,
 )
-from nameplate._liveness import BOOT_ID, HOSTNAME
+from nameplate._liveness import process_start
 
 
-def _events(path: Path, *actions: str) -> list[tuple[str, dict[str, Any]]]:
-    conn = sqlite3.connect(path)
-    marks = ",".join("?" * len(actions))
-    rows = conn.execute(f"SELECT action, detail FROM event WHERE action IN ({marks}) ORDER BY rev", actions).fetchall()
-    conn.close()
-    return [(action, json.loads(detail)) for action, detail in rows]
-
+def _content(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table but ``session``, whose rows the heartbeats keep renewing meanwhile."""
+    snapshot = table_snapshot(path)
+    del snapshot["session"]
+    return snapshot
 
 # -- contention ------------------------------------------------------------------------------------
 
@@ -55,15 +55,15 @@ def _contend(barrier: Any, results: Any, index: int, path: str, rounds: int) -> 
 def test_two_processes_contending_never_hold_the_lease_at_once(db_path: Path) -> None:
     with Registry(db_path) as registry:
         registry.resolve("shared", "node")
-    outcomes = run_processes(_contend, [(str(db_path), 60)] * 2, timeout=180)
+    outcomes = run_processes(_contend, [(str(db_path), 60)] * 2, timeout=240)
     assert all(not (isinstance(o, tuple) and o and o[0] == "error") for o in outcomes), outcomes
     for tokens in outcomes:
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
-    all_tokens = sorted(outcomes[0] + outcomes[1])
-    assert all_tokens == list(range(1, 121))  # every acquisition got the next token, none reused
+    assert sorted(outcomes[0] + outcomes[1]) == list(range(1, 121))  # every acquisition the next token
     # In log order, every fenced write carries the token of the latest acquisition, and every
-    # acquisition follows the previous holder's release: never two holders at once.
-    log = _events(db_path, "lease.acquire", "lease.release", "update")
+    # acquisition follows the previous holder's release: never two holders, never a stale write.
+    log = events(db_path, "lease.acquire", "lease.release", "update")
+    assert len(log) == 3 * 120
     current = None
     for action, detail in log:
         if action == "lease.acquire":
@@ -83,12 +83,14 @@ import json, sys
 from nameplate import Registry, LeaseLost
 path, ttl, lock_delay = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 registry = Registry(path, ttl=ttl, lock_delay=lock_delay)
-lease = registry.acquire("device", "node")
+calls = []
+lease = registry.acquire("device", "node", on_lost=lambda lost: calls.append(lost.token))
 registry.resolve("child_ephemeral", "node", ephemeral=True)
-print(json.dumps({"token": lease.token, "pid": registry.session().pid}), flush=True)
+print(json.dumps({"token": lease.token, "pid": registry.session().pid, "session": registry.session().id}),
+      flush=True)
 sys.stdin.readline()  # the parent stops and resumes us here
-noticed = lease.lost_event.wait(timeout=30)
-outcome = {"lost_flag": noticed}
+noticed = lease.lost_event.wait(timeout=60)
+outcome = {"lost_flag": noticed, "on_lost_calls": calls}
 try:
     lease.check()
     outcome["check"] = "passed"
@@ -108,7 +110,9 @@ def _start_holder(path: Path, ttl: float, lock_delay: float) -> tuple[subprocess
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     line = child.stdout.readline()
-    assert line, "holder process died before acquiring"
+    if not line:
+        stop_child(child)
+        pytest.fail("the holder process died before acquiring")
     return child, json.loads(line)
 
 
@@ -124,19 +128,16 @@ def test_a_killed_holder_frees_its_lease_without_waiting_for_the_ttl(db_path: Pa
             assert registry.lookup("child_ephemeral", "node") is not None
             child.send_signal(signal.SIGKILL)  # not waited for yet: the child is a zombie, still dead
             started = time.monotonic()
-            lease = registry.acquire("device", "node", wait=10)
-            assert time.monotonic() - started < 5  # the ttl is 60 s and the lock-delay 60 s
+            lease = registry.acquire("device", "node", wait=30)
+            assert time.monotonic() - started < 20  # the ttl is 60 s and the lock-delay 60 s
             assert lease.token == info["token"] + 1
             assert registry.lookup("child_ephemeral", "node") is None  # ephemeral entries go with it
             dead = [s for s in registry.sessions(alive=False) if s.pid == info["pid"]]
             assert [s.state for s in dead] == ["dead"]
     finally:
-        child.kill()
-        child.wait()
-        for stream in (child.stdin, child.stdout):
-            if stream is not None:
-                stream.close()
-    assert [a for a, _ in _events(db_path, "lease.free", "session.reap")] == ["lease.free", "session.reap"]
+        stop_child(child)
+    assert [a for a, _ in events(db_path, "lease.free", "session.reap")] == ["lease.free", "session.reap"]
+    assert all("lock_delay" not in detail for _, detail in events(db_path, "lease.free"))
 
 
 def test_a_hung_holder_loses_its_lease_after_ttl_and_lock_delay_and_learns_it(db_path: Path) -> None:
@@ -148,84 +149,83 @@ def test_a_hung_holder_loses_its_lease_after_ttl_and_lock_delay_and_learns_it(db
     try:
         os.kill(child.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        with Registry(db_path, ttl=10, lock_delay=lock_delay) as registry:
-            lease = registry.acquire("device", "node", wait=30)
-            waited = time.monotonic() - stopped_at
-            assert waited >= lock_delay  # ttl expiry alone is not enough: the lock-delay holds it too
+        with Registry(db_path, ttl=30, lock_delay=lock_delay) as registry:
+            with pytest.raises(LeaseHeldError):
+                registry.acquire("device", "node")  # stopped, not dead: its ttl has not run out
+            lease = registry.acquire("device", "node", wait=60)
+            acquired_at = time.monotonic()
+            # The stopped holder's last beat is its last word; both readings are CLOCK_MONOTONIC.
+            last_beat = session_row(db_path, info["session"])["beat_mono"]
+            assert acquired_at - last_beat >= ttl + lock_delay
+            assert acquired_at - stopped_at < ttl + lock_delay + 30
             assert lease.token == info["token"] + 1
+            assert registry.lookup("child_ephemeral", "node") is None
             os.kill(child.pid, signal.SIGCONT)
             child.stdin.write("go\n")
             child.stdin.flush()
             outcome = json.loads(child.stdout.readline())
-            assert outcome == {"lost_flag": True, "check": "LeaseLost", "fenced_write": "LeaseLost"}
+            assert outcome == {"lost_flag": True, "on_lost_calls": [info["token"]], "check": "LeaseLost",
+                               "fenced_write": "LeaseLost"}
             assert "stale" not in registry.get("device", "node").metadata
             lease.check()  # the new holder is unaffected
-        assert child.wait(timeout=30) == 0
+        assert child.wait(timeout=60) == 0
     finally:
         if child.poll() is None:
             os.kill(child.pid, signal.SIGCONT)
-            child.kill()
-            child.wait()
-        child.stdin.close()
-        child.stdout.close()
-    actions = [a for a, _ in _events(db_path, "lease.expire", "session.reap")]
-    assert actions[:2] == ["lease.expire", "session.reap"]
+        stop_child(child)
+    expired = events(db_path, "lease.expire", "session.reap")
+    assert [a for a, _ in expired][:2] == ["lease.expire", "session.reap"]
+    assert expired[0][1]["lock_delay"] == lock_delay and expired[1][1]["state"] == "expired"
 
 
-def test_a_reused_pid_does_not_keep_a_dead_session_alive(db_path: Path) -> None:
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+@pytest.mark.parametrize("lock_delay", [0, 3600])
+def test_an_expired_holder_leaves_a_lock_delay_unless_it_is_zero(db_path: Path, lock_delay: float) -> None:
+    bystander = sleeper()  # alive, so only the missing heartbeat can end its session
     try:
-        with Registry(db_path, ttl=3600, lock_delay=3600) as registry:
+        start = process_start(bystander.pid)
+        assert start is not None
+        with Registry(db_path, lock_delay=lock_delay) as registry:
             registry.resolve("device", "node")
-            conn = sqlite3.connect(db_path)
-            now = time.time()
-            # A session "owned" by the bystander's pid, but started at another moment: a reused pid.
-            conn.execute("INSERT INTO session (id, pid, hostname, boot_id, process_start, label, ttl, state, "
-                         "started_at, beat_at, beat_mono) VALUES ('GHOST', ?, ?, ?, 1.0, 'ghost', 3600, 'live', "
-                         "?, ?, ?)", (bystander.pid, HOSTNAME, BOOT_ID, now, now, time.monotonic()))
-            conn.execute("INSERT INTO lease (entry_pk, session_id, token, acquired_at) "
-                         "SELECT pk, 'GHOST', 1, ? FROM entry WHERE name = 'device'", (now,))
-            conn.execute("UPDATE entry SET fence = 1 WHERE name = 'device'")
-            conn.commit()
-            conn.close()
-            lease = registry.acquire("device", "node")  # at once: ttl and lock-delay are an hour
-            assert lease.token == 2
-            ghost = [s for s in registry.sessions(alive=False) if s.id == "GHOST"]
-            assert ghost[0].state == "dead" and not ghost[0].alive
-            assert "pid" in ghost[0].end_reason
+            insert_session(db_path, "HUNG", pid=bystander.pid, process_start=start, ttl=1, beat_age=5,
+                           holds=("device",))
+            if lock_delay == 0:
+                assert registry.acquire("device", "node").token == 2
+            else:
+                with pytest.raises(LeaseHeldError, match="lock-delay") as caught:
+                    registry.acquire("device", "node", wait=0.3)
+                assert caught.value.holder is None and caught.value.delay_remaining > 3000
+            assert session_row(db_path, "HUNG")["state"] == "expired"
     finally:
-        bystander.kill()
-        bystander.wait()
+        stop_child(bystander)
 
 
-# -- heartbeat ---------------------------------------------------------------------------------------
+def test_a_dead_holder_is_reaped_inside_the_acquiring_transaction(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("device", "node")
+        registry.session()  # opened beforehand: its own transaction is not the one under test
+        gone = sleeper()
+        start = process_start(gone.pid)
+        stop_child(gone)
+        assert start is not None
+        insert_session(db_path, "DEAD", pid=gone.pid, process_start=start, holds=("device",))
+        statements: list[str] = []
+        conn = registry._backend.connection()
+        conn.set_trace_callback(statements.append)
+        try:
+            lease = registry.acquire("device", "node")
+        finally:
+            conn.set_trace_callback(None)
+        assert lease.token == 2
+        assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")] == [
+            "BEGIN IMMEDIATE", "COMMIT"]
+        assert [a for a, _ in events(db_path, "lease.free", "session.reap", "lease.acquire")] == [
+            "lease.free", "session.reap", "lease.acquire"]
 
 
-def _heartbeat_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("nameplate-heartbeat")]
+# -- fenced writes and who may change a leased entry -----------------------------------------------
 
 
-def test_heartbeat_renews_reports_and_stops_on_close(db_path: Path) -> None:
-    before = set(_heartbeat_threads())
-    registry = Registry(db_path, ttl=0.6)
-    session = registry.session(label="trainer", status="starting")
-    assert session.heartbeat_thread.is_alive()
-    assert wait_until(lambda: registry.sessions()[0].beats >= 3, timeout=10)
-    session.report(status="healthy", epoch=3, loss=0.25)
-    info = registry.sessions()[0]
-    assert (info.label, info.status, dict(info.info)) == ("trainer", "healthy", {"epoch": 3, "loss": 0.25})
-    assert info.alive
-    registry.close()
-    assert not session.heartbeat_thread.is_alive()
-    assert set(_heartbeat_threads()) == before
-    with Registry(db_path) as again:
-        assert again.sessions() == []
-        assert [s.state for s in again.sessions(alive=False)] == ["closed"]
-    with pytest.raises(SessionClosedError):
-        session.report(status="late")
-
-
-def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> None:
+def test_a_stale_token_writes_nothing(db_path: Path) -> None:
     lost: list[str] = []
     with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
         holder.resolve("device", "node")
@@ -233,92 +233,126 @@ def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> N
         with pytest.raises(NotLeaseHolderError):
             operator.release("device", "node")
         assert operator.release("device", "node", force=True) is True
-        assert wait_until(lambda: lease.lost, timeout=10)
-        assert lost == ["device"]
-        with pytest.raises(LeaseLost):
-            lease.check()
+        successor = operator.acquire("device", "node")
+        assert successor.token == lease.token + 1
+        before = _content(db_path)
         with pytest.raises(LeaseLost):
             holder.update("device", "node", metadata={"x": 1}, lease=lease)
+        assert _content(db_path) == before
+        assert lost == ["device"]  # the fenced write found it first and said so
+        with pytest.raises(LeaseLost):
+            lease.check()
         assert lease.release() is False
-    assert [a for a, _ in _events(db_path, "lease.break")] == ["lease.break"]
+        operator.update("device", "node", metadata={"x": 2}, lease=successor)
+        assert holder.get("device", "node").metadata == {"x": 2}
+    breaks = events(db_path, "lease.break")
+    assert len(breaks) == 1 and breaks[0][1]["token"] == 1 and breaks[0][1]["holder_pid"] == os.getpid()
 
 
-def test_release_is_only_for_the_holder_and_clean_release_has_no_lock_delay(db_path: Path) -> None:
+def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> None:
+    with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
+        holder.resolve("device", "node")
+        noticed = threading.Event()
+        lease = holder.acquire("device", "node", on_lost=lambda l: noticed.set())
+        operator.release("device", "node", force=True)
+        assert noticed.wait(30) and lease.lost_event.is_set()  # no call of ours asked: the beat found it
+
+
+def test_only_the_holder_changes_a_leased_entry_but_a_dead_holder_does_not_pin_it(db_path: Path) -> None:
+    with Registry(db_path) as first, Registry(db_path) as second:
+        for name in ("held", "orphan"):
+            first.resolve(name, "node")
+        first.acquire("held", "node")
+        before = _content(db_path)
+        for change in (lambda: second.update("held", "node", metadata={"x": 1}),
+                       lambda: second.rename("held", "renamed", "node"),
+                       lambda: second.delete("held", "node")):
+            with pytest.raises(LeaseHeldError, match="only the holder") as caught:
+                change()
+            assert caught.value.holder["pid"] == os.getpid()
+        assert _content(db_path) == before
+        first.update("held", "node", metadata={"x": 1})  # the holder itself may, fenced or not
+        gone = sleeper()
+        start = process_start(gone.pid)
+        stop_child(gone)
+        assert start is not None
+        insert_session(db_path, "DEAD", pid=gone.pid, process_start=start, holds=("orphan",))
+        second.delete("orphan", "node")  # its holder died: reaped in the same transaction
+        assert session_row(db_path, "DEAD")["state"] == "dead"
+
+
+def test_update_refuses_a_lease_on_another_entry(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("a", "node")
+        registry.resolve("b", "node")
+        lease = registry.acquire("a", "node")
+        with pytest.raises(InvalidInputError, match="not on 'b'"):
+            registry.update("b", "node", metadata={"x": 1}, lease=lease)
+
+
+# -- acquire, release, wait ------------------------------------------------------------------------
+
+
+def test_tokens_grow_at_every_acquisition_and_a_clean_release_has_no_lock_delay(db_path: Path) -> None:
     with Registry(db_path, lock_delay=3600) as first, Registry(db_path, lock_delay=3600) as second:
         first.resolve("device", "node", lock=True)
-        assert first.lease("device", "node") is not None
+        lease = first.lease("device", "node")
+        assert lease is not None and lease.token == 1 and lease.name == "device" and lease.kind == "node"
+        assert lease.entry_id == first.lookup("device", "node")
+        assert first.acquire("device", "node") is lease  # this session already holds it
         with pytest.raises(LeaseHeldError) as caught:
             second.resolve("device", "node", lock=True)
-        assert "held by pid" in str(caught.value)
-        with pytest.raises(LeaseHeldError):
-            second.update("device", "node", metadata={"x": 1})
-        with pytest.raises(LeaseHeldError):
-            second.delete("device", "node")
+        message = str(caught.value)
+        assert f"pid {os.getpid()}" in message and "since" in message and "wait=" in message
+        assert set(caught.value.holder) >= {"pid", "host", "label", "since"}
         assert first.release("device", "node") is True
         assert first.release("device", "node") is False
-        started = time.monotonic()
-        lease = second.acquire("device", "node")
-        assert time.monotonic() - started < 1
-        assert lease.token == 2
+        assert first.lease("device", "node") is None
+        with second.acquire("device", "node") as taken:  # at once, despite a one-hour lock-delay setting
+            assert taken.token == 2 and taken.held
+        assert taken.released and not taken.lost
+        assert first.acquire("device", "node").token == 3
+    actions = [a for a, _ in events(db_path, "lease.acquire", "lease.release")]
+    assert actions == ["lease.acquire", "lease.release", "lease.acquire", "lease.release", "lease.acquire",
+                       "lease.release"]  # the last one at close
 
 
 def test_waiting_acquire_gets_the_lease_when_it_is_released(db_path: Path) -> None:
     with Registry(db_path) as first, Registry(db_path) as second:
         first.resolve("device", "node")
         lease = first.acquire("device", "node")
-        threading.Timer(0.5, lease.release).start()
+        timer = threading.Timer(0.5, lease.release)
+        timer.start()
         started = time.monotonic()
-        assert second.acquire("device", "node", wait=20).token == 2
-        assert 0.3 < time.monotonic() - started < 10
-        with pytest.raises(LeaseHeldError):
-            first.acquire("device", "node", wait=0.2)
+        assert second.acquire("device", "node", wait=60).token == 2
+        assert time.monotonic() - started >= 0.4
+        timer.join()
+        started = time.monotonic()
+        with pytest.raises(LeaseHeldError, match="after waiting 0.3 s"):
+            first.acquire("device", "node", wait=0.3)
+        assert time.monotonic() - started >= 0.3
 
 
-def test_a_forked_child_does_not_inherit_the_session(db_path: Path) -> None:
-    registry = Registry(db_path, ttl=5)
-    try:
-        registry.resolve("device", "node")
-        lease = registry.acquire("device", "node")
-        parent_session = registry.session().id
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(read)
-                child_session = registry.session().id
-                report = {"new_session": child_session != parent_session, "lease_lost_in_child": lease.lost,
-                          "threads": [t.name for t in threading.enumerate() if t.name.startswith("nameplate")]}
-                try:
-                    registry.acquire("device", "node")
-                    report["acquire"] = "got it"
-                except LeaseHeldError:
-                    report["acquire"] = "held"
-                os.write(write, json.dumps(report).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read) as pipe:
-            report = json.loads(pipe.read())
-        os.waitpid(pid, 0)
-        assert report["new_session"] and report["lease_lost_in_child"]
-        assert report["acquire"] == "held"
-        assert len(report["threads"]) == 1  # the child's own heartbeat, not the parent's
-        lease.check()  # the parent still holds it
-        assert registry.session().id == parent_session
-    finally:
-        registry.close()
-
-
-def test_ephemeral_entries_leave_with_their_session(db_path: Path) -> None:
+def test_acquire_validates_its_arguments(db_path: Path) -> None:
     with Registry(db_path) as registry:
-        registry.resolve("worker-1", "process", ephemeral=True)
-        registry.resolve("durable", "node")
-        assert registry.lookup("worker-1", "process") is not None
-    with Registry(db_path) as again:
-        assert again.lookup("worker-1", "process") is None
-        assert again.lookup("durable", "node") is not None
+        registry.resolve("device", "node")
+        before = _content(db_path)
+        with pytest.raises(InvalidInputError):
+            registry.acquire("device", "node", wait=-1)
+        with pytest.raises(EntryNotFoundError):
+            registry.acquire("missing", "node")
+        assert _content(db_path) == before
+
+
+def test_locks_lists_every_lease_with_its_holder(db_path: Path) -> None:
+    with Registry(db_path, label="robot-arm") as registry:
+        registry.resolve("device", "node")
+        assert registry.locks() == []
+        lease = registry.acquire("device", "node")
+        (held,) = registry.locks()
+        assert (held.name, held.kind, held.workspace, held.token, held.pid, held.label) == (
+            "device", "node", "core", lease.token, os.getpid(), "robot-arm")
+        assert held.entry_id == lease.entry_id and held.session_id == lease.session_id
 
 
 def test_clean_stale_removes_old_unleased_entries(db_path: Path) -> None:
@@ -336,3 +370,6 @@ def test_clean_stale_removes_old_unleased_entries(db_path: Path) -> None:
         assert registry.lookup("old", "node") is None
         assert registry.lookup("old_but_leased", "node") is not None
         assert registry.clean_stale() == []
+        assert registry.clean_stale(older_than=timedelta(days=60)) == []
+        with pytest.raises(InvalidInputError):
+            registry.clean_stale(older_than=timedelta(0))
