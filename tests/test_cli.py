@@ -246,14 +246,33 @@ def test_exit_codes_by_error_class(cli, args: list[str], code: int) -> None:  # 
         assert output.startswith("nameplate: error:") and output.count("\n") == 1  # one line, no traceback
 
 
-def test_every_data_command_speaks_json(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_every_command_speaks_json(cli, db_path: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     cli("resolve", "a", "-k", "node")
-    for args in (["path"], ["ls"], ["show", "a"], ["lookup", "a"], ["resolve", "z", "-k", "node"], ["locks"],
-                 ["sessions"], ["reap"], ["clean", "--dry-run"], ["check"], ["stats"], ["kinds"],
-                 ["migrate", "--status"], ["log"], ["workspace", "ls"], ["workspace", "conflicts"],
-                 ["explain", "a", "-k", "node"], ["gc", "--keep-days", "365"], ["checkpoint"],
-                 ["export", "-o", str(tmp_path / "e.json")]):
-        json.loads(cli("--json", *args))
+    cli("resolve", "gone", "-k", "node")
+    cli("resolve", "old", "-k", "node")
+    export = tmp_path / "e.json"
+    cli("export", "-o", str(export))
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        "path": ["path"], "init": ["init"], "ls": ["ls"], "show": ["show", "a"], "lookup": ["lookup", "a"],
+        "resolve": ["resolve", "z", "-k", "node"], "rename": ["rename", "old", "older"], "rm": ["rm", "gone"],
+        "explain": ["explain", "a", "-k", "node"], "locks": ["locks"], "release": ["release", "a"],
+        "sessions": ["sessions"], "reap": ["reap"], "clean": ["clean", "--dry-run"],
+        "export": ["export", "-o", str(tmp_path / "e2.json")], "import": ["import", str(export), "--replace", "--dry-run"],
+        "check": ["check"], "vacuum": ["vacuum"], "checkpoint": ["checkpoint"], "migrate": ["migrate", "--status"],
+        "log": ["log"], "gc": ["gc", "--keep-days", "365"], "kinds": ["kinds"], "stats": ["stats"],
+        "workspace ls": ["workspace", "ls"], "workspace create": ["workspace", "create", "dev9"],
+        "workspace diff": ["workspace", "diff", "core", "dev9"], "workspace conflicts": ["workspace", "conflicts"],
+        "workspace promote": ["-w", "dev9", "workspace", "promote", "p", "-k", "node"],
+        "workspace rm": ["workspace", "rm", "dev9"],
+    }
+    assert sorted(cases) == all_commands(), "a command has no --json case here"
+    for name, args in cases.items():
+        if name == "workspace promote":
+            cli("-w", "dev9", "resolve", "p", "-k", "node")
+        output = cli("--json", *args)
+        assert isinstance(json.loads(output), (dict, list)), name
 
 
 def test_init_creates_a_private_project_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,14 +285,31 @@ def test_init_creates_a_private_project_directory(tmp_path: Path, monkeypatch: p
     assert json.loads(where.output)["source"] == "project"
 
 
-def test_every_command_has_help_and_a_readme_mention() -> None:
+def _command(name: str) -> click.Command:
+    parts = name.split()
+    command = main.commands[parts[0]]
+    if len(parts) == 2:
+        command = command.commands[parts[1]]  # type: ignore[attr-defined]
+    return command
+
+
+def test_every_command_and_option_has_help_text() -> None:
+    for name in all_commands():
+        command = _command(name)
+        assert command.help and command.help.strip(), f"`nameplate {name}` has no help text"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"`nameplate {name} {param.opts[0]}` has no help text"
+    for param in main.params:
+        assert not isinstance(param, click.Option) or param.help, param.opts
+    epilog = main.epilog or ""
+    assert "_NAMEPLATE_COMPLETE=bash_source" in epilog and "zsh_source" in epilog  # shell completion documented
+    assert all(f"{code} " in epilog for code in range(6))  # every exit code documented
+
+
+def test_every_command_is_mentioned_in_the_readme() -> None:
     readme = README.read_text()
     for name in all_commands():
-        parts = name.split()
-        command = main.commands[parts[0]]
-        if len(parts) == 2:
-            command = command.commands[parts[1]]  # type: ignore[attr-defined]
-        assert command.help and command.help.strip(), name
         assert re.search(rf"nameplate( --?\S+)*( \S+)* {re.escape(name)}\b", readme) or f"`{name}`" in readme, \
             f"README does not mention `nameplate {name}`"
 

@@ -701,8 +701,8 @@ def workspace_list(settings: Settings) -> None:
 
 @workspace.command("create")
 @click.argument("name")
-@click.option("--parent", default="core", show_default=True)
-@click.option("--description", default="")
+@click.option("--parent", default="core", show_default=True, help="The workspace it layers over.")
+@click.option("--description", default="", help="What the workspace is for.")
 @pass_settings
 @handle_errors
 def workspace_create(settings: Settings, name: str, parent: str, description: str) -> None:
