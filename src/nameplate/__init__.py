@@ -14,6 +14,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._api_workspaces import Registration
+from ._documents import ImportPlan
+from ._health import CheckReport, Finding
+from ._migrate import MigrationStatus
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
@@ -60,6 +63,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AmbiguousNameError",
+    "CheckReport",
     "Conflict",
     "ConflictError",
     "DatabaseError",
@@ -68,8 +72,10 @@ __all__ = [
     "EntryNotFoundError",
     "Event",
     "Explanation",
+    "Finding",
     "HeldLease",
     "ImportFileError",
+    "ImportPlan",
     "IntegrityProblemError",
     "InvalidInputError",
     "InvalidMetadataError",
@@ -81,6 +87,7 @@ __all__ = [
     "LeaseHeldError",
     "LeaseLost",
     "Location",
+    "MigrationStatus",
     "NameplateError",
     "NameTakenError",
     "NetworkFilesystemError",
