@@ -229,7 +229,7 @@ def test_a_stale_token_writes_nothing(db_path: Path) -> None:
     lost: list[str] = []
     with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
         holder.resolve("device", "node")
-        lease = holder.acquire("device", "node", on_lost=lambda l: lost.append(l.name))
+        lease = holder.acquire("device", "node", on_lost=lambda gone: lost.append(gone.name))
         with pytest.raises(NotLeaseHolderError):
             operator.release("device", "node")
         assert operator.release("device", "node", force=True) is True
@@ -253,7 +253,7 @@ def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> N
     with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
         holder.resolve("device", "node")
         noticed = threading.Event()
-        lease = holder.acquire("device", "node", on_lost=lambda l: noticed.set())
+        lease = holder.acquire("device", "node", on_lost=lambda gone: noticed.set())
         operator.release("device", "node", force=True)
         assert noticed.wait(30) and lease.lost_event.is_set()  # no call of ours asked: the beat found it
 
