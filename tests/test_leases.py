@@ -373,3 +373,15 @@ def test_clean_stale_removes_old_unleased_entries(db_path: Path) -> None:
         assert registry.clean_stale(older_than=timedelta(days=60)) == []
         with pytest.raises(InvalidInputError):
             registry.clean_stale(older_than=timedelta(0))
+
+
+def test_clean_stale_logs_the_age_as_an_operator_wrote_it(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("old", "node")
+        conn = sqlite3.connect(db_path)
+        conn.execute("UPDATE entry SET last_seen_at = last_seen_at - 30 * 86400")
+        conn.commit()
+        conn.close()
+        registry.clean_stale(older_than=timedelta(days=7))
+        deleted = [e for e in registry.changes() if e.action == "delete"]
+    assert deleted[0].detail["reason"] == "stale: not seen for over 7 days"

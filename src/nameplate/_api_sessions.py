@@ -264,7 +264,7 @@ class SessionsMixin(RegistryBase):
             for row in rows:
                 tx.execute("DELETE FROM entry WHERE pk = ?", (row[0],))
                 self._store.record(tx, "delete", workspace=row[4], kind=row[3], name=row[2], entry_id=row[1],
-                                   reason=f"stale: not seen for over {older_than}")
+                                   reason=f"stale: not seen for over {_human_duration(older_than)}")
         return [decode_entry(row) for row in rows]
 
 
@@ -285,3 +285,12 @@ def _held_error(name: str, row: LocalRow, outcome: Holder | Delayed, wait: float
     return LeaseHeldError(
         f"{row.kind} {name!r} is held by pid {holder['pid']} on {holder['host']} ({holder['label']}) since "
         f"{holder['since']}{waited}; pass wait=seconds to wait for it", name=name, holder=holder)
+
+
+def _human_duration(span: timedelta) -> str:
+    """``7 days``, ``12 h``, ``90 s``: how an operator wrote it, not timedelta's ``7 days, 0:00:00``."""
+    seconds = span.total_seconds()
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
