@@ -38,7 +38,7 @@ from ._kind_schema import (
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, decode_entry
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, decode_entry, entry_by_pk
 from ._validation import (
     check_capabilities,
     check_kind_name,
@@ -74,8 +74,6 @@ _REPLACE = ("UPDATE entry SET definition = ?, target = ?, capabilities = ?, meta
             "owner_session_id = ? WHERE pk = ?")
 _DROP_CAPABILITIES = "DELETE FROM entry_capability WHERE entry_pk = ?"
 _ADD_CAPABILITY = "INSERT INTO entry_capability (capability, entry_pk) VALUES (?, ?)"
-_ENTRY_BY_PK = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
-                "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
 _VISIBLE_ENTRY = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
 _ENTRY_IN_VIEW = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.id = ?"
 
@@ -387,7 +385,7 @@ class WorkspacesMixin(RegistryBase):
             self._store.record(tx, "register", workspace=ws, kind=item.kind, name=item.name, entry_id=entry_id,
                                at=now, definition=_loads(item.definition_text), target=item.target,
                                capabilities=item.capabilities, **_provenance(item, owner))
-            return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+            return entry_by_pk(tx, pk)
         pk, entry_id, _, definition, target, capabilities, metadata, current_owner = local
         # "Registered" means someone said what this entry is; an entry that was only resolved is
         # an identity waiting for its definition, so filling it in is no conflict.
@@ -395,7 +393,7 @@ class WorkspacesMixin(RegistryBase):
         if item.origin is not None:
             stored = json.loads(metadata)
             if registered and stored.get("entry_point") != item.origin:
-                return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())  # registered by hand: leave it
+                return entry_by_pk(tx, pk)  # registered by hand: leave it
             # Discovery refreshes what an entry point says (target, provenance) and keeps the rest.
             merged = {**stored, **json.loads(item.metadata_text or "{}")}
             wanted = (definition, item.target, capabilities, encode_object(merged))
@@ -407,10 +405,10 @@ class WorkspacesMixin(RegistryBase):
         differing = _differing(wanted, current)
         same = not differing
         if same and new_owner == current_owner:
-            return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+            return entry_by_pk(tx, pk)
         if registered and not same and item.origin is None:
             if on_conflict == "keep":
-                return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+                return entry_by_pk(tx, pk)
             if on_conflict == "error":
                 raise NameTakenError(
                     f"{item.kind} {item.name!r} is already registered in workspace {ws!r} (id {entry_id}) with "
@@ -424,7 +422,7 @@ class WorkspacesMixin(RegistryBase):
         self._store.record(tx, "register", workspace=ws, kind=kind_name, name=item.name, entry_id=entry_id, at=now,
                            replaced=registered, definition=_loads(wanted[0]), before=_loads(definition),
                            target=wanted[1], capabilities=json.loads(wanted[2]), **_provenance(item, new_owner))
-        return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+        return entry_by_pk(tx, pk)
 
     # -- targets ---------------------------------------------------------------------------------
 

@@ -78,6 +78,15 @@ _INSERT_EVENT = ("INSERT INTO event (at, action, workspace, kind, name, entry_id
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
+_ENTRY_BY_PK = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+                "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
+
+
+def entry_by_pk(tx: Tx, pk: int) -> Entry:
+    """The entry row ``pk`` as stored (its own layer, tombstone or not), inside a transaction."""
+    return decode_entry(tx.execute(_ENTRY_BY_PK, (pk,)).fetchone())
+
+
 def decode_entry(row: Sequence[Any]) -> Entry:
     """Build an :class:`Entry` from a row selected with :data:`ENTRY_COLUMNS`."""
     return Entry(
@@ -323,18 +332,11 @@ class Store:
             local = self.visible_local(tx, workspace, name, kind, "delete")
             if guard is not None:
                 guard(tx, local)
-            row = tx.execute(f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
-                             "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?", (local.pk,)).fetchone()
-            entry = decode_entry(row)
+            entry = entry_by_pk(tx, local.pk)
             tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
             self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
                         metadata=dict(entry.metadata))
             return entry
-
-    def entry_by_pk(self, tx: Tx, pk: int) -> Entry:
-        row = tx.execute(f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
-                         "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?", (pk,)).fetchone()
-        return decode_entry(row)
 
 
 def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from ._backend import Tx
 from ._liveness import Owner, verdict
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry
+from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import check_capabilities
 from .errors import NoMatchError, UnknownStrategyError
 
@@ -47,8 +47,6 @@ STRATEGIES: dict[str, str] = {
 
 _JOINS = ("JOIN workspace AS viewer ON viewer.id = r.viewer_id JOIN kind AS k ON k.id = r.kind_id "
           "JOIN workspace AS w ON w.id = r.workspace_id")
-_ENTRY_BY_PK = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
-                "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
 _IDS = "SELECT w.id, k.id FROM workspace AS w, kind AS k WHERE w.name = ? AND k.name = ?"
 _CURSOR = "SELECT position FROM selection_cursor WHERE kind_id = ? AND workspace_id = ? AND requirement = ?"
 _SET_CURSOR = ("INSERT INTO selection_cursor (kind_id, workspace_id, requirement, position) VALUES (?, ?, ?, ?) "
@@ -176,7 +174,7 @@ def choose_and_record(tx: Tx, strategy: str, workspace: str, kind: str, requires
         if row is None:
             return None
     tx.execute(_MARK_SELECTED, (time.time(), row[0]))
-    return decode_entry(tx.execute(_ENTRY_BY_PK, (row[0],)).fetchone())
+    return entry_by_pk(tx, row[0])
 
 
 def choose_healthiest(tx: Tx, workspace: str, kind: str, requires: list[str]) -> tuple[Entry | None, int]:
@@ -194,7 +192,7 @@ def choose_healthiest(tx: Tx, workspace: str, kind: str, requires: list[str]) ->
                           ttl=float(row[7]), beat_at=float(row[8]), beat_mono=float(row[9]))
             judged[session_id] = verdict(owner) is None
         if judged[session_id]:
-            return decode_entry(tx.execute(_ENTRY_BY_PK, (row[0],)).fetchone()), len(rows)
+            return entry_by_pk(tx, row[0]), len(rows)
     return None, len(rows)
 
 

@@ -13,6 +13,7 @@ from ._base import RegistryBase
 from ._lease import Lease
 from ._context import active_workspace
 from ._records import Entry
+from ._store import entry_by_pk
 from ._validation import check_kind_name, check_name, encode_object
 from .errors import EntryNotFoundError, InvalidInputError
 
@@ -133,7 +134,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
                 lease.fence(tx)
             self._before_entry_write(tx, local)
             self._store.update_metadata(tx, local, ws, name, meta, merge=merge)
-            return self._store.entry_by_pk(tx, local.pk)
+            return entry_by_pk(tx, local.pk)
 
     def rename(self, old: str, new: str, kind: str | None = None, *, workspace: str | None = None) -> str:
         """Give an entry a new name; its id stays. Raises :class:`NameTakenError` if ``new`` is used."""
