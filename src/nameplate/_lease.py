@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._backend import Tx
-from ._liveness import Owner, delay_active
+from ._liveness import Owner, delay_active, owner_columns
 from ._session import instant, reap_if_gone
 from .errors import LeaseLost
 
@@ -26,9 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nameplate.lease")
 
-_HOLDER = ("SELECT l.session_id, l.token, l.acquired_at, s.pid, s.hostname, s.boot_id, s.process_start, s.ttl,"
-           " s.beat_at, s.beat_mono, s.label FROM lease AS l JOIN session AS s ON s.id = l.session_id"
-           " WHERE l.entry_pk = ?")
+_HOLDER = (f"SELECT l.session_id, l.token, l.acquired_at, {owner_columns('s')}, s.label FROM lease AS l"
+           " JOIN session AS s ON s.id = l.session_id WHERE l.entry_pk = ?")
 _DELAY = "SELECT until_mono, boot_id, until_wall FROM lock_delay WHERE entry_pk = ?"
 _BUMP_FENCE = "UPDATE entry SET fence = fence + 1 WHERE pk = ? RETURNING fence"
 _INSERT_LEASE = "INSERT INTO lease (entry_pk, session_id, token, acquired_at) VALUES (?, ?, ?, ?)"
@@ -168,9 +167,7 @@ def find_holder(tx: Tx, entry_pk: int) -> Holder | None:
     held = tx.execute(_HOLDER, (entry_pk,)).fetchone()
     if held is None:
         return None
-    owner = Owner(pid=int(held[3]), hostname=held[4], boot_id=held[5], process_start=float(held[6]),
-                  ttl=float(held[7]), beat_at=float(held[8]), beat_mono=float(held[9]))
-    return Holder(held[0], int(held[1]), float(held[2]), owner, held[10])
+    return Holder(held[0], int(held[1]), float(held[2]), Owner.from_row(held, 3), held[10])
 
 
 def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -69,6 +71,23 @@ class Owner:
     ttl: float
     beat_at: float
     beat_mono: float
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], start: int) -> Owner:
+        """Read the owner from ``row[start:start + 7]``, selected in the order of :data:`OWNER_COLUMNS`."""
+        pid, hostname, boot_id, process_start, ttl, beat_at, beat_mono = row[start:start + 7]
+        return cls(pid=int(pid), hostname=hostname, boot_id=boot_id, process_start=float(process_start),
+                   ttl=float(ttl), beat_at=float(beat_at), beat_mono=float(beat_mono))
+
+
+#: The session columns :meth:`Owner.from_row` expects, in order.
+OWNER_COLUMNS = ("pid", "hostname", "boot_id", "process_start", "ttl", "beat_at", "beat_mono")
+
+
+def owner_columns(alias: str = "") -> str:
+    """:data:`OWNER_COLUMNS` for a SELECT list, e.g. ``s.pid, s.hostname, ...`` for ``alias="s"``."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + column for column in OWNER_COLUMNS)
 
 
 def verdict(owner: Owner, *, now_wall: float | None = None, now_mono: float | None = None) -> str | None:

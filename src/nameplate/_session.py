@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from ._backend import Backend, Tx
-from ._liveness import BOOT_ID, HOSTNAME, Owner, process_start, verdict
+from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
 from ._records import utc
 from ._validation import encode_object
 from .errors import NameplateError, SessionClosedError
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nameplate.session")
 
-_SESSION_OWNER_COLUMNS = "id, pid, hostname, boot_id, process_start, ttl, beat_at, beat_mono, beats"
+_SESSION_OWNER_COLUMNS = f"id, {owner_columns()}, beats"
 _BEAT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1 WHERE id = ? AND state = 'live'")
 _BEAT_WITH_REPORT = ("UPDATE session SET beat_at = ?, beat_mono = ?, beats = beats + 1, status = ?, info = ? "
                      "WHERE id = ? AND state = 'live'")
@@ -119,7 +119,7 @@ def list_leases(tx: Tx, session_id: str | None = None) -> list[HeldLease]:
 
 def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
     rows = tx.execute(
-        "SELECT id, pid, hostname, boot_id, process_start, ttl, beat_at, beat_mono, beats, label, status, info, "
+        f"SELECT id, {owner_columns()}, beats, label, status, info, "
         "state, started_at, ended_at, end_reason FROM session "
         + ("WHERE state = 'live' " if alive else "") + "ORDER BY started_at").fetchall()
     leases: dict[str, list[HeldLease]] = {}
@@ -139,8 +139,7 @@ def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
 
 
 def _owner(row: Any) -> Owner:
-    return Owner(pid=int(row[1]), hostname=row[2], boot_id=row[3], process_start=float(row[4]),
-                 ttl=float(row[5]), beat_at=float(row[6]), beat_mono=float(row[7]))
+    return Owner.from_row(row, 1)
 
 
 def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reason: str,

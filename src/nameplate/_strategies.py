@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable
 
 from ._backend import Tx
-from ._liveness import Owner, verdict
+from ._liveness import Owner, owner_columns, verdict
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import check_capabilities
@@ -101,8 +101,8 @@ _SHAPES = {
     "least_recently_selected": lambda n: (f"SELECT r.pk {_matches_from(n)} "
                                           "ORDER BY r.selected_at IS NOT NULL, r.selected_at, r.name LIMIT 1"),
     "healthiest": lambda n: (
-        "SELECT r.pk, s.id, s.status, s.pid, s.hostname, s.boot_id, s.process_start, s.ttl, s.beat_at, "
-        f"s.beat_mono {_owned_matches_from(n)} ORDER BY s.status = 'healthy' DESC, s.beat_at DESC, r.name"),
+        f"SELECT r.pk, s.id, s.status, {owner_columns('s')} {_owned_matches_from(n)} "
+        "ORDER BY s.status = 'healthy' DESC, s.beat_at DESC, r.name"),
 }
 
 
@@ -188,9 +188,7 @@ def choose_healthiest(tx: Tx, workspace: str, kind: str, requires: list[str]) ->
     for row in rows:
         session_id = row[1]
         if session_id not in judged:
-            owner = Owner(pid=int(row[3]), hostname=row[4], boot_id=row[5], process_start=float(row[6]),
-                          ttl=float(row[7]), beat_at=float(row[8]), beat_mono=float(row[9]))
-            judged[session_id] = verdict(owner) is None
+            judged[session_id] = verdict(Owner.from_row(row, 3)) is None
         if judged[session_id]:
             return entry_by_pk(tx, row[0]), len(rows)
     return None, len(rows)
