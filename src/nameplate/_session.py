@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -449,5 +449,3 @@ def default_label() -> str:
     argv0 = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     return f"{argv0}[{os.getpid()}]"
 
-
-OnLost = Callable[["Lease"], None]
