@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import table_snapshot
+from nameplate import _patterns
 from nameplate import (
+    InvalidNameError,
     KindInUseError,
     NameTakenError,
     Registry,
@@ -256,3 +260,62 @@ def test_a_validator_module_that_fails_to_import_is_a_problem(registry: Registry
     with pytest.raises(ValidationError, match="raised RuntimeError: half-installed"):
         registry.define_kind("thing", validator="np_broken_rules:check")
     assert "thing" not in [k.name for k in registry.kinds()]
+
+
+# -- name patterns: user input, bounded in time and never matched under the write lock -------------------
+
+
+def test_a_pattern_that_cannot_be_matched_in_bounded_time_is_refused(registry: Registry) -> None:
+    with pytest.raises(ValidationError, match="catastrophically") as caught:
+        registry.define_kind("slow", name_pattern=r"^(a|aa)+$")
+    assert "slow" not in [k.name for k in registry.kinds()] and len(caught.value.problems) == 1
+    registry.define_kind("quick", name_pattern=r"^(a+)+$", strict=False)  # `regex` matches this one fast
+
+
+def test_a_stored_pattern_that_runs_away_refuses_the_name_quickly(registry: Registry, db_path: Path) -> None:
+    registry.define_kind("legacy", strict=False)
+    conn = sqlite3.connect(db_path)  # as an older nameplate could have stored it
+    conn.execute("UPDATE kind SET name_pattern = ? WHERE name = 'legacy'", (r"^(a|aa)+$",))
+    conn.commit()
+    conn.close()
+    before = table_snapshot(db_path)
+    started = time.monotonic()
+    with pytest.raises(InvalidNameError, match="took over 50 ms"):
+        registry.resolve("a" * 40 + "!", "legacy")
+    assert time.monotonic() - started < 5  # re.search needed minutes here; the bound is 50 ms
+    assert table_snapshot(db_path) == before
+    assert registry.resolve("aaaa", "legacy")
+
+
+def test_name_patterns_are_matched_outside_every_transaction(registry: Registry, db_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+    real_search = _patterns.search
+
+    def watched(pattern: str, text: str) -> bool:
+        conn = sqlite3.connect(db_path, timeout=0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            lock = "free"
+        except sqlite3.OperationalError:
+            lock = "held"
+        finally:
+            conn.close()
+        seen.append((lock, registry._backend.connection().in_transaction))
+        return real_search(pattern, text)
+
+    monkeypatch.setattr(_patterns, "search", watched)
+    registry.define_kind("widget", optional=["size"], name_pattern="^[a-z_]+$", strict=False)
+    registry.resolve("new_one", "widget")
+    registry.resolve("new_two", "widget", lock=True)
+    registry.rename("new_one", "renamed", "widget")
+    registry.register("registered", "widget", {"size": 1})
+    with pytest.raises(InvalidNameError, match="did you mean"):
+        registry.resolve("Bad-Name", "step")
+    document = registry.export()
+    with Registry(tmp_path / "copy.db") as other:
+        other.define_kind("widget", optional=["size"], name_pattern="^[a-z_]+$", strict=False)
+        other.import_document(document)
+    registry.define_kind("widget", optional=["size", "colour"], name_pattern="^[a-z]+_?[a-z]*$", strict=False)
+    assert len(seen) >= 8 and all(call == ("free", False) for call in seen), seen

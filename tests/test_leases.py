@@ -23,6 +23,7 @@ from nameplate import (
     InvalidInputError,
     LeaseHeldError,
     LeaseLost,
+    NameplateError,
     NotLeaseHolderError,
     Registry,
 )
@@ -299,13 +300,14 @@ def test_tokens_grow_at_every_acquisition_and_a_clean_release_has_no_lock_delay(
         lease = first.lease("device", "node")
         assert lease is not None and lease.token == 1 and lease.name == "device" and lease.kind == "node"
         assert lease.entry_id == first.lookup("device", "node")
-        assert first.acquire("device", "node") is lease  # this session already holds it
+        assert first.acquire("device", "node") is lease  # this thread already holds it: re-entered
         with pytest.raises(LeaseHeldError) as caught:
             second.resolve("device", "node", lock=True)
         message = str(caught.value)
         assert f"pid {os.getpid()}" in message and "since" in message and "wait=" in message
         assert set(caught.value.holder) >= {"pid", "host", "label", "since"}
-        assert first.release("device", "node") is True
+        assert first.release("device", "node") is True and lease.held  # one acquisition still open
+        assert first.release("device", "node") is True and lease.released
         assert first.release("device", "node") is False
         assert first.lease("device", "node") is None
         with second.acquire("device", "node") as taken:  # at once, despite a one-hour lock-delay setting
@@ -385,3 +387,172 @@ def test_clean_stale_logs_the_age_as_an_operator_wrote_it(db_path: Path) -> None
         registry.clean_stale(older_than=timedelta(days=7))
         deleted = [e for e in registry.changes() if e.action == "delete"]
     assert deleted[0].detail["reason"] == "stale: not seen for over 7 days"
+
+
+# -- one guard for every write of a leased entry -------------------------------------------------------
+
+_HOLD = """
+import sys, time
+from nameplate import Registry
+registry = Registry(sys.argv[1], ttl=30)
+with registry.workspace("dev"):
+    registry.acquire("dev_device", "node")
+registry.acquire("device", "node")
+registry.acquire("probe", "provider")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _cli(db_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nameplate", "--db", str(db_path), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_no_write_path_changes_an_entry_leased_by_another_live_process(db_path: Path) -> None:
+    with Registry(db_path) as setup:
+        setup.resolve("device", "node", {"v": 1})
+        setup.register("probe", "provider", {"description": "a probe"}, capabilities=["scan"])
+        setup.create_workspace("dev")
+        setup.resolve("dev_device", "node", {"v": 1}, workspace="dev")
+        setup.resolve("free", "node")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(db_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with Registry(db_path) as other:
+            before = other.export()
+            revision = other.revision
+            attempts: dict[str, Any] = {
+                "resolve with new metadata": lambda: other.resolve("device", "node", {"v": 2}),
+                "resolve ephemeral with metadata": lambda: other.resolve("device", "node", {"v": 2}, ephemeral=True),
+                "resolve with metadata and lock": lambda: other.resolve("device", "node", {"v": 2}, lock=True),
+                "resolve with lock": lambda: other.resolve("device", "node", lock=True),
+                "update": lambda: other.update("device", "node", metadata={"v": 2}),
+                "update merge": lambda: other.update("device", "node", metadata={"w": 2}, merge=True),
+                "rename": lambda: other.rename("device", "renamed", "node"),
+                "rename to itself": lambda: other.rename("device", "device", "node"),
+                "delete": lambda: other.delete("device", "node"),
+                "register replace": lambda: other.register("probe", "provider", {"description": "changed"},
+                                                           capabilities=["scan"], on_conflict="replace"),
+                "register a definition onto a resolved entry": lambda: other.register(
+                    "device", "node", {"room": "A"}),
+                "register many": lambda: other.register_many(
+                    [{"name": "free", "kind": "node", "definition": {"room": "B"}},
+                     {"name": "device", "kind": "node", "definition": {"room": "B"}}]),
+                "promote": lambda: other.promote("dev_device", "node", workspace="dev"),
+                "acquire": lambda: other.acquire("device", "node"),
+            }
+            for what, attempt in attempts.items():
+                with pytest.raises(LeaseHeldError) as caught:
+                    attempt()
+                assert caught.value.holder and str(holder.pid) in str(caught.value), what
+            refused_elsewhere = {
+                "delete its workspace": lambda: other.delete_workspace("dev"),
+                "import over it": lambda: other.import_document(dict(before, entries=[]), replace=True),
+            }
+            for what, attempt in refused_elsewhere.items():
+                with pytest.raises(NameplateError, match="lease"):
+                    attempt()
+            assert other.get("free", "node").definition is None  # the batch with "device" wrote nothing
+            assert other.resolve("device", "node") == before_id(before, "device")  # reading the id is fine
+            assert other.clean_stale(timedelta(microseconds=1)) != []  # it removes "free", never "device"
+            for args in (("resolve", "device", "--kind", "node", "--meta", "v=2"),
+                         ("rename", "device", "renamed", "--kind", "node"), ("rm", "device", "--kind", "node")):
+                result = _cli(db_path, *args)
+                assert result.returncode == 4 and result.stderr.count("\n") == 1, (args, result.stderr)
+                assert "leased by" in result.stderr or "held by" in result.stderr
+            after = other.export()
+            content_events = [e for e in other.changes(revision) if e.name in ("device", "probe", "dev_device")
+                              and not e.action.startswith("lease.")]
+        assert content_events == []
+        unchanged = [e for e in before["entries"] if e["name"] != "free"]
+        assert [e for e in after["entries"] if e["name"] != "free"] == unchanged
+    finally:
+        stop_child(holder)
+
+
+def before_id(document: dict[str, Any], name: str) -> str:
+    return next(e["id"] for e in document["entries"] if e["name"] == name)
+
+
+# -- threads of one process --------------------------------------------------------------------------
+
+
+def test_a_lease_is_exclusive_between_the_threads_of_one_registry(db_path: Path) -> None:
+    with Registry(db_path, lock_delay=0) as registry:
+        registry.resolve("shared", "node")
+        inside: list[int] = []
+        overlaps: list[tuple[int, ...]] = []
+        tokens: list[int] = []
+        guard = threading.Lock()
+        start = threading.Barrier(16)
+        failures: list[BaseException] = []
+
+        def work(index: int) -> None:
+            try:
+                start.wait(timeout=30)
+                for _ in range(5):
+                    with registry.acquire("shared", "node", wait=60) as lease:
+                        with guard:
+                            inside.append(index)
+                            if len(inside) > 1:
+                                overlaps.append(tuple(inside))
+                            tokens.append(lease.token)
+                        registry.update("shared", "node", metadata={"writer": index}, lease=lease)
+                        time.sleep(0.001)
+                        with guard:
+                            inside.remove(index)
+            except BaseException as error:  # reported below: the test must see every thread's failure
+                failures.append(error)
+
+        threads = [threading.Thread(target=work, args=(i,), name=f"worker-{i}") for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not failures and not overlaps
+        assert tokens == list(range(1, 81))  # one acquisition after the other, each with a new token
+
+
+def test_another_thread_is_told_which_thread_holds_the_lease(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("shared", "node")
+        lease = registry.acquire("shared", "node")
+        seen: dict[str, Any] = {}
+
+        def other_thread() -> None:
+            for what, call in (("acquire", lambda: registry.acquire("shared", "node")),
+                               ("update", lambda: registry.update("shared", "node", metadata={"x": 1})),
+                               ("release", lambda: registry.release("shared", "node"))):
+                try:
+                    call()
+                except (LeaseHeldError, NotLeaseHolderError) as error:
+                    seen[what] = error
+            seen["lease"] = registry.lease("shared", "node")
+            registry.update("shared", "node", metadata={"with": "the lease"}, lease=lease)  # handed over: fine
+
+        thread = threading.Thread(target=other_thread, name="helper")
+        thread.start()
+        thread.join(timeout=30)
+        assert set(seen) == {"acquire", "update", "release", "lease"} and seen["lease"] is None
+        for what in ("acquire", "update", "release"):
+            assert "thread 'MainThread'" in str(seen[what]) and f"pid {os.getpid()}" in str(seen[what]), what
+        assert lease.held and registry.get("shared", "node").metadata == {"with": "the lease"}
+
+
+def test_re_entrant_in_the_holding_thread_and_freed_when_that_thread_ends(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("shared", "node")
+        with registry.acquire("shared", "node") as outer:
+            with registry.acquire("shared", "node") as inner:
+                assert inner is outer and inner.token == 1
+            assert outer.held  # the inner block's release left the outer acquisition standing
+        assert outer.released
+        taken: list[Any] = []
+        thread = threading.Thread(target=lambda: taken.append(registry.acquire("shared", "node")))
+        thread.start()
+        thread.join(timeout=30)  # ends holding it
+        successor = registry.acquire("shared", "node", wait=5)
+        assert taken[0].lost and successor.token == taken[0].token + 1
+        reasons = [detail.get("reason") for action, detail in events(db_path, "lease.release")]
+        assert any(reason and "ended without releasing" in reason for reason in reasons)

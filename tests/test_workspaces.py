@@ -299,3 +299,27 @@ def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path_factory: pyt
                     expected = sorted(e.name for (k, _), e in listed.items()
                                       if k == kind and e.capabilities >= set(required))
                     assert [e.name for e in registry.find(kind, required, workspace=ws)] == expected
+
+
+def test_creating_a_workspace_costs_the_same_however_many_there_are(registry: Registry) -> None:
+    def statements_to_create(name: str, parent: str) -> list[str]:
+        statements: list[str] = []
+        conn = registry._backend.connection()
+        conn.set_trace_callback(statements.append)
+        try:
+            info = registry.create_workspace(name, parent)
+        finally:
+            conn.set_trace_callback(None)
+        assert (info.name, info.parent, info.entries, info.children) == (name, parent, 0, ())
+        return statements
+
+    first = statements_to_create("w0", "core")
+    parent = "w0"
+    for index in range(1, 300):  # a chain 300 deep; it used to list every workspace to return one
+        registry.create_workspace(f"w{index}", parent)
+        parent = f"w{index}"
+    deep = statements_to_create("deepest", parent)
+    assert len(deep) == len(first) and not any("FROM workspace AS w LEFT JOIN" in s for s in deep)
+    assert registry.create_workspace("sibling", parent).depth == 301
+    listed = {w.name: w for w in registry.workspaces()}
+    assert listed["deepest"].depth == 301 and listed[parent].children == ("deepest", "sibling")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._backend import Tx
 from ._base import RegistryBase
-from ._lease import Delayed, Holder, Lease, find_holder, try_acquire
+from ._lease import Delayed, HeldByThread, Holder, Lease, find_holder, try_acquire
 from ._records import Entry
 from ._session import (
     HeldLease,
@@ -24,9 +24,11 @@ from ._session import (
     reap,
     reap_if_gone,
 )
-from ._store import ENTRY_COLUMNS, LocalRow, decode_entry
+from ._store import _PROBE_KIND as _PROBE_NAME
+from ._store import ENTRY_COLUMNS, LocalRow, Resolved, decode_entry
 from ._validation import check_kind_name, check_name
 from .errors import (
+    ConflictError,
     InvalidInputError,
     LeaseHeldError,
     NotLeaseHolderError,
@@ -128,43 +130,114 @@ class SessionsMixin(RegistryBase):
 
         ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
         gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
-        lock-delay for ``lock_delay`` seconds. Acquiring a lease this session already holds returns it.
+        lock-delay for ``lock_delay`` seconds.
+
+        Leases are exclusive between the threads of a process too, re-entrant like
+        ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
+        one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        if wait is not None and (not isinstance(wait, (int, float)) or wait < 0):
-            raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
+        _check_wait(wait)
         current = self._session_obj
         if current is None or not current.usable:
             # Opening a session is a write of its own: refuse an unknown name before making it.
             with self._backend.read() as tx:
                 self._store.visible_row(tx, ws, name, kind, "lease")
+        return self._acquire(name, wait, on_lost, lambda tx, session: self._store.visible_row(
+            tx, ws, name, kind, "lease"))
+
+    def _resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
+                        wait: float | None, ephemeral: bool) -> str:
+        """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
+        all in one transaction, so that a caller who cannot get the lease changes nothing."""
+        _check_wait(wait)
+        pattern = None
+        if self._store.backend.query_one(_PROBE_NAME, (ws, name, kind)) is None:
+            pattern = self._store.checked_pattern(ws, kind, name)  # user input: outside the lock
+        found: list[Resolved] = []
+
+        def prepare(tx: Tx, session: Session) -> LocalRow | None:
+            resolved = self._store.find_or_create(tx, ws, name, kind, metadata, pattern,
+                                                  owner_session_id=session.id if ephemeral else None,
+                                                  ephemeral=ephemeral)
+            if resolved is None:
+                return None
+            found[:] = [resolved]
+            return self._store.visible_row(tx, ws, name, kind, "lease")
+
+        def merge(tx: Tx, lease: Lease) -> None:
+            if not found[0].created:  # the lease is ours now: the guard has nothing to refuse
+                self._store.refresh(tx, found[0], ws, name, kind, metadata, guard=None)
+
+        for _ in range(3):
+            lease = self._acquire(name, wait, None, prepare, after=merge)
+            if lease is not None:
+                return lease.entry_id
+            pattern = self._store.checked_pattern(ws, kind, name)  # the kind changed meanwhile
+        raise ConflictError(f"kind {kind!r} kept changing while {name!r} was being created; retry", kind=kind)
+
+    def _acquire(self, name: str, wait: float | None, on_lost: Callable[[Lease], Any] | None,
+                 prepare: Callable[[Tx, Session], LocalRow | None],
+                 after: Callable[[Tx, Lease], None] | None = None) -> Any:
+        """The acquire loop: ``prepare`` names the row inside each attempt's write transaction (None:
+        give up, nothing written), ``after`` runs in the transaction that took (or re-entered) the lease."""
         deadline = None if wait is None else time.monotonic() + wait
         poll = _FIRST_POLL
         while True:
             session = self.session()
             with self._backend.write() as tx:
-                row = self._store.visible_row(tx, ws, name, kind, "lease")
+                row = prepare(tx, session)
+                if row is None:
+                    return None
                 mine = session.held(row.pk)
-                if mine is not None and mine.held:
-                    return mine
-                outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id, name=name,
-                                      kind=row.kind, workspace=row.workspace, lock_delay=self._lock_delay,
-                                      releaser=self._release_lease, on_lost=on_lost)
+                outcome: Lease | Holder | Delayed | HeldByThread | None
+                if mine is not None and mine.held and mine.owned_here():
+                    mine.reenter()
+                    outcome = mine
+                elif mine is not None and mine.held and mine.owner_thread.is_alive():
+                    outcome = HeldByThread(mine)
+                else:
+                    if mine is not None and mine.held:  # its thread ended without releasing it
+                        self._end_abandoned(tx, session, mine)
+                    outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id,
+                                          name=name, kind=row.kind, workspace=row.workspace,
+                                          lock_delay=self._lock_delay, releaser=self._release_lease,
+                                          on_lost=on_lost)
+                if isinstance(outcome, Lease) and after is not None:
+                    try:
+                        after(tx, outcome)
+                    except BaseException:
+                        if outcome is mine:
+                            mine.leave()
+                        raise
             if isinstance(outcome, Lease):
-                session.track(outcome)
+                if outcome is not mine:
+                    session.track(outcome)
                 return outcome
             if outcome is None:  # our session was ended under us: the next round opens a new one
                 session._mark_lost("the session was ended by another process")
                 continue
-            # Held by a live session, or in lock-delay: wait outside any transaction, or give up.
+            # Held by a live session or another thread, or in lock-delay: wait outside any
+            # transaction, or give up.
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is None or remaining <= 0:
                 raise _held_error(name, row, outcome, wait)
             time.sleep(min(poll, remaining))
             poll = min(poll * 2, _MAX_POLL)
+
+    def _end_abandoned(self, tx: Tx, session: Session, lease: Lease) -> None:
+        """Inside a write transaction: give up a lease whose owning thread ended without releasing it
+        (a new acquisition follows, with a new token)."""
+        tx.execute("DELETE FROM lease WHERE entry_pk = ? AND session_id = ? AND token = ?",
+                   (lease.entry_pk, session.id, lease.token))
+        self._store.record(tx, "lease.release", workspace=lease.workspace, kind=lease.kind, name=lease.name,
+                           entry_id=lease.entry_id, token=lease.token, session=session.id,
+                           reason=f"its thread {lease.owner_thread.name!r} ended without releasing it")
+        session.forget(lease)
+        lease.mark_lost(f"its thread {lease.owner_thread.name!r} ended without releasing it", notify=False)
 
     def _release_lease(self, lease: Lease) -> bool:
         if lease.released or lease.lost:
@@ -194,7 +267,7 @@ class SessionsMixin(RegistryBase):
         with self._backend.read() as tx:
             row = self._store.visible_row(tx, ws, name, kind, "find the lease of")
         held = session.held(row.pk)
-        return held if held is not None and held.held else None
+        return held if held is not None and held.held and held.owned_here() else None
 
     def release(self, name: str, kind: str | None = None, *, force: bool = False,
                 workspace: str | None = None) -> bool:
@@ -204,7 +277,7 @@ class SessionsMixin(RegistryBase):
         as a ``lease.break`` event; the holder finds out at its next beat, check or fenced write).
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         own = self.lease(name, kind, workspace=ws)
         if own is not None:
             return own.release()
@@ -214,15 +287,22 @@ class SessionsMixin(RegistryBase):
                                 "JOIN session AS s ON s.id = l.session_id WHERE l.entry_pk = ?", (row.pk,)).fetchone()
             if holder is None:
                 return False
+            session = self._session_obj
+            ours = session.held(row.pk) if session is not None and holder[0] == session.id else None
             if not force:
+                who = (HeldByThread(ours).describe() if ours is not None else
+                       f"pid {holder[2]} on {holder[3]} ({holder[4]}), not by this process")
                 raise NotLeaseHolderError(
-                    f"{row.kind} {name!r} is held by pid {holder[2]} on {holder[3]} ({holder[4]}), not by this "
-                    "process; only the holder releases (operators: release(..., force=True) or "
-                    "`nameplate release --force`)", name=name, kind=row.kind, holder_session=holder[0])
+                    f"{row.kind} {name!r} is held by {who}; only the holder releases (operators: release(..., "
+                    "force=True) or `nameplate release --force`)", name=name, kind=row.kind,
+                    holder_session=holder[0])
             tx.execute("DELETE FROM lease WHERE entry_pk = ?", (row.pk,))
             self._store.record(tx, "lease.break", workspace=row.workspace, kind=row.kind, name=name,
                                entry_id=row.id, token=int(holder[1]), session=holder[0], holder_pid=int(holder[2]),
                                holder_host=holder[3])
+        if ours is not None:  # broken from another thread of this process: tell the holder now
+            session.forget(ours)  # type: ignore[union-attr]
+            ours.mark_lost("released by force from another thread of this process")
         return True
 
     def locks(self) -> list[HeldLease]:
@@ -231,16 +311,30 @@ class SessionsMixin(RegistryBase):
         with self._backend.read() as tx:
             return list_leases(tx)
 
-    def _before_entry_write(self, tx: Tx, local: LocalRow) -> None:
-        holder = find_holder(tx, local.pk)
-        if holder is None or holder.session_id == self._session_id():
+    def _guard(self, tx: Tx, entry_pk: int, entry_id: str, kind: str, lease: Lease | None = None) -> None:
+        """The one lease guard of every write that changes an existing entry (see ``Store.Guard``).
+
+        Passes when nobody holds the entry, when the holder's process is gone (reaped here, in this
+        transaction), or when this session holds it and the caller is the owning thread or brings the
+        lease (a fenced write, checked by the caller). Raises :class:`LeaseHeldError` otherwise.
+        """
+        holder = find_holder(tx, entry_pk)
+        if holder is None:
             return
+        session = self._session_obj
+        if session is not None and holder.session_id == session.id and session.usable:
+            mine = session.held(entry_pk)
+            if lease is not None or mine is None or mine.owned_here() or not mine.owner_thread.is_alive():
+                return
+            raise LeaseHeldError(
+                f"{kind} {entry_id} is leased by {HeldByThread(mine).describe()}; only the thread holding it may "
+                "change it (pass lease= to write with it from this thread)", holder=HeldByThread(mine).describe())
         # A holder that died (or stopped beating) must not pin the entry: free it in this transaction.
         if reap_if_gone(tx, self._store, holder.session_id, holder.owner, lock_delay=self._lock_delay) is not None:
             return
         described = holder.describe()
         raise LeaseHeldError(
-            f"{local.kind} {local.id} is leased by pid {described['pid']} on {described['host']} "
+            f"{kind} {entry_id} is leased by pid {described['pid']} on {described['host']} "
             f"({described['label']}) since {described['since']}; only the holder may change it (wait for its "
             "release, or break it with release(..., force=True))", holder=described)
 
@@ -274,8 +368,18 @@ def _positive(value: Any, what: str) -> float:
     return float(value)
 
 
-def _held_error(name: str, row: LocalRow, outcome: Holder | Delayed, wait: float | None) -> LeaseHeldError:
+def _check_wait(wait: object) -> None:
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0):
+        raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
+
+
+def _held_error(name: str, row: LocalRow, outcome: Holder | Delayed | HeldByThread,
+                wait: float | None) -> LeaseHeldError:
     waited = "" if wait is None else f" after waiting {wait:g} s"
+    if isinstance(outcome, HeldByThread):
+        return LeaseHeldError(f"{row.kind} {name!r} is held by {outcome.describe()}{waited}; a lease is exclusive "
+                              "between threads too (pass wait=seconds to wait for it)", name=name,
+                              holder=outcome.describe())
     if isinstance(outcome, Delayed):
         return LeaseHeldError(
             f"{row.kind} {name!r} is in lock-delay for {outcome.seconds:.1f} s more{waited}: its last holder's "

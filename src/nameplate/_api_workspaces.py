@@ -7,6 +7,7 @@ transaction that records its events. Reads resolve layers through the ``resolved
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -51,6 +52,7 @@ from .errors import (
     ConflictError,
     EntryNotFoundError,
     InvalidInputError,
+    InvalidMetadataError,
     NameplateError,
     NameTakenError,
     TargetImportError,
@@ -126,8 +128,7 @@ class WorkspacesMixin(RegistryBase):
         if not isinstance(description, str):
             raise InvalidInputError(f"description must be a string, not {type(description).__name__}")
         with self._backend.write() as tx:
-            _layers.create_workspace(tx, self._store, name, parent, description)
-            return next(w for w in _layers.list_workspaces(tx) if w.name == name)
+            return _layers.create_workspace(tx, self._store, name, parent, description)
 
     def workspaces(self) -> list[WorkspaceInfo]:
         """Every workspace, by name, with its parent, depth, children and row counts."""
@@ -150,7 +151,7 @@ class WorkspacesMixin(RegistryBase):
         """Hide an inherited entry in this workspace and its children (a tombstone row here), without
         touching the layer that defines it; return the hidden entry's id."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         with self._backend.write() as tx:
@@ -159,7 +160,7 @@ class WorkspacesMixin(RegistryBase):
     def unhide(self, name: str, kind: str, *, workspace: str | None = None) -> None:
         """Remove this workspace's tombstone for ``name``: the inherited entry shows again."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         with self._backend.write() as tx:
             _layers.unhide(tx, self._store, ws, name, kind)
@@ -172,12 +173,12 @@ class WorkspacesMixin(RegistryBase):
         parent's entry is deleted and this one takes its place.
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         with self._backend.write() as tx:
             entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace,
-                                               guard=self._before_entry_write)
+                                               guard=self._guard)
             return decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
 
     def diff(self, a: str, b: str) -> Diff:
@@ -195,7 +196,7 @@ class WorkspacesMixin(RegistryBase):
         """The resolution trace of ``name``: the ancestry chain, every row met on the way up, which
         layer answered, what it shadows, and which tombstone hid it. It agrees with :meth:`get`."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         with self._backend.read() as tx:
             return _layers.explain(tx, self._store, ws, name, kind)
@@ -286,6 +287,7 @@ class WorkspacesMixin(RegistryBase):
         registrations = [_as_registration(item, index) for index, item in enumerate(items)]
         if not registrations:
             return []
+        _check_metadata(registrations)
         return self._register(ws, registrations, [None] * len(registrations), on_conflict)
 
     def _register(self, ws: str, registrations: list[Registration], origins: list[str | None],
@@ -321,7 +323,7 @@ class WorkspacesMixin(RegistryBase):
             where = f"item {index} ({reg.kind} {reg.name!r})" if len(registrations) > 1 else f"{reg.kind} {reg.name!r}"
             local: list[str] = []
             try:
-                check_name(reg.name)
+                reg = dataclasses.replace(reg, name=check_name(reg.name))
                 if not isinstance(reg.kind, str):
                     check_kind_name(reg.kind)
             except NameplateError as error:
@@ -415,7 +417,7 @@ class WorkspacesMixin(RegistryBase):
                     f"a different {' and '.join(differing)}; pass on_conflict='replace' to overwrite it or "
                     "'keep' to leave it", name=item.name, kind=item.kind, existing_id=entry_id)
         kind_name = item.kind
-        self._before_entry_write(tx, LocalRow(pk, entry_id, kind_id, kind_name, ws_id, ws))
+        self._guard(tx, pk, entry_id, kind_name)
         tx.execute(_REPLACE, (*wanted, now, new_owner, pk))
         if wanted[2] != capabilities:
             _set_capabilities(tx, pk, json.loads(wanted[2]))
@@ -434,7 +436,7 @@ class WorkspacesMixin(RegistryBase):
         below it that do not define the name themselves), in this process only: nothing is stored,
         other processes never see it. Every Registry on the same file in this process sees it."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         with self._backend.read() as tx:
             self._store.workspace_id(tx, ws)
@@ -445,7 +447,7 @@ class WorkspacesMixin(RegistryBase):
     def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
         """Forget an object given to :meth:`bind`; return whether there was one."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         with _process_lock:
             return _bound.pop((self._bind_key(), ws, kind, name), None) is not None
@@ -459,7 +461,7 @@ class WorkspacesMixin(RegistryBase):
         failures raise :class:`TargetImportError` naming the entry and the dotted path.
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         with self._backend.read() as tx:
             trace = _layers.explain(tx, self._store, ws, name, kind)
@@ -572,6 +574,22 @@ class WorkspacesMixin(RegistryBase):
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen
+
+
+def _check_metadata(registrations: list[Registration]) -> None:
+    """Metadata is the caller's own JSON, not part of the definition the kind judges: refuse bad
+    metadata as such (every item's problem at once), before the definitions are validated."""
+    problems = []
+    for index, reg in enumerate(registrations):
+        if reg.metadata is not None:
+            try:
+                encode_object(reg.metadata)
+            except InvalidMetadataError as error:
+                where = f"item {index} ({reg.kind} {reg.name!r})" if len(registrations) > 1 else f"{reg.kind} {reg.name!r}"
+                problems.append(f"{where}: {error}")
+    if problems:
+        raise InvalidMetadataError(f"{len(problems)} problem(s), nothing registered: " + "; ".join(problems),
+                                   problems=problems)
 
 
 def _kinds_unchanged(tx: Tx, prepared: list[_Prepared]) -> bool:

@@ -70,7 +70,7 @@ class RegistryBase:
         """The id of this registry's open session, if any (sessions mixin overrides)."""
         return None
 
-    def _before_entry_write(self, tx: Any, local: Any) -> None:
+    def _guard(self, tx: Any, entry_pk: int, entry_id: str, kind: str, lease: Any = None) -> None:
         """Runs inside an entry write's transaction, before it changes the row (the leases mixin
         refuses entries leased by another session)."""
 

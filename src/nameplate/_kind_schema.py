@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import regex
+
+from . import _patterns
 from ._backend import Tx
 from ._records import utc
 from ._store import Store, _suggest
 from ._validation import check_kind_name, check_target, encode_object
 from .errors import (
     InvalidInputError,
+    InvalidNameError,
     KindInUseError,
     TargetImportError,
     UnknownKindError,
@@ -117,10 +121,20 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
     if unknown_defaults:
         problems.append(f"defaults for fields {unknown_defaults} that the kind does not declare")
     if name_pattern is not None:
-        try:
-            re.compile(name_pattern)
-        except re.error as error:
-            problems.append(f"name_pattern {name_pattern!r} is not a valid regular expression: {error}")
+        if not isinstance(name_pattern, str):
+            problems.append(f"name_pattern must be a string, not {type(name_pattern).__name__}")
+        else:
+            try:
+                _patterns.compiled(name_pattern)
+            except regex.error as error:
+                problems.append(f"name_pattern {name_pattern!r} is not a valid regular expression: {error}")
+            else:
+                probe = _patterns.too_slow(name_pattern)
+                if probe is not None:
+                    problems.append(
+                        f"name_pattern {name_pattern!r} cannot be matched in bounded time: it backtracks "
+                        f"catastrophically (over {_patterns.MATCH_TIMEOUT * 1000:.0f} ms on a name like "
+                        f"{probe[:12] + '...' + probe[-1]!r}); remove nested or overlapping repetition")
     if validator is not None:
         try:
             check_target(validator)
@@ -266,11 +280,19 @@ def validate(kind: Kind, name: str, definition: Mapping[str, Any] | None, *,
 
 
 def name_problems(kind: Kind, name: str) -> list[str]:
-    if kind.name_pattern and not re.search(kind.name_pattern, name):
-        suggestion = _suggest(name, kind.name_pattern)
-        return [f"name {name!r} does not match the pattern {kind.name_pattern}"
-                + (f"; did you mean {suggestion!r}?" if suggestion else "")]
-    return []
+    """Why ``name`` does not fit the kind's pattern (matched in bounded time; never call this while
+    holding the write lock: the pattern is user input)."""
+    if not kind.name_pattern:
+        return []
+    try:
+        fits = _patterns.name_fits(kind.name_pattern, name, kind.name)
+    except InvalidNameError as error:
+        return [str(error)]
+    if fits:
+        return []
+    suggestion = _suggest(name, kind.name_pattern)
+    return [f"name {name!r} does not match the pattern {kind.name_pattern}"
+            + (f"; did you mean {suggestion!r}?" if suggestion else "")]
 
 
 def _run_validator(kind: Kind, definition: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from ulid import ULID
 from ._backend import Tx
 from ._context import CORE
 from ._records import Entry, utc
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, Store, decode_entry
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Guard, Store, decode_entry
 from ._validation import check_workspace_name
 from .errors import EntryNotFoundError, NameTakenError, WorkspaceError
 
@@ -123,7 +123,9 @@ class Conflict:
                 "details": self.details}
 
 
-def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: str) -> None:
+def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: str) -> WorkspaceInfo:
+    """Create a workspace over ``parent`` and return it, in a constant number of statements: its
+    closure rows are the parent's plus itself (one INSERT ... SELECT), nothing else is read."""
     check_workspace_name(name)
     parent_id = store.workspace_id(tx, parent)
     if tx.execute("SELECT 1 FROM workspace WHERE name = ?", (name,)).fetchone() is not None:
@@ -136,6 +138,8 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
     tx.execute("INSERT INTO workspace_ancestor (workspace_id, ancestor_id, depth) "
                "SELECT ?, ancestor_id, depth + 1 FROM workspace_ancestor WHERE workspace_id = ?", (new_id, parent_id))
     store.record(tx, "workspace.create", workspace=name, at=now, parent=parent, description=description)
+    depth = tx.execute("SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = ?", (new_id,)).fetchone()[0]
+    return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())  # type: ignore[arg-type]
 
 
 def list_workspaces(tx: Tx) -> list[WorkspaceInfo]:
@@ -212,7 +216,7 @@ def unhide(tx: Tx, store: Store, workspace: str, name: str, kind: str) -> None:
 
 
 def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, replace: bool,
-            guard: Callable[[Tx, LocalRow], None] | None = None) -> tuple[str, str]:
+            guard: Guard | None = None) -> tuple[str, str]:
     """Move ``workspace``'s own entry one layer up, keeping its id; return ``(id, parent)``.
 
     ``guard`` runs on every row the promotion changes (the entry, and with ``replace`` the parent's
@@ -220,7 +224,7 @@ def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, r
     """
     local = store.visible_local(tx, workspace, name, kind, "promote")
     if guard is not None:
-        guard(tx, local)
+        guard(tx, local.pk, local.id, local.kind)
     parent = tx.execute("SELECT p.id, p.name FROM workspace AS w JOIN workspace AS p ON p.id = w.parent_id "
                         "WHERE w.id = ?", (local.workspace_id,)).fetchone()
     if parent is None:
@@ -235,7 +239,7 @@ def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, r
                              existing_id=existing[1])
     if existing is not None:
         if guard is not None and not existing[2]:
-            guard(tx, LocalRow(int(existing[0]), existing[1], local.kind_id, local.kind, int(parent_id), parent_name))
+            guard(tx, int(existing[0]), existing[1], local.kind)
         tx.execute("DELETE FROM entry WHERE pk = ?", (existing[0],))
         if not existing[2]:
             store.record(tx, "delete", workspace=parent_name, kind=local.kind, name=name, entry_id=existing[1],

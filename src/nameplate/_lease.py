@@ -9,6 +9,7 @@ transaction: a holder that lost its lease cannot write, whatever its clocks say.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,11 @@ class Lease:
     ``token`` is the fencing token. ``lost`` becomes true the moment the heartbeat thread (or any
     check) finds the lease gone; ``lost_event`` can be waited on, and ``on_lost`` (if given) is
     called once from the thread that noticed. :meth:`check` raises :class:`LeaseLost` when lost.
+
+    A lease belongs to the thread that acquired it, like a ``threading.RLock``: that thread may
+    acquire it again (each acquisition needs its own release; the last one gives the lease up),
+    while another thread of the process waits for it or gets :class:`LeaseHeldError`. The object
+    itself is a capability: a thread handed it may pass it to fenced writes or release it.
     """
 
     def __init__(self, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str, workspace: str,
@@ -62,6 +68,8 @@ class Lease:
         self.lost_reason: str | None = None
         self.released = False
         self._notify_lock = threading.Lock()
+        self._owner = threading.current_thread()
+        self._depth = 1  # acquisitions by the owning thread not yet released
 
     @property
     def session_id(self) -> str:
@@ -94,6 +102,26 @@ class Lease:
 
     def mark_released(self) -> None:
         self.released = True
+
+    @property
+    def owner_thread(self) -> threading.Thread:
+        """The thread that acquired the lease (the only one :meth:`Registry.acquire` returns it to)."""
+        return self._owner
+
+    def owned_here(self) -> bool:
+        """Whether the calling thread is the one that acquired the lease."""
+        return self._owner is threading.current_thread()
+
+    def reenter(self) -> None:
+        """The owning thread acquired it once more: one more release before it is given up."""
+        with self._notify_lock:
+            self._depth += 1
+
+    def leave(self) -> bool:
+        """One release by the owner: True when that was the last acquisition (give the lease up now)."""
+        with self._notify_lock:
+            self._depth -= 1
+            return self._depth <= 0
 
     def _reset_after_fork(self) -> None:
         # In a forked child, before anything else: the heartbeat thread may have held these locks
@@ -128,7 +156,12 @@ class Lease:
             raise self._lost_error()
 
     def release(self) -> bool:
-        """Give the lease up; return False if it had already been released or lost."""
+        """Release one acquisition; the last one gives the lease up. Return False if it had already
+        been released or lost."""
+        if self.released or self.lost:
+            return False
+        if not self.leave():
+            return True
         return self._releaser(self)
 
     def __enter__(self) -> Lease:
@@ -139,7 +172,7 @@ class Lease:
 
     def __repr__(self) -> str:
         state = "released" if self.released else ("lost" if self.lost else "held")
-        return f"<Lease {self.kind} {self.name!r} token={self.token} {state}>"
+        return f"<Lease {self.kind} {self.name!r} token={self.token} {state} by thread {self._owner.name}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +193,17 @@ class Holder:
 @dataclass(frozen=True, slots=True)
 class Delayed:
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeldByThread:
+    """Another thread of this very process holds the lease."""
+
+    lease: Lease
+
+    def describe(self) -> str:
+        owner = self.lease.owner_thread
+        return f"thread {owner.name!r} (ident {owner.ident}) of this process (pid {os.getpid()})"
 
 
 def find_holder(tx: Tx, entry_pk: int) -> Holder | None:

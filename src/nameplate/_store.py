@@ -22,11 +22,13 @@ from typing import Any
 
 from ulid import ULID
 
+from . import _patterns
 from ._backend import Backend, Tx
 from ._records import Entry, frozen_json, string_set, utc
 from ._validation import check_name
 from .errors import (
     AmbiguousNameError,
+    ConflictError,
     EntryNotFoundError,
     InvalidNameError,
     NameTakenError,
@@ -59,6 +61,7 @@ _LIST_ALL = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} ORDER BY k.name,
 _LIST_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND k.name = ? ORDER BY r.name"
 
 _WORKSPACE_ID = "SELECT id FROM workspace WHERE name = ?"
+_KIND_OF_NAME = f"SELECT k.name, k.name_pattern {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
 _KIND_ROW = "SELECT id, name_pattern FROM kind WHERE name = ?"
 _WORKSPACE_AND_KIND = ("SELECT w.id, k.id, k.name_pattern FROM workspace AS w, kind AS k "
                        "WHERE w.name = ? AND k.name = ?")
@@ -67,7 +70,7 @@ _INSERT_ENTRY = (
     "INSERT INTO entry (id, workspace_id, kind_id, name, hidden, metadata, capabilities, definition, target,"
     " created_at, updated_at, last_seen_at, owner_session_id, ephemeral)"
     " VALUES (?, ?, ?, ?, 0, ?, '[]', NULL, NULL, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (name, kind_id, workspace_id) DO NOTHING")
+    " ON CONFLICT (name, kind_id, workspace_id) DO NOTHING RETURNING pk")
 _REVIVE_TOMBSTONE = (
     "UPDATE entry SET id = ?, hidden = 0, metadata = ?, capabilities = '[]', definition = NULL, target = NULL,"
     " created_at = ?, updated_at = ?, last_seen_at = ?, owner_session_id = ?, ephemeral = ?, fence = 0"
@@ -95,6 +98,25 @@ def decode_entry(row: Sequence[Any]) -> Entry:
         definition=frozen_json(row[7]), target=row[8],
         created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]),
     )
+
+
+#: How often a create starts over because the kind's pattern changed between checking and writing.
+_PATTERN_ATTEMPTS = 3
+
+#: ``guard(tx, entry_pk, entry_id, kind)`` runs inside a write transaction before an existing entry's
+#: content changes; it raises (:class:`LeaseHeldError`) when another session holds the entry's lease.
+Guard = Callable[[Tx, int, str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What :meth:`Store.find_or_create` found or made: ``metadata`` is the stored text (None if new)."""
+
+    id: str
+    pk: int
+    workspace_id: int
+    metadata: str | None
+    created: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,21 +156,28 @@ class Store:
                                         workspace=workspace)
         return int(row[0])
 
-    def kind_id(self, tx: Tx, kind: str, name: str | None = None) -> int:
-        """The kind's id; with ``name``, also check the kind's name pattern."""
+    def kind_id(self, tx: Tx, kind: str) -> int:
+        """The kind's id, or :class:`UnknownKindError` listing the kinds there are."""
         row = tx.execute(_KIND_ROW, (kind,)).fetchone()
         if row is None:
             known = [r[0] for r in tx.execute("SELECT name FROM kind ORDER BY name").fetchall()]
             raise UnknownKindError(f"kind {kind!r} is not defined; known kinds: {', '.join(known)} "
                                    "(define new ones with define_kind)", kind=kind, known=known)
-        pattern = row[1]
-        if name is not None and pattern:
-            if not re.search(pattern, name):
-                suggestion = _suggest(name, pattern)
-                hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-                raise InvalidNameError(f"name {name!r} does not match kind {kind!r}'s pattern {pattern}{hint}",
-                                       name=name, kind=kind, suggestion=suggestion)
         return int(row[0])
+
+    def checked_pattern(self, workspace: str, kind: str, name: str) -> str:
+        """Check ``name`` against ``kind``'s pattern in a read snapshot, outside any write lock (the
+        pattern is user input; see ``_patterns``). Returns the pattern text it was checked against
+        (``""`` for none), for the write transaction to confirm it did not change meanwhile. Raises
+        for an unknown workspace or kind, or a name the pattern refuses."""
+        with self.backend.read() as tx:
+            ids = tx.execute(_WORKSPACE_AND_KIND, (workspace, kind)).fetchone()
+            if ids is None:
+                self.workspace_id(tx, workspace)
+                self.kind_id(tx, kind)
+        pattern = ids[2] or ""
+        check_pattern(pattern, name, kind)
+        return pattern
 
     def _explain_miss(self, workspace: str, kind: str | None) -> None:
         """After an empty read: raise if the workspace or kind does not exist (else it was just absent)."""
@@ -232,59 +261,88 @@ class Store:
     # -- writes ----------------------------------------------------------------------------------
 
     def resolve(self, workspace: str, name: str, kind: str, metadata: dict[str, Any] | None,
-                *, owner_session_id: str | None = None, ephemeral: bool = False) -> str:
-        """The id of ``name``; created in ``workspace`` if no layer has it. See ``Registry.resolve``."""
+                *, guard: Guard, owner_session_id: str | None = None, ephemeral: bool = False) -> str:
+        """The id of ``name``; created in ``workspace`` if no layer has it. See ``Registry.resolve``.
+
+        ``guard`` runs before a metadata merge changes an existing entry (it refuses entries leased
+        by another session); the kind's name pattern is matched before the write lock is taken.
+        """
         row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
         now = time.time()
         if row is not None and not ephemeral and not _needs_write(row, metadata, now):
             return row[0]
-        with self.backend.write() as tx:
-            now = time.time()
-            row = tx.execute(_PROBE_KIND, (workspace, name, kind)).fetchone()
-            if row is not None:  # an existing entry stays what it is, ephemeral or not
-                self._refresh(tx, row, workspace, name, kind, metadata, now)
-                return row[0]
-            return self._create(tx, workspace, name, kind, metadata or {}, now,
-                                owner_session_id=owner_session_id, ephemeral=ephemeral)
+        pattern = None if row is not None else self.checked_pattern(workspace, kind, name)
+        for _ in range(_PATTERN_ATTEMPTS):
+            with self.backend.write() as tx:
+                found = self.find_or_create(tx, workspace, name, kind, metadata, pattern,
+                                            owner_session_id=owner_session_id, ephemeral=ephemeral)
+                if found is not None:
+                    if not found.created:
+                        self.refresh(tx, found, workspace, name, kind, metadata, guard)
+                    return found.id
+            pattern = self.checked_pattern(workspace, kind, name)  # the kind changed, or the name vanished
+        raise ConflictError(f"kind {kind!r} kept changing while {name!r} was being created; retry", kind=kind)
 
-    def _refresh(self, tx: Tx, row: Sequence[Any], workspace: str, name: str, kind: str,
-                 metadata: dict[str, Any] | None, now: float) -> None:
-        entry_id, pk, stored_text, _, row_workspace_id = row
-        merged = _merged(stored_text, metadata)
-        if merged is None:
-            tx.execute(_TOUCH, (now, pk))
-            return
-        if row_workspace_id != self.workspace_id(tx, workspace):
-            # Metadata of an inherited entry belongs to its own layer; resolving here only reads it.
-            tx.execute(_TOUCH, (now, pk))
-            return
-        tx.execute(_SET_METADATA, (merged, now, now, pk))
-        self.record(tx, "update", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
-                    metadata={"before": json.loads(stored_text), "after": json.loads(merged)})
+    def find_or_create(self, tx: Tx, workspace: str, name: str, kind: str, metadata: dict[str, Any] | None,
+                       pattern: str | None, *, owner_session_id: str | None = None,
+                       ephemeral: bool = False) -> Resolved | None:
+        """Inside a write transaction: the visible entry ``name``, or a new one in ``workspace``.
 
-    def _create(self, tx: Tx, workspace: str, name: str, kind: str, metadata: dict[str, Any], now: float,
-                *, owner_session_id: str | None, ephemeral: bool) -> str:
+        Creating needs the name already checked against the kind's ``pattern`` (outside the lock,
+        :meth:`checked_pattern`); ``None`` means it was not (``pattern`` is None) or the kind's pattern
+        changed since: check again and retry. Nothing is written then.
+        """
+        row = tx.execute(_PROBE_KIND, (workspace, name, kind)).fetchone()
+        if row is not None:  # an existing entry stays what it is, ephemeral or not
+            entry_id, pk, stored_text, _, row_workspace_id = row
+            return Resolved(entry_id, int(pk), int(row_workspace_id), stored_text, created=False)
         ids = tx.execute(_WORKSPACE_AND_KIND, (workspace, kind)).fetchone()
-        if ids is None or (ids[2] and not re.search(ids[2], name)):
-            self.workspace_id(tx, workspace)  # raises the precise error: unknown workspace or kind,
-            self.kind_id(tx, kind, name)  # or a name that breaks the kind's pattern
-        workspace_id, kind_id = ids[0], ids[1]
+        if ids is None:
+            self.workspace_id(tx, workspace)  # raises the precise error: unknown workspace or kind
+            self.kind_id(tx, kind)
+        if pattern is None or (ids[2] or "") != pattern:
+            return None
+        entry_id, pk = self._create(tx, workspace, int(ids[0]), int(ids[1]), name, kind, metadata or {},
+                                    time.time(), owner_session_id=owner_session_id, ephemeral=ephemeral)
+        return Resolved(entry_id, pk, int(ids[0]), None, created=True)
+
+    def refresh(self, tx: Tx, found: Resolved, workspace: str, name: str, kind: str,
+                metadata: dict[str, Any] | None, guard: Guard | None) -> None:
+        """Merge ``metadata`` into an existing entry of this workspace (after ``guard``), or only note
+        that it was seen (``last_seen_at``, the registry's own usage stamp, which no lease guards)."""
+        now = time.time()
+        merged = None if found.metadata is None else _merged(found.metadata, metadata)
+        if merged is None or found.workspace_id != self.workspace_id(tx, workspace):
+            # Metadata of an inherited entry belongs to its own layer; resolving here only reads it.
+            tx.execute(_TOUCH, (now, found.pk))
+            return
+        if guard is not None:
+            guard(tx, found.pk, found.id, kind)
+        tx.execute(_SET_METADATA, (merged, now, now, found.pk))
+        self.record(tx, "update", workspace=workspace, kind=kind, name=name, entry_id=found.id, at=now,
+                    metadata={"before": json.loads(found.metadata), "after": json.loads(merged)})
+
+    def _create(self, tx: Tx, workspace: str, workspace_id: int, kind_id: int, name: str, kind: str,
+                metadata: dict[str, Any], now: float, *, owner_session_id: str | None,
+                ephemeral: bool) -> tuple[str, int]:
         metadata_text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         entry_id = str(ULID())
         inserted = tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
-                                              owner_session_id, int(ephemeral))).rowcount
-        if not inserted:
+                                              owner_session_id, int(ephemeral))).fetchone()
+        if inserted is not None:
+            pk = int(inserted[0])
+        else:
             # The name had no visible entry, yet a row of ours holds it: our tombstone hid an inherited
             # entry. Resolving the name here makes it ours again, with a new id.
-            local = tx.execute(_LOCAL_ROW, (workspace_id, kind_id, name)).fetchone()
+            pk = int(tx.execute(_LOCAL_ROW, (workspace_id, kind_id, name)).fetchone()[0])
             tx.execute(_REVIVE_TOMBSTONE, (entry_id, metadata_text, now, now, now, owner_session_id,
-                                           int(ephemeral), local[0]))
+                                           int(ephemeral), pk))
         self.record(tx, "create", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
                     metadata=metadata, **({"ephemeral": True, "session": owner_session_id} if ephemeral else {}))
-        return entry_id
+        return entry_id, pk
 
     def update_metadata(self, tx: Tx, local: LocalRow, workspace: str, name: str,
-                        metadata: dict[str, Any], *, merge: bool) -> bool:
+                        metadata: dict[str, Any], *, merge: bool, token: int | None = None) -> bool:
         """Set or merge metadata of a local row; return whether anything changed."""
         stored = tx.execute("SELECT metadata FROM entry WHERE pk = ?", (local.pk,)).fetchone()[0]
         if merge:
@@ -296,20 +354,41 @@ class Store:
             return False
         now = time.time()
         tx.execute(_SET_METADATA, (merged, now, now, local.pk))
+        fenced = {} if token is None else {"token": token}
         self.record(tx, "update", workspace=workspace, kind=local.kind, name=name, entry_id=local.id, at=now,
-                    metadata={"before": json.loads(stored), "after": json.loads(merged)})
+                    metadata={"before": json.loads(stored), "after": json.loads(merged)}, **fenced)
         return True
 
     def rename(self, workspace: str, old: str, new: str, kind: str | None,
-               guard: Callable[[Tx, LocalRow], None] | None = None) -> str:
-        check_name(new, "new name")
+               guard: Guard | None = None) -> str:
+        new = check_name(new, "new name")
+        # The new name must fit the kind's pattern, which is user input: match it before the lock.
+        checked: tuple[str, str] | None = None
+        candidates = self.backend.query_all(_KIND_OF_NAME if kind is None else _KIND_OF_NAME + " AND k.name = ?",
+                                            (workspace, old) if kind is None else (workspace, old, kind))
+        if len(candidates) == 1:
+            checked = (candidates[0][0], candidates[0][1] or "")
+            check_pattern(checked[1], new, checked[0])
+        for _ in range(_PATTERN_ATTEMPTS):
+            renamed = self._rename(workspace, old, new, kind, guard, checked)
+            if isinstance(renamed, str):
+                return renamed
+            checked = renamed
+            check_pattern(checked[1], new, checked[0])
+        raise ConflictError(f"the kind of {old!r} kept changing while it was being renamed; retry", name=old)
+
+    def _rename(self, workspace: str, old: str, new: str, kind: str | None, guard: Guard | None,
+                checked: tuple[str, str] | None) -> str | tuple[str, str]:
+        """One attempt: the id, or the (kind, pattern) to check ``new`` against before trying again."""
         with self.backend.write() as tx:
             local = self.visible_local(tx, workspace, old, kind, "rename")
             if guard is not None:
-                guard(tx, local)
+                guard(tx, local.pk, local.id, local.kind)
             if new == old:
                 return local.id
-            self.kind_id(tx, local.kind, new)
+            current = (local.kind, tx.execute(_KIND_ROW, (local.kind,)).fetchone()[1] or "")
+            if current != checked:
+                return current
             taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
                                "AND k.name = ?", (workspace, new, local.kind)).fetchone()
             if taken is not None and not taken[2]:
@@ -326,12 +405,11 @@ class Store:
                         old_name=old, new_name=new)
             return local.id
 
-    def delete(self, workspace: str, name: str, kind: str | None,
-               guard: Callable[[Tx, LocalRow], None] | None = None) -> Entry:
+    def delete(self, workspace: str, name: str, kind: str | None, guard: Guard | None = None) -> Entry:
         with self.backend.write() as tx:
             local = self.visible_local(tx, workspace, name, kind, "delete")
             if guard is not None:
-                guard(tx, local)
+                guard(tx, local.pk, local.id, local.kind)
             entry = entry_by_pk(tx, local.pk)
             tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
             self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
@@ -364,6 +442,18 @@ def _suggest(name: str, pattern: str) -> str | None:
     """A PascalCase spelling of ``name`` when that satisfies ``pattern`` (e.g. xgboost_training)."""
     words = re.split(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])", name)
     candidate = "".join(word[:1].upper() + word[1:] for word in words if word)
-    if candidate and candidate != name and re.search(pattern, candidate):
-        return candidate
+    try:
+        if candidate and candidate != name and _patterns.search(pattern, candidate):
+            return candidate
+    except _patterns.PatternTooSlow:
+        return None
     return None
+
+
+def check_pattern(pattern: str, name: str, kind: str) -> None:
+    """Raise :class:`InvalidNameError` (with a suggestion where one exists) unless ``name`` fits."""
+    if pattern and not _patterns.name_fits(pattern, name, kind):
+        suggestion = _suggest(name, pattern)
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        raise InvalidNameError(f"name {name!r} does not match kind {kind!r}'s pattern {pattern}{hint}",
+                               name=name, kind=kind, suggestion=suggestion)

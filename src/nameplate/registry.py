@@ -62,20 +62,27 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         changes nothing, the call writes nothing. Metadata of an inherited entry is left to its layer.
         Replace metadata wholesale with :meth:`update`.
 
-        ``lock=True`` also takes the entry's lease (as MADSci's ``resolve(..., acquire_lock=True)``):
-        :class:`LeaseHeldError` if another live process holds it (``wait=`` seconds to wait); get the
+        An entry leased by another session (another process, or another thread of this one) keeps
+        its metadata: a merge that would change it raises :class:`LeaseHeldError` and writes nothing.
+        Reading its id is always fine.
+
+        ``lock=True`` also takes the entry's lease (as MADSci's ``resolve(..., acquire_lock=True)``),
+        in the same transaction as the create or merge: :class:`LeaseHeldError` if another live
+        process holds it (``wait=`` seconds to wait), and then nothing was written. Get the
         :class:`Lease` with :meth:`lease` and give it up with :meth:`release`. ``ephemeral=True`` ties a
         newly created entry to this process's session: it is removed when the session ends.
+
+        Names are compared in Unicode NFC: "café" in either spelling is one name.
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         check_kind_name(kind)
         meta = None if metadata is None else _validated(metadata)
-        owner = self.session().id if ephemeral else None
-        entry_id = self._store.resolve(ws, name, kind, meta, owner_session_id=owner, ephemeral=ephemeral)
         if lock:
-            self.acquire(name, kind, wait, workspace=ws)
-        return entry_id
+            return self._resolve_locked(ws, name, kind, meta, wait, ephemeral)
+        owner = self.session().id if ephemeral else None
+        return self._store.resolve(ws, name, kind, meta, guard=self._guard, owner_session_id=owner,
+                                   ephemeral=ephemeral)
 
     def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
         """The id of ``name``, or ``None``. Never writes, never takes a lock.
@@ -83,7 +90,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         Without ``kind``, a name that exists under several kinds raises :class:`AmbiguousNameError`.
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         return self._store.lookup(ws, name, kind)
@@ -91,7 +98,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
     def get(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry | None:
         """The full :class:`Entry` for ``name``, or ``None``. Same rules as :meth:`lookup`."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         return self._store.get(ws, name, kind)
@@ -121,7 +128,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         by another process cannot be changed (:class:`LeaseHeldError`).
         """
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
@@ -132,26 +139,27 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
                     raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
                                             name=name, lease_name=lease.name)
                 lease.fence(tx)
-            self._before_entry_write(tx, local)
-            self._store.update_metadata(tx, local, ws, name, meta, merge=merge)
+            self._guard(tx, local.pk, local.id, local.kind, lease=lease)
+            self._store.update_metadata(tx, local, ws, name, meta, merge=merge,
+                                        token=None if lease is None else lease.token)
             return entry_by_pk(tx, local.pk)
 
     def rename(self, old: str, new: str, kind: str | None = None, *, workspace: str | None = None) -> str:
         """Give an entry a new name; its id stays. Raises :class:`NameTakenError` if ``new`` is used."""
         ws = self._ws(workspace)
-        check_name(old)
-        check_name(new, "new name")
+        old = check_name(old)
+        new = check_name(new, "new name")
         if kind is not None:
             check_kind_name(kind)
-        return self._store.rename(ws, old, new, kind, guard=self._before_entry_write)
+        return self._store.rename(ws, old, new, kind, guard=self._guard)
 
     def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
         """Remove an entry of this workspace and return what it was. The event log keeps its history."""
         ws = self._ws(workspace)
-        check_name(name)
+        name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        return self._store.delete(ws, name, kind, guard=self._before_entry_write)
+        return self._store.delete(ws, name, kind, guard=self._guard)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
