@@ -21,6 +21,7 @@ from conftest import table_snapshot
 from nameplate import NameplateError, Registry
 from nameplate import cli as cli_module
 from nameplate import errors as errors_module
+from nameplate._migrate import available, latest_version
 from nameplate.cli import encode_document, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -136,7 +137,7 @@ def test_health_and_housekeeping_commands(cli, db_path: Path) -> None:  # type: 
     assert "file" in cli("vacuum")
     assert cli("checkpoint").startswith("WAL ")
     assert json.loads(cli("--json", "migrate", "--status"))["pending"] == []
-    assert "schema version 1" in cli("migrate")
+    assert f"schema version {latest_version()} (latest {latest_version()})" in cli("migrate")
     assert [k["name"] for k in json.loads(cli("--json", "kinds"))][:2] == ["builder", "experiment"]
     assert "hyperparameter" in cli("kinds")
 
@@ -339,6 +340,8 @@ def test_every_error_class_exits_with_its_documented_code(cli, monkeypatch: pyte
                                                           cls: type[NameplateError]) -> None:
     expected = (3 if issubclass(cls, errors_module.NotFoundError) else
                 4 if issubclass(cls, errors_module.ConflictError) else
+                6 if issubclass(cls, errors_module.DatabaseLocationError) else
+                7 if issubclass(cls, errors_module.StorageError) else
                 5 if issubclass(cls, (errors_module.DatabaseError, errors_module.IntegrityProblemError)) else 1)
     assert cls.exit_code == expected
 
@@ -354,14 +357,14 @@ def test_migrate_status_only_looks(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.db"
     result = CliRunner().invoke(main, ["--db", str(fresh), "--json", "migrate", "--status"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["pending"] == [{"version": 1, "name": "initial schema"}]
+    assert json.loads(result.output)["pending"] == [{"version": m.version, "name": m.name} for m in available()]
     assert not fresh.exists()
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()  # a database file with no schema yet
     assert "pending" in CliRunner().invoke(main, ["--db", str(empty), "migrate", "--status"]).output
     assert sqlite3.connect(empty).execute("PRAGMA user_version").fetchone()[0] == 0  # still not migrated
     applied = CliRunner().invoke(main, ["--db", str(empty), "--json", "migrate"])
-    assert json.loads(applied.output)["applied_now"] == [1]
+    assert json.loads(applied.output)["applied_now"] == [m.version for m in available()]
     assert json.loads(CliRunner().invoke(main, ["--db", str(empty), "--json", "migrate", "--status"]).output
                       )["pending"] == []
 
@@ -417,3 +420,24 @@ def test_import_dry_run_lists_what_would_change(cli, db_path: Path, tmp_path: Pa
     assert "would import (replace, nameplate): 0 added, 0 kept, 1 replaced, 1 removed" in output
     assert json.loads(cli("--json", "import", str(export), "--replace", "--dry-run"))["workspaces_removed"] == ["dev1"]
     assert table_snapshot(db_path) == before
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_deeply_nested_input_is_one_line_never_a_traceback(tmp_path: Path, depth: int) -> None:
+    db = tmp_path / "registry.db"
+    deep = "[" * depth + "]" * depth
+    resolved = subprocess.run([sys.executable, "-m", "nameplate", "--db", str(db), "resolve", "lh1", "--kind", "node",
+                               "--meta", f"shape={deep}"], capture_output=True, text=True, timeout=60)
+    assert resolved.returncode == 1 and resolved.stderr.count("\n") == 1, resolved.stderr
+    assert "nests deeper than 64 levels" in resolved.stderr and "Traceback" not in resolved.stderr
+    document = tmp_path / "deep.json"
+    document.write_text('{"format": "nameplate-export", "version": 1, "entries": [{"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV",'
+                        ' "workspace": "core", "kind": "node", "name": "lh1", "metadata": {"shape": ' + deep + '},'
+                        ' "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",'
+                        ' "last_seen_at": "2026-01-01T00:00:00Z"}]}')
+    imported = subprocess.run([sys.executable, "-m", "nameplate", "--db", str(db), "import", str(document)],
+                              capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 1 and imported.stderr.count("\n") == 1, imported.stderr
+    assert "deeper than 64 levels" in imported.stderr and "Traceback" not in imported.stderr
+    with Registry(db) as registry:
+        assert registry.list() == []

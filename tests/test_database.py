@@ -17,6 +17,7 @@ from nameplate import (
     AmbiguousNameError,
     DatabaseError,
     EntryNotFoundError,
+    ForeignDatabaseError,
     InvalidNameError,
     LeaseHeldError,
     NameplateError,
@@ -27,6 +28,7 @@ from nameplate import (
 from nameplate import errors as errors_module
 from nameplate._migrate import latest_version
 from nameplate._models import ALL_MODELS
+from nameplate._sqlite import APPLICATION_ID
 
 
 def test_every_connection_gets_the_declared_pragmas(registry: Registry) -> None:
@@ -153,7 +155,7 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     before = path.read_bytes()
     with pytest.raises(DatabaseError) as caught:
         Registry(path)
-    assert "not a usable SQLite database" in str(caught.value)
+    assert "is not a SQLite database" in str(caught.value)
     assert path.read_bytes() == before
 
 
@@ -167,6 +169,75 @@ def test_someone_elses_sqlite_database_is_refused(tmp_path: Path) -> None:
         Registry(path)
     assert "invoices" in str(caught.value)
     assert table_snapshot(path) == {"invoices": []}
+
+
+def _fingerprint(path: Path) -> tuple[bytes, int, list[str]]:
+    """Everything a refusal must leave as it was: the bytes, the mtime, the files beside it."""
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(p.name for p in path.parent.iterdir())
+
+
+def _foreign_database(path: Path, *, wal: bool = False, user_version: int = 0, application_id: int = 0) -> None:
+    conn = sqlite3.connect(path)
+    if wal:
+        conn.execute("PRAGMA journal_mode = wal")
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+    conn.execute(f"PRAGMA user_version = {user_version}")
+    conn.execute(f"PRAGMA application_id = {application_id}")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("shape", ["rollback journal", "wal", "our user_version", "an application id"])
+def test_another_applications_database_is_refused_byte_for_byte_untouched(tmp_path: Path, shape: str) -> None:
+    path = tmp_path / "other.db"
+    _foreign_database(path, wal=shape == "wal", user_version=latest_version() if shape == "our user_version" else 0,
+                      application_id=0x12345678 if shape == "an application id" else 0)
+    before = _fingerprint(path)
+    assert before[0][18:20] == (b"\x02\x02" if shape == "wal" else b"\x01\x01")  # journal mode bytes
+    time.sleep(0.01)  # a write would move the mtime past this
+    with pytest.raises(ForeignDatabaseError) as caught:
+        Registry(path)
+    assert "refused it without changing it" in str(caught.value)
+    assert caught.value.exit_code == 5
+    assert _fingerprint(path) == before  # no header change (WAL switch), no -wal/-shm litter
+
+
+def test_a_nameplate_file_from_before_the_application_id_is_recognised_and_marked(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        entry_id = registry.resolve("lh1", "node")
+    conn = sqlite3.connect(db_path)  # what version 1 left: no application id, user_version 1
+    conn.execute("PRAGMA application_id = 0")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("DELETE FROM schema_migration WHERE version > 1")
+    conn.commit()
+    conn.close()
+    with Registry(db_path) as registry:
+        assert registry.migrations_applied == list(range(2, latest_version() + 1))
+        assert registry.lookup("lh1", "node") == entry_id
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.close()
+
+
+def test_an_empty_sqlite_file_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).execute("VACUUM").connection.close()
+    with Registry(path) as registry:
+        assert registry.resolve("lh1", "node")
+
+
+def test_a_schema_too_new_leaves_the_file_as_it_was(db_path: Path) -> None:
+    Registry(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {latest_version() + 1}")
+    conn.close()
+    before = _fingerprint(db_path)
+    time.sleep(0.01)
+    with pytest.raises(SchemaTooNewError) as caught:
+        Registry(db_path)
+    assert "The file was not touched" in str(caught.value)
+    assert _fingerprint(db_path) == before
 
 
 def test_models_match_the_migrated_schema(registry: Registry) -> None:

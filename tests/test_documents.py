@@ -298,10 +298,30 @@ def test_import_validates_again_when_the_registry_moved(registry: Registry, db_p
                 other.resolve("a", "node")
 
         plan = mine.import_document(document, progress=meanwhile)
-        assert calls.count(0) == 2  # validated twice: the revision moved between the plan and the write
+        # Validated once, outside the lock; the revision moved before the write, so what depends on the
+        # registry's contents (the name "a" is now taken) was judged again inside the write transaction.
+        assert calls.count(0) == 1
         assert plan.kept == ["core/node/a"] and plan.added == ["core/node/b"]
         assert mine.lookup("a", "node") != registry.lookup("a", "node")
         assert mine.lookup("b", "node") == registry.lookup("b", "node")
+
+
+def test_an_import_validates_again_outside_the_lock_when_a_kind_changed(registry: Registry, tmp_path: Path) -> None:
+    registry.define_kind("sensor", optional=["unit"], strict=True)
+    registry.register("thermo", "sensor", {"unit": "C"})
+    document = registry.export()
+    target = tmp_path / "other.db"
+    calls: list[int] = []
+    with Registry(target) as mine, Registry(target) as other:
+        other.define_kind("sensor", optional=["unit"], strict=True)
+
+        def meanwhile(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == 1:  # the kind's schema changes while the document is being validated
+                other.define_kind("sensor", optional=["unit", "range"], strict=True)
+
+        assert mine.import_document(document, progress=meanwhile).added == ["core/sensor/thermo"]
+        assert calls.count(0) == 2  # validated a second time, against the new schema, still outside the lock
 
 
 def test_duplicate_keys_in_a_file_are_refused(registry: Registry, db_path: Path, tmp_path: Path) -> None:

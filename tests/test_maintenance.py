@@ -17,6 +17,7 @@ import pytest
 from conftest import SPAWN, wait_until
 from nameplate import Registry
 from nameplate._health import CHECKS, CheckReport, Finding
+from nameplate._migrate import available, latest_version
 
 
 def corrupt(db_path: Path, *statements: str) -> None:
@@ -134,7 +135,7 @@ def test_stats_counts_what_is_there(registry: Registry) -> None:
     assert stats["entries_per_kind"]["node"] == 2 and stats["entries_per_kind"]["step"] == 1
     assert stats["entries_per_workspace"] == {"core": 2, "dev1": 1}
     assert stats["revision"] == registry.revision == stats["events"]
-    assert stats["schema_version"] == stats["latest_schema_version"] == 1
+    assert stats["schema_version"] == stats["latest_schema_version"] == latest_version()
     assert stats["file_bytes"] > 0 and stats["wal_bytes"] >= 0 and stats["path"] == str(registry.path)
     assert stats["live_sessions"] == 0 and stats["leases"] == 0 and stats["kinds"] == 10
 
@@ -160,15 +161,16 @@ def test_checkpoint_empties_the_wal_and_vacuum_shrinks_the_file(registry: Regist
 def test_schema_status_inspects_without_migrating(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.db"
     status = Registry.schema_status(fresh)
-    assert (status.current, status.latest, status.applied) == (0, 1, [])
-    assert status.pending == [(1, "initial schema")] and not fresh.exists()
+    assert (status.current, status.latest, status.applied) == (0, latest_version(), [])
+    assert status.pending == [(m.version, m.name) for m in available()] and not fresh.exists()
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
-    assert Registry.schema_status(empty).pending == [(1, "initial schema")]
+    assert Registry.schema_status(empty).pending == [(m.version, m.name) for m in available()]
     assert sqlite3.connect(empty).execute("PRAGMA user_version").fetchone()[0] == 0
     with Registry(empty) as registry:
         status = registry.migration_status()
-        assert status.current == 1 and status.pending == [] and [a[:2] for a in status.applied] == [(1, "initial schema")]
+        assert status.current == latest_version() and status.pending == []
+        assert [a[:2] for a in status.applied] == [(m.version, m.name) for m in available()]
     assert Registry.schema_status(empty) == status
 
 

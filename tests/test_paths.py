@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from nameplate import InvalidInputError, NetworkFilesystemError, Registry
+from nameplate import DatabaseLocationError, InvalidInputError, NetworkFilesystemError, Registry, StorageError
 from nameplate import _paths
 from nameplate._paths import locate
 
@@ -104,3 +107,114 @@ def test_network_filesystems_are_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_the_real_temp_directory_is_local() -> None:
     assert _paths.filesystem_type(Path("/tmp")) not in _paths._NETWORK_FILESYSTEMS
+
+
+# -- paths that cannot hold a registry: each its own error and exit code, nothing created --------------
+
+
+def _cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nameplate", "--db", str(path), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_name_too_long_for_the_filesystem_is_a_location_error(tmp_path: Path) -> None:
+    path = tmp_path / ("x" * 300 + ".db")
+    with pytest.raises(DatabaseLocationError) as caught:
+        Registry(path)
+    assert "too long for the filesystem" in str(caught.value)
+    result = _cli(path, "resolve", "lh1", "--kind", "node")
+    assert result.returncode == 6 and result.stderr.count("\n") == 1 and "too long" in result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/null", "directory"])
+def test_a_path_that_is_not_a_regular_file_is_refused_for_what_it_is(tmp_path: Path, special: str) -> None:
+    if special == "fifo":
+        path = tmp_path / "pipe.db"
+        os.mkfifo(path)
+        expected = "named pipe"
+    elif special == "directory":
+        path = tmp_path / "folder.db"
+        path.mkdir()
+        expected = "is a directory"
+    else:
+        path, expected = Path(special), "character device"
+    with pytest.raises(DatabaseLocationError) as caught:
+        Registry(path)
+    assert expected in str(caught.value) and "disk space" not in str(caught.value)
+    result = _cli(path, "ls")
+    assert result.returncode == 6 and expected in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_no_database_is_created_through_a_dangling_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "registry.db"
+    link = tmp_path / "registry.db"
+    link.symlink_to(target)
+    with pytest.raises(DatabaseLocationError) as caught:
+        Registry(link)
+    assert "dangling" in str(caught.value) and str(target) in str(caught.value)
+    assert not target.exists() and not target.parent.exists()
+    target.parent.mkdir()
+    Registry(target).close()  # once the target exists, the link is a fine way to reach it
+    with Registry(link) as registry:
+        assert registry.path == link and registry.resolve("lh1", "node")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that really fills up (mounting needs root, which CI has)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_a_storage_error_and_loses_nothing(tiny_disk: Path) -> None:
+    path = tiny_disk / "registry.db"
+    filler = tiny_disk / "filler"
+    created: dict[str, str] = {}
+    with Registry(path) as registry:
+        registry.resolve("first", "node")
+        with open(filler, "wb") as handle:  # leave about 200 KiB for the registry to fill
+            handle.write(b"\0" * (1024 * 1024 - 200 * 1024 - os.path.getsize(path) - os.path.getsize(f"{path}-wal")))
+        with pytest.raises(StorageError) as caught:
+            for index in range(10_000):
+                name = f"node_{index}"
+                created[name] = registry.resolve(name, "node", {"padding": "x" * 2000})
+        assert "disk is full" in str(caught.value) and caught.value.exit_code == 7
+        result = _cli(path, "resolve", "one_more", "--kind", "node", "--meta", f"padding={'y' * 8000}")
+        assert result.returncode == 7 and "disk is full" in result.stderr and result.stderr.count("\n") == 1
+        filler.unlink()  # free the disk: the same Registry carries on
+        created["after"] = registry.resolve("after", "node", {"padding": "z" * 2000})
+    with Registry(path) as registry:  # every acknowledged resolve is there, and the file is sound
+        assert {name: registry.lookup(name, "node") for name in created} == created
+        assert registry.lookup("one_more", "node") is None
+        assert registry.check().ok
+
+
+def test_check_reports_who_else_can_write_the_registry(tmp_path: Path) -> None:
+    path = tmp_path / "shared" / "registry.db"
+    with Registry(path) as registry:
+        assert not [f for f in registry.check().warnings if f.check == "permissions"]
+        os.chmod(path, 0o666)
+        report = registry.check()
+        assert not report.ok and any(f.check == "permissions" and "every user" in f.message
+                                     for f in report.problems)
+        os.chmod(path, 0o600)
+        os.chmod(path.parent, 0o770)
+        report = registry.check()
+        assert report.ok and any("writable by its group" in f.message for f in report.warnings)
+        os.chmod(path.parent, 0o1777)
+        report = registry.check()
+        assert report.ok and any("sticky" in f.message for f in report.warnings)
+        os.chmod(path.parent, 0o777)
+        assert any(f.check == "permissions" for f in registry.check().problems)
+        os.chmod(path.parent, 0o700)
+        if os.geteuid() == 0:  # only root can give the file away
+            os.chown(path, 65534, 65534)
+            assert any("is owned by" in f.message for f in registry.check().warnings)

@@ -169,13 +169,55 @@ def test_every_change_writes_one_event_in_order(registry: Registry, db_path: Pat
 
 
 @pytest.mark.parametrize("bad_name", ["", "   ", "a\x00b", "tab\tname", "line\nbreak", "x" * 256, " lead",
-                                      "trail ", "bell\x07", "sep\u2028x", 42, None])
+                                      "trail ", "bell\x07", "sep\u2028x", 42, None,
+                                      # invisible: a bidi override, zero-width space and word joiner,
+                                      # a byte-order mark, a soft hyphen, private use
+                                      "admin\u202etxt.exe", "lh\u200b1", "lh\u20601", "\ufefflh1", "lh\u00ad1",
+                                      "lh\ue0001"])
 def test_invalid_names_are_rejected_and_change_nothing(registry: Registry, db_path: Path, bad_name: object) -> None:
     before = table_snapshot(db_path)
     with pytest.raises(InvalidNameError) as caught:
         registry.resolve(bad_name, "node")  # type: ignore[arg-type]
     assert isinstance(caught.value, ValueError)
     assert table_snapshot(db_path) == before
+
+
+def test_names_are_compared_in_nfc(registry: Registry) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # what macOS file names hand out is the second
+    entry_id = registry.resolve(decomposed, "node")
+    assert registry.resolve(composed, "node") == entry_id == registry.lookup(decomposed, "node")
+    assert registry.get(composed, "node").name == composed  # stored, listed and exported in NFC
+    assert [e.name for e in registry.list("node")] == [composed]
+    registry.rename(composed, "cafe\u0301s", "node")
+    assert registry.lookup("caf\u00e9s", "node") == entry_id
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_metadata_nested_too_deep_is_refused_on_every_path(registry: Registry, db_path: Path, depth: int) -> None:
+    registry.resolve("exists", "node")
+    before = table_snapshot(db_path)
+    attempts = [lambda: registry.resolve("exists", "node", _nested(depth)),
+                lambda: registry.resolve("new", "node", _nested(depth)),
+                lambda: registry.update("exists", "node", metadata=_nested(depth)),
+                lambda: registry.register("probe", "provider", metadata=_nested(depth)),
+                lambda: registry.register("probe", "provider", {"description": "x"}, metadata={"deep": [_nested(depth)]})]
+    for attempt in attempts:
+        with pytest.raises(InvalidMetadataError, match="nests deeper than 64 levels"):
+            attempt()
+    session = registry.session()
+    with pytest.raises(InvalidMetadataError, match="nests deeper than 64 levels"):
+        session.report(status="healthy", progress=_nested(depth))
+    snapshot = table_snapshot(db_path)
+    del snapshot["session"], before["session"]
+    assert {k: v for k, v in snapshot.items() if k != "event"} == {k: v for k, v in before.items() if k != "event"}
+    assert registry.resolve("fine", "node", _nested(63)) == registry.lookup("fine", "node")
 
 
 def test_a_255_character_unicode_name_is_fine(registry: Registry) -> None:

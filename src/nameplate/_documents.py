@@ -9,7 +9,7 @@ An import validates the whole document first (structure, version, names, ids, du
 parents, definitions against the kind they will be stored under), plans against the registry as it
 is, and only then writes everything in one transaction: ``merge`` keeps what exists and adds what is
 new; ``replace`` makes the file the registry. Validation (which may run kinds' validators, user code)
-happens outside the write lock; the write re-validates only if the registry's revision moved meanwhile.
+happens outside the write lock; the write re-judges only what depends on the registry's contents.
 
 MADSci's ``LocalRegistryManager`` file (``madsci.common.types.registry_types.LocalRegistry``) maps each
 name to ``{id, component_type, created_at, last_seen, metadata, lock, workcell_id}``. Its names form one
@@ -45,6 +45,7 @@ from ._layers import create_workspace
 from ._records import utc
 from ._store import Store
 from ._validation import (
+    MAX_DEPTH,
     check_capabilities,
     check_kind_name,
     check_name,
@@ -67,10 +68,10 @@ _KIND_FIELDS = frozenset({"name", "description", "required", "optional", "defaul
                           "strict", "builtin"})
 _WORKSPACE_FIELDS = frozenset({"name", "parent", "description", "created_at"})
 _TOMBSTONE_FIELDS = frozenset({"workspace", "kind", "name"})
-#: How often an import re-validates outside the write lock when other writers keep moving the
-#: registry, before it validates inside the lock (holding other writers up while validators run).
+#: How often an import validates again (outside the write lock) because kinds were redefined meanwhile.
 _ATTEMPTS = 3
 _REVISION = "SELECT coalesce(max(rev), 0) FROM event"
+_KINDS_FINGERPRINT = "SELECT name, updated_at FROM kind ORDER BY name"
 
 
 def iso(timestamp: float) -> str:
@@ -112,6 +113,11 @@ def read_json(path: Path) -> Any:
         raise ImportFileError(f"{path} has the key {error.key!r} twice in one object; JSON parsers keep only "
                               "one of them, so nothing was imported", path=str(path),
                               problems=[f"duplicate key {error.key!r}"]) from None
+    except RecursionError:
+        # The C decoder gives up on nesting deeper than the interpreter's recursion limit; nothing we
+        # store may nest past MAX_DEPTH anyway, so the file cannot be imported.
+        raise ImportFileError(f"{path} nests objects or arrays deeper than {MAX_DEPTH} levels; nothing was "
+                              "imported", path=str(path), problems=["nested too deep"]) from None
     except json.JSONDecodeError as error:
         raise ImportFileError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
                               "is it truncated?", path=str(path), problems=[str(error)]) from None
@@ -443,9 +449,12 @@ def _check_id(value: Any, where: str, problems: list[str]) -> None:
 
 
 def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
-                    progress: Callable[[int, int], None] | None = None) -> list[str]:
+                    progress: Callable[[int, int], None] | None = None, *, user_code: bool = True) -> list[str]:
     """Raise ImportFileError listing every problem of the document, judged against the registry it goes
-    into; return the user kinds the import defines."""
+    into; return the user kinds the import defines.
+
+    ``user_code=False`` skips what kinds' validators and name patterns decide (user code and patterns
+    never run under the write lock): only for a document already checked against the same kinds."""
     problems: list[str] = []
     existing_ws = {r[0] for r in tx.execute("SELECT name FROM workspace").fetchall()}
     if doc.format == "madsci" and doc.workspace not in existing_ws:
@@ -485,7 +494,7 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
             progress(index, total)
         where = f"entries[{index}] ({entry.get('kind')} {entry.get('name')!r})"
         try:
-            check_name(entry.get("name"))
+            entry["name"] = check_name(entry.get("name"))
             check_kind_name(entry.get("kind"))
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
@@ -511,6 +520,8 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
         kind = kinds.get(entry["kind"])
         if kind is None:
             problems.append(f"{where}: kind {entry['kind']!r} is not defined here nor in the file")
+        elif not user_code:
+            pass  # judged outside the lock against these very kinds
         elif entry.get("definition") is None:  # an identity without a definition: only its name must fit
             problems.extend(f"{where}: {p}" for p in name_problems(kind, entry["name"]))
         else:
@@ -524,7 +535,7 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
     for index, tomb in enumerate(doc.tombstones):
         where = f"tombstones[{index}]"
         try:
-            check_name(tomb.get("name"))
+            tomb["name"] = check_name(tomb.get("name"))
             check_kind_name(tomb.get("kind"))
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
@@ -550,37 +561,40 @@ def import_document(backend: Backend, store: Store, data: Any, *, fmt: str = "au
                     progress: Callable[[int, int], None] | None = None) -> ImportPlan:
     """Validate and plan (reporting ``progress(done, total)`` over the entries), then write at once.
 
-    Validation runs in a read snapshot, outside the write lock: kinds' validators are user code and a
-    slow terminal drawing the progress bar must not hold other writers up. The write transaction checks
-    that the revision did not move since; if it did, the import validates again (and after a few tries,
-    inside the lock, so a busy registry cannot starve it).
+    Validation runs in a read snapshot, outside the write lock: kinds' validators and name patterns
+    are user input and a slow terminal drawing the progress bar must not hold other writers up. If the
+    revision moved before the write, the parts that depend on the registry's contents are judged again
+    inside the write transaction (no user code there); only a redefined kind sends the import back to
+    validate outside the lock. Busy writers therefore cannot starve an import.
     """
     if mode not in ("merge", "replace"):
         raise InvalidInputError(f"mode must be 'merge' or 'replace', not {mode!r}", mode=mode)
     doc = parse_document(data, fmt, workspace, source)
-    for attempt in range(_ATTEMPTS + 1):
-        locked = attempt == _ATTEMPTS
-        if not locked:
-            with backend.read() as tx:
-                revision = int(tx.execute(_REVISION).fetchone()[0])
-                defined = _check_document(doc, tx, mode, source, progress)
-                plan, ops = _plan(tx, doc, mode, defined, revision)
-            if progress is not None:
-                progress(len(doc.entries), len(doc.entries))
-            if dry_run:
-                return plan
+    for _ in range(_ATTEMPTS):
+        with backend.read() as tx:
+            revision = int(tx.execute(_REVISION).fetchone()[0])
+            kinds_seen = tx.execute(_KINDS_FINGERPRINT).fetchall()
+            defined = _check_document(doc, tx, mode, source, progress)
+            plan, ops = _plan(tx, doc, mode, defined, revision)
+        if progress is not None:
+            progress(len(doc.entries), len(doc.entries))
+        if dry_run:
+            return plan
         with backend.write() as tx:
             now = int(tx.execute(_REVISION).fetchone()[0])
-            if locked:
-                defined = _check_document(doc, tx, mode, source)
+            if now != revision:
+                # Another process wrote meanwhile. The validators' and patterns' verdicts still hold if
+                # no kind changed; judge the rest (names taken, workspaces, leases) again, here.
+                if tx.execute(_KINDS_FINGERPRINT).fetchall() != kinds_seen:
+                    continue
+                defined = _check_document(doc, tx, mode, source, user_code=False)
                 plan, ops = _plan(tx, doc, mode, defined, now)
-            elif now != revision:
-                continue  # another process wrote meanwhile: judge the document against the registry as it is now
             _apply(tx, store, doc, mode, plan, ops)
             plan.revision = int(tx.execute(_REVISION).fetchone()[0])
         plan.applied = True
         return plan
-    raise AssertionError("unreachable: the last attempt validates under the write lock")
+    raise ConflictError(f"kinds kept being redefined while {source} was being imported; retry (nothing was "
+                        "imported)")
 
 
 def _label(ws: str, kind: str, name: str) -> str:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._backend import Backend, Tx
@@ -13,7 +17,8 @@ from ._session import list_sessions
 from .errors import NameplateError
 
 #: The checks ``check()`` runs, in order; each finding names the one that found it.
-CHECKS = ("integrity", "foreign_key", "definition", "metadata", "capability_index", "lease", "layer", "ephemeral")
+CHECKS = ("integrity", "foreign_key", "definition", "metadata", "capability_index", "lease", "layer", "ephemeral",
+          "permissions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,46 @@ def check(backend: Backend) -> CheckReport:
                    "workspaces": int(tx.execute("SELECT count(*) FROM workspace").fetchone()[0]),
                    "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0]),
                    "sessions": int(tx.execute("SELECT count(*) FROM session WHERE state = 'live'").fetchone()[0])}
+    _permissions(backend.location.path, problems, warnings)
     return CheckReport(tuple(problems), tuple(warnings), checked)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _permissions(path: Path | None, problems: list[Finding], warnings: list[Finding]) -> None:
+    """Who else can change the registry. Anyone who can write the file (or replace it through its
+    directory) can forge leases and fencing tokens, which no check inside nameplate would notice:
+    a problem. A shared group, another owner or a sticky world-writable directory (``/tmp``) may
+    be deliberate: a warning."""
+    if path is None:
+        return
+    me = os.geteuid()
+    for target, what in ((path, "the database file"), (path.parent, "its directory")):
+        try:
+            info = os.stat(target)
+        except OSError as error:
+            warnings.append(Finding("permissions", f"cannot inspect {what} {target}: {error.strerror}"))
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid != me:
+            warnings.append(Finding("permissions", f"{what} {target} is owned by {_owner_name(info.st_uid)}, not "
+                                    f"by {_owner_name(me)}, who runs this check"))
+        sticky = bool(mode & stat.S_ISVTX) and target == path.parent
+        if mode & stat.S_IWOTH and not sticky:
+            problems.append(Finding("permissions", f"{what} {target} is writable by every user (mode {mode:04o}); "
+                                    f"they could rewrite leases and ids: chmod o-w {target}"))
+        elif mode & stat.S_IWOTH:
+            warnings.append(Finding("permissions", f"{what} {target} is writable by every user (sticky, mode "
+                                    f"{mode:04o}): others can create the -wal and -shm files beside the database; "
+                                    "prefer a private directory"))
+        elif mode & stat.S_IWGRP:
+            warnings.append(Finding("permissions", f"{what} {target} is writable by its group (mode {mode:04o}); "
+                                    "fine if the group is meant to share the registry"))
 
 
 def _definitions(tx: Tx, kinds: dict[str, Kind], problems: list[Finding]) -> int:

@@ -6,7 +6,9 @@ directory walking up from the current directory, then the user data directory fr
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import platformdirs
 import psutil
 
-from .errors import DatabaseError, InvalidInputError, NetworkFilesystemError
+from .errors import DatabaseLocationError, InvalidInputError, NetworkFilesystemError, StorageError
 
 ENV_DB = "NAMEPLATE_DB"
 PROJECT_DIR = ".nameplate"
@@ -67,7 +69,7 @@ def locate(explicit: str | os.PathLike[str] | None = None, *, cwd: Path | None =
 
 def _from_spec(spec: str, source: str, why: str) -> Location:
     if "://" not in spec:
-        return Location(Path(spec).expanduser().resolve(), source, why)
+        return Location(_absolute(spec), source, why)
     parts = urlsplit(spec)
     scheme = parts.scheme.lower()
     if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
@@ -88,28 +90,92 @@ def _from_spec(spec: str, source: str, why: str) -> Location:
         raise InvalidInputError(
             f"{spec!r} names no file: nameplate is shared between processes, so it needs a file path",
             spec=spec)
-    path = Path(raw[1:])
-    return Location(path.expanduser().resolve(), source, why)
+    return Location(_absolute(raw[1:]), source, why)
+
+
+def _absolute(spec: str) -> Path:
+    # Absolute, but the last component is not resolved: a symlink there must stay visible, so that
+    # prepare() can refuse one that dangles instead of creating a database where it points.
+    return Path(os.path.abspath(Path(spec).expanduser()))
 
 
 def prepare(location: Location) -> None:
-    """Create the database's directory (0700) and file (0600) if missing; refuse network filesystems."""
+    """Create the database's directory (0700) and file (0600) if missing; refuse network filesystems,
+    dangling symlinks and paths that are not regular files. Raises :class:`DatabaseLocationError`
+    (or :class:`StorageError` when the disk is full) and never a bare ``OSError``."""
     assert location.path is not None
     path = location.path
-    directory = path.parent
-    _make_private_dirs(directory)
-    _refuse_network_filesystem(directory)
-    if path.is_dir():
-        raise DatabaseError(f"{path} is a directory, not a database file; point nameplate at a file",
-                            path=str(path))
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        _make_private_dirs(path.parent)
+        _refuse_network_filesystem(path.parent)
+        _refuse_unusable(path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            _refuse_unusable(path)  # it appeared meanwhile: judge it as any existing path
+            return
+        os.close(fd)
+    except DatabaseLocationError:
+        raise  # ours (an OSError subclass too): already specific
+    except OSError as error:
+        raise location_error(error, path) from None
+
+
+def _refuse_unusable(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return
-    except PermissionError:
-        raise DatabaseError(f"cannot create {path}: permission denied; choose a writable location "
-                            f"with --db or {ENV_DB}", path=str(path)) from None
-    os.close(fd)
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(path)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            raise DatabaseLocationError(
+                f"{path} is a symbolic link to {target}, which does not exist; nameplate does not create a "
+                "database through a dangling link (create the target, or point nameplate at a real path)",
+                path=str(path), target=target) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DatabaseLocationError(f"{path} is a directory, not a database file; point nameplate at a file",
+                                    path=str(path))
+    if not stat.S_ISREG(info.st_mode):
+        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(info.st_mode) else "a character device"
+                if stat.S_ISCHR(info.st_mode) else "a block device" if stat.S_ISBLK(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise DatabaseLocationError(f"{path} is {what}; a registry lives in a regular file (--db or {ENV_DB})",
+                                    path=str(path))
+
+
+def location_error(error: OSError, path: Path) -> DatabaseLocationError | StorageError:
+    """A specific, actionable error for an ``OSError`` met while preparing ``path``."""
+    where = error.filename or path
+    if error.errno == errno.ENAMETOOLONG:
+        return DatabaseLocationError(f"{where}: the name is too long for the filesystem (at most "
+                                     f"{_name_max(path)} bytes per path component); choose a shorter path",
+                                     path=str(path))
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"cannot create {where}: no space left on the device; free disk space and retry",
+                            path=str(path))
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return DatabaseLocationError(f"cannot create {where}: permission denied; choose a writable location "
+                                     f"with --db or {ENV_DB}", path=str(path))
+    if error.errno == errno.EROFS:
+        return DatabaseLocationError(f"cannot create {where}: the filesystem is read-only; choose another "
+                                     f"location with --db or {ENV_DB}", path=str(path))
+    if error.errno == errno.ELOOP:
+        return DatabaseLocationError(f"{where}: too many levels of symbolic links", path=str(path))
+    if error.errno == errno.ENOTDIR:
+        return DatabaseLocationError(f"{where}: a component of the path is not a directory", path=str(path))
+    return DatabaseLocationError(f"cannot use {where}: {error.strerror or error}", path=str(path))
+
+
+def _name_max(path: Path) -> int:
+    for directory in (path.parent, *path.parents):
+        try:
+            return os.pathconf(directory, "PC_NAME_MAX")
+        except OSError:
+            continue
+    return 255
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -123,9 +189,6 @@ def _make_private_dirs(directory: Path) -> None:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             continue
-        except PermissionError:
-            raise DatabaseError(f"cannot create directory {folder}: permission denied; choose a "
-                                f"writable location with --db or {ENV_DB}", path=str(folder)) from None
         os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
 
 
@@ -149,7 +212,7 @@ def _refuse_network_filesystem(directory: Path) -> None:
         raise NetworkFilesystemError(
             f"{directory} is on a {fstype} network filesystem; SQLite's WAL mode needs shared memory on "
             "one host, so processes could corrupt the registry. Put the database on a local disk "
-            f"(--db or {ENV_DB}) or use a PostgreSQL URL.", path=str(directory), fstype=fstype)
+            f"(--db or {ENV_DB}).", path=str(directory), fstype=fstype)
     if fstype.startswith("fuse."):
         warnings.warn(f"{directory} is on a {fstype} FUSE filesystem; if it is network-backed, SQLite "
                       "WAL mode is unsafe there", RuntimeWarning, stacklevel=3)

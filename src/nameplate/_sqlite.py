@@ -13,20 +13,39 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import peewee
 
 from ._backend import Backend, Tx
-from ._paths import Location, prepare
-from .errors import DatabaseError, RegistryBusyError, RegistryClosedError
+from ._paths import Location, location_error, prepare
+from .errors import (
+    DatabaseError,
+    DatabaseLocationError,
+    ForeignDatabaseError,
+    NameplateError,
+    RegistryBusyError,
+    RegistryClosedError,
+    StorageError,
+)
 
 T = TypeVar("T")
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
+
+#: ``PRAGMA application_id`` of every nameplate database ("NMPL"), set by migration 2: how a file is
+#: known to be ours before anything writes to it (SQLite's own convention; see its magic.txt).
+APPLICATION_ID = 0x4E4D504C
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Tables of a nameplate database from before migration 2 set the application id.
+_LEGACY_TABLES = frozenset({"workspace", "workspace_ancestor", "kind", "session", "entry", "entry_capability",
+                            "lease", "lock_delay", "selection_cursor", "event", "schema_migration",
+                            "sqlite_sequence"})
 
 #: Declared once, applied on every connection (see ``test_database.py`` which reads them back).
 def connection_pragmas(synchronous: str) -> list[tuple[str, Any]]:
@@ -110,6 +129,7 @@ class SqliteBackend(Backend):
         self.timeout = float(timeout)
         self.synchronous = sync
         prepare(location)
+        identify(self.path)
         self._pragmas = connection_pragmas(sync)
         self._closed = False
         self._pid = os.getpid()
@@ -254,20 +274,7 @@ class SqliteBackend(Backend):
             raise self._translate(error) from error
 
     def _translate(self, error: BaseException) -> Exception:
-        text = str(error)
-        if isinstance(error, (sqlite3.OperationalError, peewee.OperationalError)) and is_busy(error):
-            return RegistryBusyError(f"{self.path} is busy: {text}; retry or raise the timeout",
-                                     path=str(self.path), waited=0.0, timeout=self.timeout)
-        if "file is not a database" in text or "malformed" in text:
-            return DatabaseError(f"{self.path} is not a usable SQLite database ({text}); restore it from "
-                                 "an export or point nameplate at another file", path=str(self.path))
-        if "readonly" in text or "unable to open" in text:
-            return DatabaseError(f"cannot write {self.path} ({text}); check its permissions and those "
-                                 "of its directory", path=str(self.path))
-        if "disk is full" in text or "disk I/O" in text:
-            return DatabaseError(f"cannot write {self.path} ({text}); free disk space and retry",
-                                 path=str(self.path))
-        return DatabaseError(f"database error on {self.path}: {text}", path=str(self.path))
+        return translate_error(error, self.path, self.timeout)
 
     # -- schema bookkeeping -----------------------------------------------------------------------
 
@@ -324,3 +331,107 @@ class SqliteBackend(Backend):
             except OSError:
                 sizes[key] = 0
         return sizes
+
+
+def identify(path: Path) -> str:
+    """Decide whether ``path`` is ours before any connection could change it; return ``"new"`` (empty
+    file or empty database), ``"ours"`` or ``"legacy"`` (ours, from before the application id).
+
+    Reads the 100-byte header with plain file I/O; a file without our application id is inspected
+    through a read-only (``mode=ro``) or, for WAL files, an ``immutable`` connection, which neither
+    writes the file nor leaves ``-wal``/``-shm`` files beside it. Everything else is refused:
+    :class:`DatabaseError` for a file that is not SQLite, :class:`ForeignDatabaseError` for another
+    application's database; the file is not touched either way.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError as error:
+        raise location_error(error, path) from None
+    if not header:
+        return "new"
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise DatabaseError(f"{path} is not a SQLite database (it does not start with SQLite's header); "
+                            "nothing was changed. Point nameplate at its own file", path=str(path))
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id == APPLICATION_ID:
+        return "ours"
+    if application_id != 0:
+        raise ForeignDatabaseError(
+            f"{path} belongs to another application (SQLite application id 0x{application_id:08X}); nameplate "
+            "refused it without changing it. Point nameplate at its own file", path=str(path),
+            application_id=application_id)
+    wal = header[18] == 2
+    tables = _table_names(path, wal)
+    if not tables:
+        return "new"
+    if tables <= _LEGACY_TABLES and "schema_migration" in tables and _has_initial_migration(path, wal):
+        return "legacy"
+    shown = ", ".join(sorted(tables - _LEGACY_TABLES)[:5] or sorted(tables)[:5])
+    raise ForeignDatabaseError(f"{path} holds tables nameplate did not create ({shown}); nameplate refused it "
+                               "without changing it. Point nameplate at its own file", path=str(path),
+                               tables=sorted(tables))
+
+
+def _inspect(path: Path, wal: bool) -> sqlite3.Connection:
+    # immutable=1 skips locks and the WAL (a read-only connection would create -wal and -shm files and
+    # leave them behind); a committed change still only in a WAL is invisible, which at worst makes a
+    # foreign file look empty: migrate() then refuses its tables from inside the write lock, unchanged.
+    flag = "immutable=1" if wal else "mode=ro"
+    uri = f"file:{urllib.parse.quote(str(path))}?{flag}"
+    return sqlite3.connect(uri, uri=True)
+
+
+def _table_names(path: Path, wal: bool) -> frozenset[str]:
+    try:
+        conn = _inspect(path, wal)
+        try:
+            return frozenset(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        finally:
+            conn.close()
+    except sqlite3.Error as error:
+        raise translate_error(error, path, 0.0) from None
+
+
+def _has_initial_migration(path: Path, wal: bool) -> bool:
+    try:
+        conn = _inspect(path, wal)
+        try:
+            row = conn.execute("SELECT name FROM schema_migration WHERE version = 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == "initial schema"
+
+
+def _sqlite_code(error: BaseException) -> int | None:
+    for candidate in (error, getattr(error, "orig", None), error.__cause__, error.__context__):
+        code = getattr(candidate, "sqlite_errorcode", None)
+        if code is not None:
+            return int(code) & 0xFF
+    return None
+
+
+def translate_error(error: BaseException, path: Path | None, timeout: float) -> NameplateError:
+    """The specific :class:`NameplateError` for a ``sqlite3`` (or peewee-wrapped) error on ``path``."""
+    text = str(error)
+    code = _sqlite_code(error)
+    if code in _BUSY_CODES or (code is None and ("locked" in text or "busy" in text)):
+        return RegistryBusyError(f"{path} is busy: {text}; retry or raise the timeout",
+                                 path=str(path), waited=0.0, timeout=timeout)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return StorageError(f"cannot write {path}: the disk is full ({text}); free disk space and retry (the "
+                            "transaction was rolled back)", path=str(path))
+    if code == sqlite3.SQLITE_IOERR or "disk I/O" in text:
+        return StorageError(f"the disk failed to read or write {path} ({text}); check the device and its free "
+                            "space (the transaction was rolled back)", path=str(path))
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT) or "file is not a database" in text \
+            or "malformed" in text:
+        return DatabaseError(f"{path} is not a usable SQLite database ({text}); restore it from an export or "
+                             "point nameplate at another file", path=str(path))
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM) or "readonly" in text \
+            or "unable to open" in text:
+        return DatabaseLocationError(f"cannot write {path} ({text}); check its permissions and those of its "
+                                     "directory", path=str(path))
+    return DatabaseError(f"database error on {path}: {text}", path=str(path))

@@ -1,12 +1,15 @@
 """The ``nameplate`` command: each subcommand is one Registry call plus formatting.
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem (a damaged or
-unusable database, or problems found by ``check``). Library errors carry their exit code
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem (a damaged
+database, another application's, one too new, or problems found by ``check``), 6 the database's location
+cannot be used (permissions, not a regular file, dangling symlink, name too long, network filesystem), 7
+out of disk space or a disk error. Library errors carry their exit code
 (:attr:`NameplateError.exit_code`); the CLI prints them as one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -23,16 +26,29 @@ import click
 
 from . import __version__
 from ._paths import PROJECT_DIR, locate
-from .errors import EntryNotFoundError, IntegrityProblemError, InvalidInputError, NameplateError
+from ._validation import MAX_DEPTH
+from .errors import (
+    EntryNotFoundError,
+    IntegrityProblemError,
+    InvalidInputError,
+    InvalidMetadataError,
+    NameplateError,
+    StorageError,
+)
 from .registry import Registry
 
 EXIT_CODES = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
-5 integrity problem (unusable database, or problems found by check).
+5 integrity problem (damaged, foreign or too new database, or problems
+found by check), 6 unusable location (permissions, not a file, name
+too long, network filesystem), 7 disk full or disk error.
 Shell completion: add to ~/.bashrc
   eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
 (zsh: zsh_source in ~/.zshrc; fish: fish_source in
 ~/.config/fish/completions/nameplate.fish)."""
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Settings:
@@ -56,7 +72,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(error), error.exit_code)
         except OSError as error:  # files the CLI itself reads or writes (export -o, ...)
             where = f"{error.filename}: " if error.filename else ""
-            fail(f"{where}{error.strerror or error}", 1)
+            fail(f"{where}{error.strerror or error}", StorageError.exit_code if error.errno in _DISK_FULL else 1)
 
     return wrapper
 
@@ -132,6 +148,9 @@ def parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
             result[key] = json.loads(raw)
         except json.JSONDecodeError:
             result[key] = raw
+        except RecursionError:  # too deep for the JSON decoder: the library's own refusal, in its words
+            raise InvalidMetadataError(f"metadata nests deeper than {MAX_DEPTH} levels (at metadata.{key}); "
+                                       "flatten it", path=f"metadata.{key}", limit=MAX_DEPTH) from None
     return result
 
 
@@ -621,7 +640,8 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
             click.echo(line([c.upper() for c in _LOG_COLUMNS]))
             for event in events:
                 click.echo(line(_log_row(event)))
-        last = events[-1].rev if events else max(since, registry.revision)
+        # Not registry.revision: a commit between the read above and that one would be skipped.
+        last = events[-1].rev if events else since
         try:
             for event in registry.follow(last):
                 click.echo(json.dumps(event.to_dict(), sort_keys=True) if settings.as_json

@@ -5,8 +5,28 @@ fits it (an invalid name is a ``ValueError``, a busy database a ``TimeoutError``
 already catch the built-in keep working. Every class carries its facts as attributes and pickles
 across processes (``__reduce__`` rebuilds it from the message and attributes).
 
-The CLI maps each class to an exit code through :attr:`NameplateError.exit_code`:
-1 error, 3 not found, 4 held or conflict, 5 integrity problem (2 is click's usage error).
+The CLI maps each class to an exit code through :attr:`NameplateError.exit_code`: 1 error, 3 not found,
+4 held or conflict, 5 the database is damaged, not ours or too new (or ``check`` found problems), 6 the
+database's location cannot be used, 7 out of disk space or the disk failed (2 is click's usage error).
+
+    NameplateError
+    ├── InvalidInputError (ValueError)         bad arguments; nothing was written
+    │   ├── InvalidNameError, InvalidMetadataError, ValidationError
+    │   └── UnknownStrategyError, ImportFileError
+    ├── NotFoundError (LookupError)            exit 3
+    │   └── EntryNotFoundError (KeyError), UnknownKindError, UnknownWorkspaceError,
+    │       SessionNotFoundError, NoMatchError
+    ├── ConflictError                          exit 4
+    │   └── AmbiguousNameError, NameTakenError, WorkspaceError, KindInUseError,
+    │       LeaseHeldError, LeaseLost, NotLeaseHolderError
+    ├── RegistryBusyError (TimeoutError), RegistryClosedError, SessionClosedError (RuntimeError)
+    ├── DatabaseError (OSError)                exit 5
+    │   ├── SchemaTooNewError, ForeignDatabaseError
+    │   ├── DatabaseLocationError              exit 6
+    │   │   └── NetworkFilesystemError
+    │   └── StorageError                       exit 7
+    ├── TargetImportError (ImportError)
+    └── IntegrityProblemError                  exit 5
 """
 
 from __future__ import annotations
@@ -151,7 +171,7 @@ class SessionClosedError(NameplateError, RuntimeError):
 
 
 class DatabaseError(NameplateError, OSError):
-    """The database file cannot be used (unreadable, not a database, corrupt, read-only)."""
+    """The database cannot be used: damaged, not a SQLite database, or one of the cases below."""
 
     exit_code = 5
 
@@ -160,8 +180,25 @@ class SchemaTooNewError(DatabaseError):
     """The database was written by a newer nameplate; this version refuses to touch it."""
 
 
-class NetworkFilesystemError(DatabaseError):
+class ForeignDatabaseError(DatabaseError):
+    """The file is another application's SQLite database; it was refused without being changed."""
+
+
+class DatabaseLocationError(DatabaseError):
+    """The database's path cannot be used: permissions, not a regular file, a dangling symlink, a
+    name too long for the filesystem."""
+
+    exit_code = 6
+
+
+class NetworkFilesystemError(DatabaseLocationError):
     """The database lies on a network filesystem, where SQLite's WAL mode is not safe."""
+
+
+class StorageError(DatabaseError):
+    """The disk is full or failed to read or write; the transaction was rolled back."""
+
+    exit_code = 7
 
 
 class TargetImportError(NameplateError, ImportError):
@@ -178,7 +215,9 @@ __all__ = [
     "AmbiguousNameError",
     "ConflictError",
     "DatabaseError",
+    "DatabaseLocationError",
     "EntryNotFoundError",
+    "ForeignDatabaseError",
     "ImportFileError",
     "IntegrityProblemError",
     "InvalidInputError",
@@ -198,6 +237,7 @@ __all__ = [
     "SchemaTooNewError",
     "SessionClosedError",
     "SessionNotFoundError",
+    "StorageError",
     "TargetImportError",
     "UnknownKindError",
     "UnknownStrategyError",
