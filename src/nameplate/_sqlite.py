@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import peewee
 
+from . import _held_files
 from ._backend import Backend, Tx
 from ._paths import Location, location_error, prepare
 from .errors import (
@@ -73,8 +74,10 @@ _open_backends: weakref.WeakSet[SqliteBackend] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for backend in list(_open_backends):
+    backends = list(_open_backends)
+    for backend in backends:
         backend._forget_connections()
+    _held_files.reset_after_fork([backend._file_key for backend in backends if not backend._closed])
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -118,18 +121,23 @@ class SqliteBackend(Backend):
     def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL") -> None:
         if location.path is None:
             raise ValueError("SqliteBackend needs a file path")
-        sync = synchronous.upper()
+        sync = synchronous.upper() if isinstance(synchronous, str) else None
         if sync not in SYNCHRONOUS_MODES:
             from .errors import InvalidInputError
 
             raise InvalidInputError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
-                                    f"not {synchronous!r}", synchronous=synchronous)
+                                    f"not {synchronous!r}", synchronous=repr(synchronous))
         self.location = location
         self.path = location.path
         self.timeout = float(timeout)
         self.synchronous = sync
-        prepare(location)
-        identify(self.path)
+        path = self.path
+
+        def first_open() -> None:
+            prepare(location)
+            identify(path)
+
+        self._file_key = _held_files.enter(path, first_open)
         self._pragmas = connection_pragmas(sync)
         self._closed = False
         self._pid = os.getpid()
@@ -182,16 +190,25 @@ class SqliteBackend(Backend):
         _open_backends.discard(self)
         if self._pid != os.getpid():
             return
+        if self._close_connections():
+            _held_files.leave(self._file_key)
+        # else a handle stays open, and may hold locks: the file stays counted as held for good.
+
+    def _close_connections(self) -> bool:
+        """Close every thread's connection; False if one could not be closed yet."""
         db = self.peewee
         with db._tracking_lock:
             connections, db._all_connections = db._all_connections, []
+        all_closed = True
         for conn in connections:
             try:
                 conn.close()
             except sqlite3.Error:
                 # A thread still inside a statement keeps its handle; SQLite closes it when freed.
                 _inherited_after_fork.append(conn)
+                all_closed = False
         db.dispose()
+        return all_closed
 
     # -- transactions -----------------------------------------------------------------------------
 
