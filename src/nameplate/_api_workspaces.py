@@ -272,7 +272,7 @@ class WorkspacesMixin(RegistryBase):
         ``select(strategy="healthiest")`` judges; re-registering from a new process moves the binding.
         """
         # A lone string stays a string, so validation refuses it instead of splitting it into letters.
-        caps = capabilities if isinstance(capabilities, str) else tuple(capabilities)
+        caps = _as_given(capabilities)
         return self.register_many([Registration(name, kind, definition, target, caps, metadata, owned)],
                                   on_conflict=on_conflict, workspace=workspace)[0]
 
@@ -666,5 +666,13 @@ def _as_registration(item: Registration | Mapping[str, Any], index: int) -> Regi
                                 (f" and has unknown keys {unknown}" if unknown else ""), index=index)
     capabilities = item.get("capabilities") or ()
     return Registration(item["name"], item["kind"], item.get("definition"), item.get("target"),
-                        capabilities if isinstance(capabilities, str) else tuple(capabilities),
+                        _as_given(capabilities),
                         item.get("metadata"), bool(item.get("owned", False)))
+
+
+def _as_given(capabilities: Any) -> Any:
+    """Capabilities frozen to a tuple when they are a collection; anything else (a string, a number)
+    is passed on unchanged for ``check_capabilities`` to refuse with its own message."""
+    if isinstance(capabilities, str) or not isinstance(capabilities, Iterable):
+        return capabilities
+    return tuple(capabilities)

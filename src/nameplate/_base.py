@@ -15,9 +15,10 @@ from typing import Any
 from ._backend import Backend
 from ._context import current_workspace
 from ._migrate import migrate
-from ._paths import Location, locate
+from ._paths import Location, locate, redacted
 from ._sqlite import SqliteBackend
 from ._store import HOSTNAME, Store
+from ._validation import check_seconds
 from .errors import InvalidInputError, RegistryClosedError
 
 
@@ -30,11 +31,10 @@ class RegistryBase:
         self._closed = True
         location = locate(db)
         if location.url is not None:
-            raise InvalidInputError(f"{location.url}: this version of nameplate stores registries in SQLite "
-                                    "files only; pass a file path", url=location.url)
-        if timeout <= 0:
-            raise InvalidInputError(f"timeout must be a positive number of seconds, not {timeout!r}",
-                                    timeout=timeout)
+            shown = redacted(location.url)
+            raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite "
+                                    "files only; pass a file path", url=shown)
+        timeout = check_seconds(timeout, "timeout")
         self._backend = SqliteBackend(location, timeout=timeout, synchronous=synchronous)
         try:
             self.migrations_applied = migrate(self._backend)

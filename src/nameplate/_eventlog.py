@@ -18,6 +18,7 @@ from ._models import Event as EventRow
 from ._models import Session as SessionRow
 from ._records import Event, utc
 from ._store import Store
+from ._validation import check_seconds
 from .errors import InvalidInputError
 
 #: A follower re-reads the log at least this often even when ``data_version`` stands still: that
@@ -34,8 +35,12 @@ def _decode(row: EventRow) -> Event:
                  detail=json.loads(row.detail))
 
 
+MAX_REVISION = 2**63 - 1
+
+
 def _check_revision(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    # Revisions are SQLite integers: 64-bit signed. A bigger one would overflow in the query.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REVISION:
         raise InvalidInputError(f"{what} must be a revision number >= 0, not {value!r}", **{what: value})
     return value
 
@@ -62,11 +67,17 @@ def follow(backend: Backend, since: int | None = None, *, interval: float = 0.25
     """Yield events after ``since`` (default: from now on) as they are committed, until ``stop()``.
 
     Between polls it asks SQLite's ``data_version`` (microseconds) and reads the log only when another
-    connection has committed (or every ``_FULL_POLL`` seconds, for this connection's own commits).
+    connection has committed (or every ``_FULL_POLL`` seconds, for this connection's own commits). The
+    arguments are checked at the call, not at the first ``next()``.
     """
-    if interval <= 0:
-        raise InvalidInputError(f"interval must be a positive number of seconds, not {interval!r}", interval=interval)
-    last = revision(backend) if since is None else _check_revision(since, "since")
+    interval = check_seconds(interval, "interval")
+    if since is not None:
+        _check_revision(since, "since")
+    return _follow(backend, since, interval, stop)
+
+
+def _follow(backend: Backend, since: int | None, interval: float, stop: Callable[[], bool] | None) -> Iterator[Event]:
+    last = revision(backend) if since is None else since
     counter = backend.change_counter()
     for event in changes(backend, last):
         last = event.rev

@@ -107,7 +107,15 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
     """Check a kind definition; return its column values. Every problem is reported at once."""
     check_kind_name(name)
     problems: list[str] = []
-    required_list, optional_list = list(required), list(optional)
+    fields: dict[str, list[Any]] = {}
+    for what, given in (("required", required), ("optional", optional)):
+        # A lone string would be read as one field per character ('volume' -> v, o, l, ...).
+        if isinstance(given, str) or not isinstance(given, Iterable) or isinstance(given, Mapping):
+            problems.append(f"{what} must be a list of field names, not {given!r}"
+                            + (f"; write [{given!r}]" if isinstance(given, str) else ""))
+            given = ()
+        fields[what] = list(given)
+    required_list, optional_list = fields["required"], fields["optional"]
     for field in required_list + optional_list:
         if not isinstance(field, str) or not _FIELD.match(field):
             problems.append(f"field name {field!r} must be an identifier (letters, digits, '_')")
@@ -120,6 +128,10 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
     unknown_defaults = sorted(set(defaults) - set(required_list) - set(optional_list))
     if unknown_defaults:
         problems.append(f"defaults for fields {unknown_defaults} that the kind does not declare")
+    try:
+        encode_object(defaults, "defaults")
+    except InvalidInputError as error:
+        problems.append(str(error))
     if name_pattern is not None:
         if not isinstance(name_pattern, str):
             problems.append(f"name_pattern must be a string, not {type(name_pattern).__name__}")

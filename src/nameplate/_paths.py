@@ -216,3 +216,14 @@ def _refuse_network_filesystem(directory: Path) -> None:
     if fstype.startswith("fuse."):
         warnings.warn(f"{directory} is on a {fstype} FUSE filesystem; if it is network-backed, SQLite "
                       "WAL mode is unsafe there", RuntimeWarning, stacklevel=3)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port is not None else ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()

@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import InvalidMetadataError, InvalidNameError
+from .errors import InvalidInputError, InvalidMetadataError, InvalidNameError
 
 MAX_NAME_LENGTH = 255
 MAX_JSON_BYTES = 1024 * 1024
@@ -100,6 +100,9 @@ def check_capabilities(capabilities: Iterable[str] | None) -> list[str]:
     if isinstance(capabilities, str):
         raise InvalidNameError(f"capabilities must be a collection of strings, not the string {capabilities!r};"
                                f" write [{capabilities!r}]", name=capabilities)
+    if not isinstance(capabilities, Iterable) or isinstance(capabilities, Mapping):
+        raise InvalidNameError(f"capabilities must be a collection of strings, not {capabilities!r}",
+                               name=repr(capabilities))
     result = set()
     for capability in capabilities:
         if isinstance(capability, str):
@@ -154,3 +157,16 @@ def encode_object(value: object, what: str = "metadata") -> str:
         raise InvalidMetadataError(f"{what} is {len(text.encode())} bytes as JSON; the limit is "
                                    f"{MAX_JSON_BYTES}", what=what)
     return text
+
+
+def check_seconds(value: object, what: str, *, zero: bool = False) -> float:
+    """A duration argument as float seconds: a real, finite number, positive (or >= 0 with ``zero``).
+
+    Booleans are refused (``True`` is not a duration), and so is NaN: it compares false with everything,
+    so a deadline built from it would never pass.
+    """
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero)):
+        bound = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        raise InvalidInputError(f"{what} must be {bound}, not {value!r}", **{what: repr(value)})
+    return float(value)

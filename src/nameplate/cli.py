@@ -135,7 +135,10 @@ def parse_duration(text: str) -> timedelta:
     seconds = value * {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
     if seconds <= 0:
         raise click.BadParameter("the duration must be positive")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} is longer than a duration can be (about 2.7 million years)") from None
 
 
 def parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -611,7 +614,7 @@ def _log_row(event: Any) -> list[str]:
 
 
 @main.command()
-@click.option("--since", default=0, show_default=True, type=click.IntRange(min=0), metavar="REV",
+@click.option("--since", default=0, show_default=True, type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
               help="Show revisions after this one.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many events.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted (Ctrl-C).")
