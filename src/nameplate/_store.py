@@ -53,7 +53,7 @@ VISIBLE = "viewer.name = ? AND r.hidden = 0"
 
 _LOOKUP_KIND = f"SELECT r.id {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
 _LOOKUP_ANY = f"SELECT r.id, k.name {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
-_PROBE_KIND = (f"SELECT r.id, r.pk, r.metadata, r.last_seen_at, r.workspace_id {RESOLVED} "
+_PROBE_KIND = (f"SELECT r.id, r.pk, r.metadata, r.last_seen_at, r.workspace_id, r.viewer_id {RESOLVED} "
                f"WHERE {VISIBLE} AND r.name = ? AND k.name = ?")
 _GET_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ? AND k.name = ?"
 _GET_ANY = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
@@ -294,7 +294,7 @@ class Store:
         """
         row = tx.execute(_PROBE_KIND, (workspace, name, kind)).fetchone()
         if row is not None:  # an existing entry stays what it is, ephemeral or not
-            entry_id, pk, stored_text, _, row_workspace_id = row
+            entry_id, pk, stored_text, _, row_workspace_id, _ = row
             return Resolved(entry_id, int(pk), int(row_workspace_id), stored_text, created=False)
         ids = tx.execute(_WORKSPACE_AND_KIND, (workspace, kind)).fetchone()
         if ids is None:
@@ -418,7 +418,10 @@ class Store:
 
 
 def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:
-    return now - row[3] > LAST_SEEN_RESOLUTION or _merged(row[2], metadata) is not None
+    """Whether resolving the probed entry writes: a stale usage stamp, or a merge that changes the
+    metadata of an entry of the caller's own workspace (an inherited entry's metadata is only read)."""
+    own = row[4] == row[5]
+    return now - row[3] > LAST_SEEN_RESOLUTION or (own and _merged(row[2], metadata) is not None)
 
 
 def _merged(stored_text: str, metadata: dict[str, Any] | None) -> str | None:
