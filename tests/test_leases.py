@@ -556,3 +556,69 @@ def test_re_entrant_in_the_holding_thread_and_freed_when_that_thread_ends(db_pat
         assert taken[0].lost and successor.token == taken[0].token + 1
         reasons = [detail.get("reason") for action, detail in events(db_path, "lease.release")]
         assert any(reason and "ended without releasing" in reason for reason in reasons)
+
+
+# -- a leased row that is deleted ------------------------------------------------------------------
+
+def test_deleting_the_entry_you_hold_ends_the_lease_in_the_log(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("lh1", "node")
+        lease = registry.acquire("lh1", "node")
+        registry.delete("lh1", "node")
+
+        assert lease.released and not lease.lost
+        assert registry.locks() == []
+        ended = events(db_path, "lease.acquire", "lease.release", "delete")
+        assert [action for action, _ in ended] == ["lease.acquire", "lease.release", "delete"]
+        assert ended[1][1]["token"] == lease.token and ended[1][1]["reason"] == "its entry was deleted"
+        # The name can be made and leased again, by anyone.
+        registry.resolve("lh1", "node")
+        assert registry.acquire("lh1", "node").token > 0
+
+
+def test_promoting_over_an_entry_you_hold_ends_that_lease_in_the_log(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.create_workspace("dev")
+        registry.resolve("lh1", "node")
+        held = registry.acquire("lh1", "node")
+        registry.resolve("lh1", "node", workspace="dev")  # inherited: resolves to core's entry
+        registry.hide("lh1", "node", workspace="dev")
+        registry.resolve("lh1", "node", workspace="dev")  # dev's own entry now
+
+        registry.promote("lh1", "node", workspace="dev", replace=True)
+
+        assert held.released
+        ends = [detail for action, detail in events(db_path, "lease.release")]
+        assert [(d["token"], d["reason"]) for d in ends] == [(held.token, "its entry was deleted")]
+
+
+_HOLD_THEN_WAIT = """
+import sys, time
+from nameplate import Registry
+registry = Registry(sys.argv[1], ttl=30)
+lease = registry.acquire("scratch", "process")
+print(lease.token, flush=True)
+sys.stdin.readline()
+print("lost" if lease.lost or not registry.locks() else "held", flush=True)
+"""
+
+
+def test_an_ephemeral_entry_removed_with_its_session_ends_another_sessions_lease_in_the_log(
+        db_path: Path) -> None:
+    owner = Registry(db_path)
+    owner.resolve("scratch", "process", ephemeral=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THEN_WAIT, str(db_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        token = int(holder.stdout.readline())
+        owner.close()  # the owner's session ends: its ephemeral entry goes, and the other's lease with it
+
+        broken = events(db_path, "lease.break")
+        assert len(broken) == 1 and broken[0][1]["token"] == token
+        assert "ephemeral" in broken[0][1]["reason"]
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "lost"
+    finally:
+        stop_child(holder)

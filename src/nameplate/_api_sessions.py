@@ -25,8 +25,8 @@ from ._session import (
     reap_if_gone,
 )
 from ._store import _PROBE_KIND as _PROBE_NAME
-from ._store import ENTRY_COLUMNS, LocalRow, Resolved, decode_entry
-from ._validation import check_kind_name, check_name
+from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, decode_entry
+from ._validation import check_kind_name, check_name, check_seconds
 from .errors import (
     ConflictError,
     InvalidInputError,
@@ -65,11 +65,7 @@ class SessionsMixin(RegistryBase):
     def _open_extensions(self) -> None:
         super()._open_extensions()
         self._ttl = _positive(self._options.get("ttl", DEFAULT_TTL), "ttl")
-        lock_delay = self._options.get("lock_delay", DEFAULT_LOCK_DELAY)
-        if not isinstance(lock_delay, (int, float)) or lock_delay < 0:
-            raise InvalidInputError(f"lock_delay must be a number of seconds >= 0 (0 disables), not {lock_delay!r}",
-                                    lock_delay=lock_delay)
-        self._lock_delay = float(lock_delay)
+        self._lock_delay = check_seconds(self._options.get("lock_delay", DEFAULT_LOCK_DELAY), "lock_delay", zero=True)
         self._label = str(self._options.get("label") or default_label())
         self._session_obj = None
         self._session_lock = threading.Lock()
@@ -338,6 +334,37 @@ class SessionsMixin(RegistryBase):
             f"({described['label']}) since {described['since']}; only the holder may change it (wait for its "
             "release, or break it with release(..., force=True))", holder=described)
 
+    def _guard_removal(self, ended: list[Lease]) -> Guard:
+        """The lease guard of a write that removes the entry row (``delete``): the holder may delete its
+        own leased entry, and the lease then ends in the same transaction with a ``lease.release`` event,
+        so the log never shows a lease that vanished with its row. The ended leases are appended to
+        ``ended``, to be marked released once the transaction commits."""
+
+        def guard(tx: Tx, entry_pk: int, entry_id: str, kind: str) -> None:
+            self._guard(tx, entry_pk, entry_id, kind)
+            row = tx.execute("SELECT session_id, token FROM lease WHERE entry_pk = ?", (entry_pk,)).fetchone()
+            if row is None:
+                return
+            session_id, token = str(row[0]), int(row[1])
+            named = tx.execute("SELECT w.name, e.name FROM entry AS e JOIN workspace AS w ON w.id = e.workspace_id "
+                               "WHERE e.pk = ?", (entry_pk,)).fetchone()
+            tx.execute("DELETE FROM lease WHERE entry_pk = ?", (entry_pk,))
+            self._store.record(tx, "lease.release", workspace=named[0], kind=kind, name=named[1],
+                               entry_id=entry_id, token=token, session=session_id, reason="its entry was deleted")
+            session = self._session_obj
+            mine = session.held(entry_pk) if session is not None and session.id == session_id else None
+            if mine is not None:
+                ended.append(mine)
+
+        return guard
+
+    def _finish_removal(self, ended: list[Lease]) -> None:
+        session = self._session_obj
+        for lease in ended:
+            if session is not None:
+                session.forget(lease)
+            lease.mark_released()
+
     # -- stale entries ---------------------------------------------------------------------------
 
     def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> list[Entry]:
@@ -363,9 +390,7 @@ class SessionsMixin(RegistryBase):
 
 
 def _positive(value: Any, what: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise InvalidInputError(f"{what} must be a positive number of seconds, not {value!r}", **{what: value})
-    return float(value)
+    return check_seconds(value, what)
 
 
 def _check_wait(wait: object) -> None:

@@ -176,10 +176,13 @@ class WorkspacesMixin(RegistryBase):
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
+        ended: list[Any] = []
         with self._backend.write() as tx:
-            entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace,
-                                               guard=self._guard)
-            return decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
+            entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace, guard=self._guard,
+                                               removal_guard=self._guard_removal(ended))
+            promoted = decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
+        self._finish_removal(ended)
+        return promoted
 
     def diff(self, a: str, b: str) -> Diff:
         """What the views of workspaces ``a`` and ``b`` disagree on (each seen with its ancestors)."""

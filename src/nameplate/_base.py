@@ -74,6 +74,14 @@ class RegistryBase:
         """Runs inside an entry write's transaction, before it changes the row (the leases mixin
         refuses entries leased by another session)."""
 
+    def _guard_removal(self, ended: list[Any]) -> Any:
+        """The guard of a write that deletes the row: ``_guard``, and the leases mixin also ends the
+        caller's own lease of it, appending it to ``ended`` for :meth:`_finish_removal`."""
+        return self._guard
+
+    def _finish_removal(self, ended: list[Any]) -> None:
+        """After the deleting transaction committed: mark the leases it ended as released."""
+
     def _actor(self) -> tuple[str | None, str]:
         return self._session_id(), f"{os.getpid()}@{HOSTNAME}"
 

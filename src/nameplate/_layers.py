@@ -216,11 +216,12 @@ def unhide(tx: Tx, store: Store, workspace: str, name: str, kind: str) -> None:
 
 
 def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, replace: bool,
-            guard: Guard | None = None) -> tuple[str, str]:
+            guard: Guard | None = None, removal_guard: Guard | None = None) -> tuple[str, str]:
     """Move ``workspace``'s own entry one layer up, keeping its id; return ``(id, parent)``.
 
-    ``guard`` runs on every row the promotion changes (the entry, and with ``replace`` the parent's
-    entry it overwrites): the registry refuses rows leased by another session there.
+    ``guard`` runs on the promoted entry and ``removal_guard`` on the parent's entry that ``replace``
+    deletes: the registry refuses rows leased by another session, and ends the caller's own lease of a
+    row it deletes.
     """
     local = store.visible_local(tx, workspace, name, kind, "promote")
     if guard is not None:
@@ -238,8 +239,8 @@ def promote(tx: Tx, store: Store, workspace: str, name: str, kind: str | None, r
                              "replace=True to overwrite it with the promoted definition", name=name, kind=local.kind,
                              existing_id=existing[1])
     if existing is not None:
-        if guard is not None and not existing[2]:
-            guard(tx, int(existing[0]), existing[1], local.kind)
+        if removal_guard is not None and not existing[2]:
+            removal_guard(tx, int(existing[0]), existing[1], local.kind)
         tx.execute("DELETE FROM entry WHERE pk = ?", (existing[0],))
         if not existing[2]:
             store.record(tx, "delete", workspace=parent_name, kind=local.kind, name=name, entry_id=existing[1],

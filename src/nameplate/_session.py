@@ -168,6 +168,13 @@ def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reaso
         "JOIN workspace AS w ON w.id = e.workspace_id WHERE e.owner_session_id = ? AND e.ephemeral = 1",
         (session_id,)).fetchall()
     for pk, entry_id, name, kind, workspace in ephemeral:
+        # Another live session may hold the lease of this entry: the lease ends with the row, and the
+        # log says so (its holder learns of the loss at its next heartbeat or fenced write).
+        held = tx.execute("SELECT session_id, token FROM lease WHERE entry_pk = ?", (pk,)).fetchone()
+        if held is not None:
+            store.record(tx, "lease.break", workspace=workspace, kind=kind, name=name, entry_id=entry_id,
+                         at=now_wall, token=int(held[1]), session=str(held[0]),
+                         reason=f"its ephemeral entry was removed with session {session_id} ({state})")
         tx.execute("DELETE FROM entry WHERE pk = ?", (pk,))
         store.record(tx, "delete", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now_wall,
                      reason=f"ephemeral entry of session {session_id} ({state})")

@@ -159,7 +159,10 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        return self._store.delete(ws, name, kind, guard=self._guard)
+        ended: list[Lease] = []
+        entry = self._store.delete(ws, name, kind, guard=self._guard_removal(ended))
+        self._finish_removal(ended)
+        return entry
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
