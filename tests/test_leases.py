@@ -622,3 +622,49 @@ def test_an_ephemeral_entry_removed_with_its_session_ends_another_sessions_lease
         assert holder.stdout.readline().strip() == "lost"
     finally:
         stop_child(holder)
+
+
+_EPHEMERAL_HOLDER = """
+import sys
+from nameplate import Registry
+registry = Registry(sys.argv[1], ttl=30)
+registry.resolve("scratch", "process", ephemeral=True)
+registry.acquire("scratch", "process")
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("operation", ["update", "acquire", "resolve", "delete", "rename"])
+def test_a_write_that_reaps_the_dead_owner_of_an_ephemeral_entry_finds_that_entry_gone(
+        db_path: Path, operation: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", _EPHEMERAL_HOLDER, str(db_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        old_id = Registry(db_path).lookup("scratch", "process")
+        child.kill()
+        child.wait(timeout=60)
+        with Registry(db_path) as registry:
+            calls = {
+                "update": lambda: registry.update("scratch", "process", metadata={"v": 1}),
+                "acquire": lambda: registry.acquire("scratch", "process"),
+                "delete": lambda: registry.delete("scratch", "process"),
+                "rename": lambda: registry.rename("scratch", "scratch2", "process"),
+            }
+            if operation == "resolve":
+                new_id = registry.resolve("scratch", "process", {"v": 1})
+                assert new_id != old_id  # the dead session's entry went with it; this is a new one
+            else:
+                with pytest.raises(EntryNotFoundError):
+                    calls[operation]()
+            assert all(info.pid != child.pid for info in registry.sessions())
+    finally:
+        stop_child(child)
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        conn.close()
+    assert [action for action, _ in events(db_path, "lease.free", "delete", "session.reap")] == [
+        "lease.free", "delete", "session.reap"]

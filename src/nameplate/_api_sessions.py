@@ -8,11 +8,11 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from ._backend import Tx
 from ._base import RegistryBase
-from ._lease import Delayed, HeldByThread, Holder, Lease, find_holder, try_acquire
+from ._lease import Delayed, HeldByThread, Holder, Lease, ReapFirst, find_holder, reap_holder, try_acquire
 from ._records import Entry
 from ._session import (
     HeldLease,
@@ -22,7 +22,6 @@ from ._session import (
     list_leases,
     list_sessions,
     reap,
-    reap_if_gone,
 )
 from ._store import _PROBE_KIND as _PROBE_NAME
 from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, decode_entry
@@ -36,6 +35,10 @@ from .errors import (
 
 DEFAULT_TTL = 15.0
 DEFAULT_LOCK_DELAY = 15.0  # Consul's default lock-delay
+#: A guarded write meets a dead holder's ephemeral row at most once per such holder; a few suffice.
+_REAP_ATTEMPTS = 3
+T = TypeVar("T")
+
 _FIRST_POLL = 0.01
 _MAX_POLL = 0.25
 
@@ -184,31 +187,35 @@ class SessionsMixin(RegistryBase):
         poll = _FIRST_POLL
         while True:
             session = self.session()
-            with self._backend.write() as tx:
-                row = prepare(tx, session)
-                if row is None:
-                    return None
-                mine = session.held(row.pk)
-                outcome: Lease | Holder | Delayed | HeldByThread | None
-                if mine is not None and mine.held and mine.owned_here():
-                    mine.reenter()
-                    outcome = mine
-                elif mine is not None and mine.held and mine.owner_thread.is_alive():
-                    outcome = HeldByThread(mine)
-                else:
-                    if mine is not None and mine.held:  # its thread ended without releasing it
-                        self._end_abandoned(tx, session, mine)
-                    outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id,
-                                          name=name, kind=row.kind, workspace=row.workspace,
-                                          lock_delay=self._lock_delay, releaser=self._release_lease,
-                                          on_lost=on_lost)
-                if isinstance(outcome, Lease) and after is not None:
-                    try:
-                        after(tx, outcome)
-                    except BaseException:
-                        if outcome is mine:
-                            mine.leave()
-                        raise
+            try:
+                with self._backend.write() as tx:
+                    row = prepare(tx, session)
+                    if row is None:
+                        return None
+                    mine = session.held(row.pk)
+                    outcome: Lease | Holder | Delayed | HeldByThread | None
+                    if mine is not None and mine.held and mine.owned_here():
+                        mine.reenter()
+                        outcome = mine
+                    elif mine is not None and mine.held and mine.owner_thread.is_alive():
+                        outcome = HeldByThread(mine)
+                    else:
+                        if mine is not None and mine.held:  # its thread ended without releasing it
+                            self._end_abandoned(tx, session, mine)
+                        outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id,
+                                              name=name, kind=row.kind, workspace=row.workspace,
+                                              lock_delay=self._lock_delay, releaser=self._release_lease,
+                                              on_lost=on_lost)
+                    if isinstance(outcome, Lease) and after is not None:
+                        try:
+                            after(tx, outcome)
+                        except BaseException:
+                            if outcome is mine:
+                                mine.leave()
+                            raise
+            except ReapFirst as first:  # a dead holder's ephemeral row: reap it on its own, then retry
+                self._reap_first(first)
+                continue
             if isinstance(outcome, Lease):
                 if outcome is not mine:
                     session.track(outcome)
@@ -223,6 +230,19 @@ class SessionsMixin(RegistryBase):
                 raise _held_error(name, row, outcome, wait)
             time.sleep(min(poll, remaining))
             poll = min(poll * 2, _MAX_POLL)
+
+    def _reap_first(self, first: ReapFirst) -> None:
+        reap(self._backend, self._store, lock_delay=self._lock_delay, only=first.session_id)
+
+    def _reaping_first(self, operation: Callable[[], T]) -> T:
+        """Run a guarded write; if its guard found the row to be a dead holder's ephemeral entry
+        (:class:`ReapFirst`), reap that session in its own transaction and run the write again."""
+        for _ in range(_REAP_ATTEMPTS):
+            try:
+                return operation()
+            except ReapFirst as first:
+                self._reap_first(first)
+        return operation()
 
     def _end_abandoned(self, tx: Tx, session: Session, lease: Lease) -> None:
         """Inside a write transaction: give up a lease whose owning thread ended without releasing it
@@ -326,7 +346,7 @@ class SessionsMixin(RegistryBase):
                 f"{kind} {entry_id} is leased by {HeldByThread(mine).describe()}; only the thread holding it may "
                 "change it (pass lease= to write with it from this thread)", holder=HeldByThread(mine).describe())
         # A holder that died (or stopped beating) must not pin the entry: free it in this transaction.
-        if reap_if_gone(tx, self._store, holder.session_id, holder.owner, lock_delay=self._lock_delay) is not None:
+        if reap_holder(tx, self._store, entry_pk, holder, lock_delay=self._lock_delay):
             return
         described = holder.describe()
         raise LeaseHeldError(

@@ -177,10 +177,15 @@ class WorkspacesMixin(RegistryBase):
         if kind is not None:
             check_kind_name(kind)
         ended: list[Any] = []
-        with self._backend.write() as tx:
-            entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace, guard=self._guard,
-                                               removal_guard=self._guard_removal(ended))
-            promoted = decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
+
+        def promote() -> Entry:
+            ended.clear()
+            with self._backend.write() as tx:
+                entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace, guard=self._guard,
+                                                   removal_guard=self._guard_removal(ended))
+                return decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
+
+        promoted = self._reaping_first(promote)
         self._finish_removal(ended)
         return promoted
 
@@ -291,7 +296,7 @@ class WorkspacesMixin(RegistryBase):
         if not registrations:
             return []
         _check_metadata(registrations)
-        return self._register(ws, registrations, [None] * len(registrations), on_conflict)
+        return self._reaping_first(lambda: self._register(ws, registrations, [None] * len(registrations), on_conflict))
 
     def _register(self, ws: str, registrations: list[Registration], origins: list[str | None],
                   on_conflict: str) -> list[Entry]:
@@ -521,7 +526,7 @@ class WorkspacesMixin(RegistryBase):
             origins.append(origin)
         if not items:
             return []
-        return self._register(ws, items, origins, "keep")
+        return self._reaping_first(lambda: self._register(ws, items, origins, "keep"))
 
     # -- capabilities and selection ----------------------------------------------------------------
 

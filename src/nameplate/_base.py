@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ._backend import Backend
 from ._context import current_workspace
@@ -20,6 +21,9 @@ from ._sqlite import SqliteBackend
 from ._store import HOSTNAME, Store
 from ._validation import check_seconds
 from .errors import InvalidInputError, RegistryClosedError
+
+
+T = TypeVar("T")
 
 
 class RegistryBase:
@@ -78,6 +82,10 @@ class RegistryBase:
         """The guard of a write that deletes the row: ``_guard``, and the leases mixin also ends the
         caller's own lease of it, appending it to ``ended`` for :meth:`_finish_removal`."""
         return self._guard
+
+    def _reaping_first(self, operation: Callable[[], T]) -> T:
+        """Run a guarded write (the leases mixin retries it after reaping a dead holder first)."""
+        return operation()
 
     def _finish_removal(self, ended: list[Any]) -> None:
         """After the deleting transaction committed: mark the leases it ended as released."""

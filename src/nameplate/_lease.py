@@ -38,6 +38,30 @@ _FENCE_CHECK = ("SELECT 1 FROM lease AS l JOIN session AS s ON s.id = l.session_
 _SESSION_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
 
 
+class ReapFirst(Exception):
+    """Internal, never escapes the registry: reaping a dead holder inside this transaction removed the
+    very row being written (it was that session's ephemeral entry). The transaction rolls back; the
+    caller reaps the session in a transaction of its own and runs the operation again, which then
+    finds the row gone (or, for a resolve, creates a fresh entry)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+
+_ROW_EXISTS = "SELECT 1 FROM entry WHERE pk = ?"
+
+
+def reap_holder(tx: Tx, store: Store, entry_pk: int, holder: Holder, *, lock_delay: float) -> bool:
+    """Inside a write transaction: reap ``holder`` if its process is gone or its ttl ran out; return
+    whether it was. Raises :class:`ReapFirst` when that removed the row ``entry_pk`` itself."""
+    if reap_if_gone(tx, store, holder.session_id, holder.owner, lock_delay=lock_delay) is None:
+        return False
+    if tx.execute(_ROW_EXISTS, (entry_pk,)).fetchone() is None:
+        raise ReapFirst(holder.session_id)
+    return True
+
+
 class Lease:
     """An exclusive hold on one entry. Use as a context manager, or call :meth:`release`.
 
@@ -226,8 +250,7 @@ def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_
         return None
     holder = find_holder(tx, entry_pk)
     if holder is not None:
-        if holder.session_id == session.id or reap_if_gone(
-                tx, store, holder.session_id, holder.owner, lock_delay=lock_delay) is None:
+        if holder.session_id == session.id or not reap_holder(tx, store, entry_pk, holder, lock_delay=lock_delay):
             return holder
     delay = tx.execute(_DELAY, (entry_pk,)).fetchone()
     if delay is not None:

@@ -81,8 +81,8 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         if lock:
             return self._resolve_locked(ws, name, kind, meta, wait, ephemeral)
         owner = self.session().id if ephemeral else None
-        return self._store.resolve(ws, name, kind, meta, guard=self._guard, owner_session_id=owner,
-                                   ephemeral=ephemeral)
+        return self._reaping_first(lambda: self._store.resolve(ws, name, kind, meta, guard=self._guard,
+                                                                owner_session_id=owner, ephemeral=ephemeral))
 
     def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
         """The id of ``name``, or ``None``. Never writes, never takes a lock.
@@ -132,6 +132,10 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
+        return self._reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
+
+    def _update(self, ws: str, name: str, kind: str | None, meta: dict[str, Any], merge: bool,
+                lease: Lease | None) -> Entry:
         with self._backend.write() as tx:
             local = self._store.visible_local(tx, ws, name, kind, "update")
             if lease is not None:
@@ -151,7 +155,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         new = check_name(new, "new name")
         if kind is not None:
             check_kind_name(kind)
-        return self._store.rename(ws, old, new, kind, guard=self._guard)
+        return self._reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._guard))
 
     def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
         """Remove an entry of this workspace and return what it was. The event log keeps its history."""
@@ -160,7 +164,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         if kind is not None:
             check_kind_name(kind)
         ended: list[Lease] = []
-        entry = self._store.delete(ws, name, kind, guard=self._guard_removal(ended))
+        entry = self._reaping_first(lambda: self._store.delete(ws, name, kind, guard=self._guard_removal(ended)))
         self._finish_removal(ended)
         return entry
 
