@@ -316,8 +316,9 @@ def bench_predecessor(work: Path, quick: bool) -> dict[str, Any] | None:
         manager.import_entries({"entries": entries})
         reps = 3
         n = 5 if size == 10_000 or quick else 20
-        lookup = per_op(lambda i: manager.lookup(f"n{i % size}"), n, reps)
-        create = per_op(lambda i: manager.resolve(f"madsci-new-{size}-{i}", "node", acquire_lock=False), n, reps)
+        lookup = per_op(lambda i, manager=manager, size=size: manager.lookup(f"n{i % size}"), n, reps)
+        create = per_op(lambda i, manager=manager, size=size: manager.resolve(
+            f"madsci-new-{size}-{i}", "node", acquire_lock=False), n, reps)
         race = run_madsci_race(path, processes=4, names=[f"race-{size}-{i}" for i in range(50)])
         results[str(size)] = {"lookup": lookup, "resolve_create": create, "race_4_processes": race}
     return results

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import table_snapshot
 
 from nameplate import (
     AmbiguousNameError,
@@ -57,6 +56,8 @@ from nameplate import (
     WorkspaceError,
 )
 from nameplate.cli import main
+
+from conftest import table_snapshot
 
 DB_NAME = "registry.db"
 #: A valid ULID nobody in the populated registry uses: the "good" entry added to broken import files.
@@ -293,7 +294,8 @@ def damaged_nameplate_file(name: str) -> Setup:
 
 def fresh_entry(**changes: Any) -> dict[str, Any]:
     """A valid new entry: a broken file carries it too, to show that a good part is not imported alone."""
-    entry: dict[str, Any] = {"id": FRESH_ID, "workspace": "core", "kind": "node", "name": "imported_node", "metadata": {},
+    entry: dict[str, Any] = {"id": FRESH_ID, "workspace": "core", "kind": "node", "name": "imported_node",
+                             "metadata": {},
              "capabilities": [], "definition": None, "target": None, "created_at": STAMP, "updated_at": STAMP,
              "last_seen_at": STAMP}
     entry.update(changes)

@@ -17,12 +17,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from conftest import table_snapshot
 from nameplate import NameplateError, Registry
 from nameplate import cli as cli_module
 from nameplate import errors as errors_module
 from nameplate._migrate import available, latest_version
 from nameplate.cli import encode_document, main
+
+from conftest import table_snapshot
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -260,7 +261,8 @@ def test_every_command_speaks_json(cli, db_path: Path, tmp_path: Path,  # type: 
         "resolve": ["resolve", "z", "-k", "node"], "rename": ["rename", "old", "older"], "rm": ["rm", "gone"],
         "explain": ["explain", "a", "-k", "node"], "locks": ["locks"], "release": ["release", "a"],
         "sessions": ["sessions"], "reap": ["reap"], "clean": ["clean", "--dry-run"],
-        "export": ["export", "-o", str(tmp_path / "e2.json")], "import": ["import", str(export), "--replace", "--dry-run"],
+        "export": ["export", "-o", str(tmp_path / "e2.json")],
+        "import": ["import", str(export), "--replace", "--dry-run"],
         "check": ["check"], "vacuum": ["vacuum"], "checkpoint": ["checkpoint"], "migrate": ["migrate", "--status"],
         "log": ["log"], "gc": ["gc", "--keep-days", "365"], "kinds": ["kinds"], "stats": ["stats"],
         "workspace ls": ["workspace", "ls"], "workspace create": ["workspace", "create", "dev9"],

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nameplate import EntryNotFoundError, Registry
-from nameplate import compat
+from nameplate import EntryNotFoundError, Registry, compat
 
 
 def test_step_functions(registry: Registry) -> None:

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from conftest import run_processes
 from nameplate import Registry
 from nameplate._migrate import latest_version
+
+from conftest import run_processes
 
 PROCESSES = 8
 NAMES = 500

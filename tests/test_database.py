@@ -12,7 +12,6 @@ from pathlib import Path
 import peewee
 import pytest
 
-from conftest import table_snapshot
 from nameplate import (
     AmbiguousNameError,
     DatabaseError,
@@ -29,6 +28,8 @@ from nameplate import errors as errors_module
 from nameplate._migrate import latest_version
 from nameplate._models import ALL_MODELS
 from nameplate._sqlite import APPLICATION_ID
+
+from conftest import table_snapshot
 
 
 def test_every_connection_gets_the_declared_pragmas(registry: Registry) -> None:

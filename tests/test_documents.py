@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from conftest import table_snapshot
 from nameplate import ConflictError, ImportFileError, Registry, UnknownWorkspaceError
+
+from conftest import table_snapshot
 
 MADSCI_FILE = Path(__file__).parent / "data" / "madsci_registry.json"
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from nameplate import Event, InvalidInputError, Registry, _eventlog
+
 from conftest import run_processes
-from nameplate import Event, InvalidInputError, Registry
-from nameplate import _eventlog
 
 
 def test_every_change_is_an_event_in_revision_order(registry: Registry) -> None:

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import table_snapshot
-from nameplate import _patterns
 from nameplate import (
     InvalidNameError,
     KindInUseError,
@@ -19,7 +17,10 @@ from nameplate import (
     Registry,
     UnknownKindError,
     ValidationError,
+    _patterns,
 )
+
+from conftest import table_snapshot
 
 
 def test_step_definitions_get_their_defaults_from_the_name(registry: Registry) -> None:

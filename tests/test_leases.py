@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from _session_helpers import events, insert_session, session_row, sleeper, stop_child
-from conftest import run_processes, table_snapshot
 from nameplate import (
     EntryNotFoundError,
     InvalidInputError,
@@ -28,6 +26,9 @@ from nameplate import (
     Registry,
 )
 from nameplate._liveness import process_start
+
+from _session_helpers import events, insert_session, session_row, sleeper, stop_child
+from conftest import run_processes, table_snapshot
 
 
 def _content(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -453,6 +454,7 @@ def test_no_write_path_changes_an_entry_leased_by_another_live_process(db_path: 
             for what, attempt in refused_elsewhere.items():
                 with pytest.raises(NameplateError, match="lease"):
                     attempt()
+                    pytest.fail(f"{what} went through while another process holds the lease")
             assert other.get("free", "node").definition is None  # the batch with "device" wrote nothing
             assert other.resolve("device", "node") == before_id(before, "device")  # reading the id is fine
             assert other.clean_stale(timedelta(microseconds=1)) != []  # it removes "free", never "device"

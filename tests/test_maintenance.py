@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from conftest import SPAWN, wait_until
 from nameplate import Registry
 from nameplate._health import CHECKS, CheckReport, Finding
 from nameplate._migrate import available, latest_version
+
+from conftest import SPAWN, wait_until
 
 
 def corrupt(db_path: Path, *statements: str) -> None:

@@ -12,8 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nameplate import DatabaseLocationError, InvalidInputError, NetworkFilesystemError, Registry, StorageError
-from nameplate import _paths
+from nameplate import DatabaseLocationError, InvalidInputError, NetworkFilesystemError, Registry, StorageError, _paths
 from nameplate._paths import locate
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nameplate import NoMatchError, Registry, UnknownStrategyError
-from nameplate import _strategies
+from nameplate import NoMatchError, Registry, UnknownStrategyError, _strategies
 
 
 @pytest.fixture

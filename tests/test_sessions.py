@@ -17,10 +17,11 @@ from typing import Any
 import psutil
 import pytest
 
-from _session_helpers import events, insert_session, session_row, sleeper, stop_child
-from conftest import wait_until
 from nameplate import InvalidInputError, InvalidMetadataError, LeaseHeldError, LeaseLost, Registry, SessionClosedError
 from nameplate._liveness import BOOT_ID, HOSTNAME, START_TOLERANCE, Owner, process_start, verdict
+
+from _session_helpers import events, insert_session, session_row, sleeper, stop_child
+from conftest import wait_until
 
 
 def _heartbeat_threads() -> list[threading.Thread]:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import table_snapshot
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -59,6 +58,8 @@ from nameplate import (
     ValidationError,
     WorkspaceError,
 )
+
+from conftest import table_snapshot
 
 # -- the pools every rule draws from ----------------------------------------------------------------
 
@@ -371,7 +372,7 @@ class RegistryMachine(RuleBasedStateMachine):
                 seeds=st.lists(st.tuples(names, kinds, workspace_picks), max_size=8))
     def a_tree_with_entries(self, parent_picks: list[int], seeds: list[tuple[str, str, int]]) -> None:
         """Start from a few layers with entries in them: collisions and shadows from the first rule on."""
-        for workspace, parent_pick in zip(WORKSPACE_POOL, parent_picks):
+        for workspace, parent_pick in zip(WORKSPACE_POOL, parent_picks, strict=False):
             self.create_workspace(workspace, parent_pick)
         for name, kind, pick in seeds:
             self.resolve(name, kind, None, pick, lock=False, via_context=False)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from ulid import ULID
 
-from conftest import table_snapshot
 from nameplate import (
     AmbiguousNameError,
     Entry,
@@ -21,6 +20,8 @@ from nameplate import (
     RegistryClosedError,
     UnknownKindError,
 )
+
+from conftest import table_snapshot
 
 
 def events(path: Path) -> list[tuple[str, str | None, str | None]]:
@@ -207,7 +208,8 @@ def test_metadata_nested_too_deep_is_refused_on_every_path(registry: Registry, d
                 lambda: registry.resolve("new", "node", _nested(depth)),
                 lambda: registry.update("exists", "node", metadata=_nested(depth)),
                 lambda: registry.register("probe", "provider", metadata=_nested(depth)),
-                lambda: registry.register("probe", "provider", {"description": "x"}, metadata={"deep": [_nested(depth)]})]
+                lambda: registry.register("probe", "provider", {"description": "x"},
+                                          metadata={"deep": [_nested(depth)]})]
     for attempt in attempts:
         with pytest.raises(InvalidMetadataError, match="nests deeper than 64 levels"):
             attempt()

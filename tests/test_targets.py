@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import table_snapshot
 from nameplate import EntryNotFoundError, Registry, TargetImportError
+
+from conftest import table_snapshot
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import table_snapshot
 from nameplate import (
     EntryNotFoundError,
     InvalidNameError,
@@ -20,6 +19,8 @@ from nameplate import (
     UnknownWorkspaceError,
     WorkspaceError,
 )
+
+from conftest import table_snapshot
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from importlib.metadata import PackageNotFoundError, version
 from ._api_workspaces import Registration
 from ._documents import ImportPlan
 from ._health import CheckReport, Finding
-from ._migrate import MigrationStatus
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
+from ._migrate import MigrationStatus
 from ._paths import Location
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo

@@ -145,8 +145,10 @@ class SessionsMixin(RegistryBase):
             # Opening a session is a write of its own: refuse an unknown name before making it.
             with self._backend.read() as tx:
                 self._store.visible_row(tx, ws, name, kind, "lease")
-        return self._acquire(name, wait, on_lost, lambda tx, session: self._store.visible_row(
+        lease = self._acquire(name, wait, on_lost, lambda tx, session: self._store.visible_row(
             tx, ws, name, kind, "lease"))
+        assert lease is not None, "visible_row raises rather than returning None"
+        return lease
 
     def _resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
                         wait: float | None, ephemeral: bool) -> str:
@@ -180,7 +182,7 @@ class SessionsMixin(RegistryBase):
 
     def _acquire(self, name: str, wait: float | None, on_lost: Callable[[Lease], Any] | None,
                  prepare: Callable[[Tx, Session], LocalRow | None],
-                 after: Callable[[Tx, Lease], None] | None = None) -> Any:
+                 after: Callable[[Tx, Lease], None] | None = None) -> Lease | None:
         """The acquire loop: ``prepare`` names the row inside each attempt's write transaction (None:
         give up, nothing written), ``after`` runs in the transaction that took (or re-entered) the lease."""
         deadline = None if wait is None else time.monotonic() + wait

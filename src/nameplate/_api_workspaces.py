@@ -39,7 +39,7 @@ from ._kind_schema import (
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, LocalRow, decode_entry, entry_by_pk
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, decode_entry, entry_by_pk
 from ._validation import (
     check_capabilities,
     check_kind_name,
@@ -593,7 +593,8 @@ def _check_metadata(registrations: list[Registration]) -> None:
             try:
                 encode_object(reg.metadata)
             except InvalidMetadataError as error:
-                where = f"item {index} ({reg.kind} {reg.name!r})" if len(registrations) > 1 else f"{reg.kind} {reg.name!r}"
+                what = f"{reg.kind} {reg.name!r}"
+                where = f"item {index} ({what})" if len(registrations) > 1 else what
                 problems.append(f"{where}: {error}")
     if problems:
         raise InvalidMetadataError(f"{len(problems)} problem(s), nothing registered: " + "; ".join(problems),

@@ -9,8 +9,8 @@ calling ``super()`` so that every mixin's hook runs.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ._backend import Backend
@@ -21,7 +21,6 @@ from ._sqlite import SqliteBackend
 from ._store import HOSTNAME, Store
 from ._validation import check_seconds
 from .errors import InvalidInputError, RegistryClosedError
-
 
 T = TypeVar("T")
 

@@ -76,7 +76,7 @@ _KINDS_FINGERPRINT = "SELECT name, updated_at FROM kind ORDER BY name"
 
 def iso(timestamp: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with a ``Z``, as pydantic writes MADSci's times."""
-    return utc(timestamp).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+    return utc(timestamp).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(value: Any, where: str, problems: list[str]) -> float:
@@ -541,7 +541,8 @@ def _check_document(doc: _Document, tx: Tx, mode: str, source: str,
             problems.append(f"{where}: {error}")
             continue
         if tomb.get("workspace") not in known_ws or tomb.get("workspace") == CORE:
-            problems.append(f"{where}: a tombstone needs a non-core workspace that exists, not {tomb.get('workspace')!r}")
+            problems.append(f"{where}: a tombstone needs a non-core workspace that exists, "
+                            f"not {tomb.get('workspace')!r}")
         if tomb["kind"] not in kinds:
             problems.append(f"{where}: kind {tomb['kind']!r} is not defined here nor in the file")
         key = (tomb.get("workspace"), tomb["kind"], tomb["name"])
@@ -645,7 +646,8 @@ def _plan_nameplate(tx: Tx, doc: _Document, mode: str, rows: list[Any], plan: Im
         plan.removed = [_label(*key) for key in visible if key not in wanted]
         listed = {w["name"] for w in doc.workspaces}
         plan.workspaces_removed = [name for name in existing_ws if name not in listed]
-        plan.workspaces_added = [w["name"] for w in doc.workspaces if w["name"] != CORE and w["name"] not in existing_ws]
+        plan.workspaces_added = [w["name"] for w in doc.workspaces
+                                 if w["name"] != CORE and w["name"] not in existing_ws]
         ops.create_workspaces = [w for w in doc.workspaces if w["name"] != CORE]
         for entry in doc.entries:
             key = (entry["workspace"], entry["kind"], entry["name"])
@@ -772,7 +774,8 @@ def _apply(tx: Tx, store: Store, doc: _Document, mode: str, plan: ImportPlan, op
     now = time.time()
     for ws_name, kind, name in ops.hide:
         tx.execute("INSERT INTO entry (id, workspace_id, kind_id, name, hidden, created_at, updated_at, last_seen_at) "
-                   "VALUES (?, ?, ?, ?, 1, ?, ?, ?)", (str(ULID()), ws_ids[ws_name], kind_ids[kind], name, now, now, now))
+                   "VALUES (?, ?, ?, ?, 1, ?, ?, ?)",
+                   (str(ULID()), ws_ids[ws_name], kind_ids[kind], name, now, now, now))
         store.record(tx, "hide", workspace=ws_name, kind=kind, name=name, source="import")
     store.record(tx, "import", workspace=doc.workspace if doc.format == "madsci" else None, mode=mode,
                  format=doc.format, added=len(plan.added), kept=len(plan.kept), replaced=len(plan.replaced),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -139,7 +138,7 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
                "SELECT ?, ancestor_id, depth + 1 FROM workspace_ancestor WHERE workspace_id = ?", (new_id, parent_id))
     store.record(tx, "workspace.create", workspace=name, at=now, parent=parent, description=description)
     depth = tx.execute("SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = ?", (new_id,)).fetchone()[0]
-    return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())  # type: ignore[arg-type]
+    return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())
 
 
 def list_workspaces(tx: Tx) -> list[WorkspaceInfo]:

@@ -46,7 +46,9 @@ class Location:
     url: str | None = None
 
     def __str__(self) -> str:
-        return self.url if self.path is None else str(self.path)
+        if self.path is None:
+            return self.url or ""
+        return str(self.path)
 
 
 def locate(explicit: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Location:

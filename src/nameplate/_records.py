@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 
-def utc(timestamp: float | None) -> datetime | None:
+def utc(timestamp: float) -> datetime:
+    """A stored epoch-seconds column as an aware UTC datetime."""
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def utc_or_none(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def frozen_json(text: str | None) -> Mapping[str, Any] | None:
-    if text is None:
-        return None
+def frozen_json(text: str) -> Mapping[str, Any]:
+    """A stored JSON object as a read-only mapping."""
     if text == "{}":  # most entries carry no metadata; skipping the parse halves a listing's decode
         return _EMPTY
     return MappingProxyType(json.loads(text))
+
+
+def frozen_json_or_none(text: str | None) -> Mapping[str, Any] | None:
+    return None if text is None else frozen_json(text)
 
 
 def string_set(text: str) -> frozenset[str]:

@@ -28,7 +28,7 @@ from ulid import ULID
 
 from ._backend import Backend, Tx
 from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
-from ._records import utc
+from ._records import utc_or_none
 from ._validation import encode_object
 from .errors import NameplateError, SessionClosedError
 
@@ -133,7 +133,7 @@ def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
         result.append(SessionInfo(
             id=r[0], pid=int(r[1]), hostname=r[2], label=r[9], ttl=float(r[5]), status=r[10],
             info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=instant(r[13]),
-            last_beat_at=instant(r[6]), beats=int(r[8]), ended_at=utc(r[14]), end_reason=r[15],
+            last_beat_at=instant(r[6]), beats=int(r[8]), ended_at=utc_or_none(r[14]), end_reason=r[15],
             leases=tuple(leases.get(r[0], ()))))
     return result
 

@@ -17,6 +17,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,7 +102,7 @@ class _TrackedSqliteDatabase(peewee.SqliteDatabase):
         super().__init__(*args, **kwargs)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = super()._connect()
+        conn: sqlite3.Connection = super()._connect()  # type: ignore[misc]  # peewee's stubs omit _connect
         try:
             self._on_connect(conn)
         except BaseException:
@@ -114,6 +115,7 @@ class _TrackedSqliteDatabase(peewee.SqliteDatabase):
 
 class SqliteBackend(Backend):
     dialect = "sqlite"
+    peewee: _TrackedSqliteDatabase
     #: Use SQLite's own busy handler instead of our loop: only ``scripts/bench.py`` sets it, to show
     #: the latency tail that our loop removes.
     use_sqlite_busy_handler = False
@@ -156,7 +158,8 @@ class SqliteBackend(Backend):
         # On a brand-new file another process may hold the lock while it switches to WAL; even
         # pragmas then meet SQLITE_BUSY, so each one waits like a write would.
         for name, value in self._pragmas:
-            self._retry(lambda: conn.execute(f"PRAGMA {name} = {value}"), what="the new database's lock")
+            statement = f"PRAGMA {name} = {value}"
+            self._retry(partial(conn.execute, statement), what="the new database's lock")
         mode = self._retry(lambda: conn.execute("PRAGMA journal_mode").fetchone()[0])
         if str(mode).lower() != "wal":
             self._retry(lambda: conn.execute("PRAGMA journal_mode = wal").fetchone())
@@ -167,7 +170,8 @@ class SqliteBackend(Backend):
         if self._pid != os.getpid():
             self._forget_connections()
         try:
-            return self.peewee.connection()
+            conn: sqlite3.Connection = self.peewee.connection()  # type: ignore[no-untyped-call]  # untyped in peewee
+            return conn
         except peewee.PeeweeException as error:
             raise self._translate(error) from None
         except sqlite3.Error as error:
@@ -177,7 +181,7 @@ class SqliteBackend(Backend):
         """In a forked child: drop inherited handles without closing them, reconnect lazily."""
         self._pid = os.getpid()
         db = self.peewee
-        db._lock = threading.Lock()  # the parent may have held it at fork time
+        db._lock = threading.Lock()  # type: ignore[attr-defined]  # peewee's own; the parent may have held it at fork time
         db._tracking_lock = threading.Lock()
         _inherited_after_fork.extend(db._all_connections)
         db._all_connections = []

@@ -24,7 +24,7 @@ from ulid import ULID
 
 from . import _patterns
 from ._backend import Backend, Tx
-from ._records import Entry, frozen_json, string_set, utc
+from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
 from ._validation import check_name
 from .errors import (
     AmbiguousNameError,
@@ -95,7 +95,7 @@ def decode_entry(row: Sequence[Any]) -> Entry:
     return Entry(
         id=row[1], name=row[2], kind=row[3], workspace=row[4],
         metadata=frozen_json(row[5]), capabilities=string_set(row[6]),
-        definition=frozen_json(row[7]), target=row[8],
+        definition=frozen_json_or_none(row[7]), target=row[8],
         created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]),
     )
 
@@ -192,12 +192,12 @@ class Store:
         if kind is not None:
             row = self.backend.query_one(_LOOKUP_KIND, (workspace, name, kind))
             if row is not None:
-                return row[0]
+                return str(row[0])
             self._explain_miss(workspace, kind)
             return None
         rows = self.backend.query_all(_LOOKUP_ANY, (workspace, name))
         if len(rows) == 1:
-            return rows[0][0]
+            return str(rows[0][0])
         if rows:
             raise _ambiguous(name, workspace, [r[1] for r in rows])
         self._explain_miss(workspace, None)
@@ -230,7 +230,8 @@ class Store:
 
     def visible_row(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
         """The entry ``name`` resolves to in ``workspace`` (possibly inherited), or a precise error."""
-        select = f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
+        select = (f"SELECT r.pk, r.id, r.kind_id, k.name, r.workspace_id, w.name {RESOLVED} "
+                  f"WHERE {VISIBLE} AND r.name = ?")
         if kind is None:
             rows = tx.execute(select, (workspace, name)).fetchall()
             if len(rows) > 1:
@@ -270,7 +271,7 @@ class Store:
         row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
         now = time.time()
         if row is not None and not ephemeral and not _needs_write(row, metadata, now):
-            return row[0]
+            return str(row[0])
         pattern = None if row is not None else self.checked_pattern(workspace, kind, name)
         for _ in range(_PATTERN_ATTEMPTS):
             with self.backend.write() as tx:
@@ -312,7 +313,7 @@ class Store:
         that it was seen (``last_seen_at``, the registry's own usage stamp, which no lease guards)."""
         now = time.time()
         merged = None if found.metadata is None else _merged(found.metadata, metadata)
-        if merged is None or found.workspace_id != self.workspace_id(tx, workspace):
+        if found.metadata is None or merged is None or found.workspace_id != self.workspace_id(tx, workspace):
             # Metadata of an inherited entry belongs to its own layer; resolving here only reads it.
             tx.execute(_TOUCH, (now, found.pk))
             return

@@ -109,9 +109,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         click.echo("(none)")
         return
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def size(count: int) -> str:
@@ -388,7 +388,8 @@ def clean(settings: Settings, older_than: str, dry_run: bool) -> None:
 
     def human() -> None:
         table(["kind", "name", "id", "workspace", "capabilities", "last seen"], entry_rows(removed))
-        click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+        entries = "entry" if len(removed) == 1 else "entries"
+        click.echo(f"{'would remove' if dry_run else 'removed'} {len(removed)} {entries}")
 
     emit(settings, {"dry_run": dry_run, "entries": [e.to_dict() for e in removed]}, human)
 
@@ -628,7 +629,7 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
     widths = [6, 11, 8, 16, 10, 12, 20, 0]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     with settings.open() as registry:
         events = registry.changes(since, limit)
@@ -763,7 +764,8 @@ def workspace_diff(settings: Settings, a: str, b: str) -> None:
         for entry in difference.only_in_b:
             click.echo(f"+ {entry.kind} {entry.name} (only in {b}, from {entry.workspace})")
         for left, right in difference.changed:
-            click.echo(f"~ {left.kind} {left.name} ({a}: {left.workspace} {left.id}; {b}: {right.workspace} {right.id})")
+            click.echo(f"~ {left.kind} {left.name} "
+                       f"({a}: {left.workspace} {left.id}; {b}: {right.workspace} {right.id})")
         if difference.empty:
             click.echo("no differences")
 

@@ -10,8 +10,8 @@ from ._api_maintenance import MaintenanceMixin
 from ._api_sessions import SessionsMixin
 from ._api_workspaces import WorkspacesMixin
 from ._base import RegistryBase
-from ._lease import Lease
 from ._context import active_workspace
+from ._lease import Lease
 from ._records import Entry
 from ._store import entry_by_pk
 from ._validation import check_kind_name, check_name, encode_object
