@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from ._paths import PROJECT_DIR, locate
+from ._completion import complete_entry, complete_kind, complete_path, complete_workspace
+from ._context import ENV_WORKSPACE
+from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH
 from .errors import (
     EntryNotFoundError,
@@ -52,13 +55,36 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Settings:
-    def __init__(self, db: str | None, workspace: str | None, as_json: bool) -> None:
+    """The global options, as every command sees them."""
+
+    def __init__(self, db: str | None, workspace: str | None, as_json: bool, timeout: float) -> None:
         self.db = db
         self.workspace = workspace
         self.as_json = as_json
+        self.timeout = timeout
 
-    def open(self) -> Registry:
-        return Registry(self.db)
+    def open(self, **options: Any) -> Registry:
+        return Registry(self.db, timeout=self.timeout, **options)
+
+
+#: The library's messages speak to Python callers ("pass kind="); on the command line the same advice
+#: names the flag. Each pair is checked by a CLI test that provokes the message, so a library rewording
+#: that slips past this table fails there instead of reaching users half-translated.
+CLI_WORDING: tuple[tuple[str, str], ...] = (
+    ("pass kind= to choose one", "pass --kind to choose one"),
+    ("pass force=True to delete them all", "pass --force to delete them all"),
+    ("pass replace=True to overwrite it", "pass --replace to overwrite it"),
+    ("(operators: release(..., force=True) or `nameplate release --force`)", "(operators: nameplate release --force)"),
+    ("break it with release(..., force=True)", "break it with nameplate release --force"),
+    ("pass wait=seconds to wait for it", "pass --wait SECONDS to wait for it"),
+    ("retry later or pass wait=", "retry later or pass --wait SECONDS"),
+)
+
+
+def cli_wording(message: str) -> str:
+    for library_words, cli_words in CLI_WORDING:
+        message = message.replace(library_words, cli_words)
+    return message
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +95,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except NameplateError as error:
-            fail(str(error), error.exit_code)
+            fail(cli_wording(str(error)), error.exit_code)
         except OSError as error:  # files the CLI itself reads or writes (export -o, ...)
             where = f"{error.filename}: " if error.filename else ""
             fail(f"{where}{error.strerror or error}", StorageError.exit_code if error.errno in _DISK_FULL else 1)
@@ -155,20 +181,45 @@ def parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def kind_option(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option("--kind", "-k", required=required,
+    return click.option("--kind", "-k", required=required, shell_complete=complete_kind,
                         help="Kind of the entry (node, module, step, ...)" +
                              ("." if required else "; needed when the name exists under several kinds."))
 
 
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        ctx.find_object(Settings).as_json = True  # type: ignore[union-attr]
+
+
+#: ``--json`` on each command as well as on the group: ``nameplate ls --json`` and ``nameplate --json ls``
+#: mean the same (sqlite-utils and etcdctl take output options on the command).
+json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json,
+                           help="Machine-readable JSON output (also accepted before the command).")
+
+
+def _unless_from_environment(ctx: click.Context, name: str, value: str | None) -> str | None:
+    # The library reads NAMEPLATE_DB and NAMEPLATE_WORKSPACE itself, and `nameplate path` reports
+    # which of them chose the file; click reading them too would make every value look explicit.
+    if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+        return None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="nameplate")
-@click.option("--db", metavar="PATH", help="Database file (default: discovery; see `nameplate path`).")
-@click.option("--workspace", "-w", metavar="NAME", help="Workspace to act in (default: NAMEPLATE_WORKSPACE or core).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("--db", metavar="PATH", envvar=ENV_DB, show_envvar=True, shell_complete=complete_path,
+              help="Database file (default: discovery; see `nameplate path`).")
+@click.option("--workspace", "-w", metavar="NAME", envvar=ENV_WORKSPACE, show_envvar=True,
+              shell_complete=complete_workspace, help="Workspace to act in (default: core).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", envvar="NAMEPLATE_TIMEOUT", show_envvar=True,
+              help="How long a write waits for other processes before giving up (exit 1, 'busy').")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (also accepted after the command).")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, workspace: str | None, as_json: bool) -> None:
+def main(ctx: click.Context, db: str | None, workspace: str | None, timeout: float, as_json: bool) -> None:
     """nameplate: names, ids, leases and definitions shared by the processes of one host."""
-    ctx.obj = Settings(db, workspace, as_json)
+    ctx.obj = Settings(_unless_from_environment(ctx, "db", db),
+                       _unless_from_environment(ctx, "workspace", workspace), as_json, timeout)
 
 
 # -- where ---------------------------------------------------------------------------------------------
@@ -227,7 +278,7 @@ def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, 
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -252,7 +303,7 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option(required=True)
 @pass_settings
 @handle_errors
@@ -264,7 +315,7 @@ def explain(settings: Settings, name: str, kind: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option(required=True)
 @click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
               help="Metadata to store (repeatable; VALUE is parsed as JSON when it is valid JSON).")
@@ -279,7 +330,7 @@ def resolve(settings: Settings, name: str, kind: str, meta: tuple[str, ...]) -> 
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -293,7 +344,7 @@ def lookup(settings: Settings, name: str, kind: str | None) -> None:
 
 
 @main.command()
-@click.argument("old")
+@click.argument("old", shell_complete=complete_entry)
 @click.argument("new")
 @kind_option()
 @pass_settings
@@ -306,7 +357,7 @@ def rename(settings: Settings, old: str, new: str, kind: str | None) -> None:
 
 
 @main.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -334,7 +385,7 @@ def locks(settings: Settings) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @click.option("--force", is_flag=True, help="Break a lease held by another process (logged).")
 @pass_settings
@@ -721,7 +772,7 @@ def workspace_list(settings: Settings) -> None:
 
 @workspace.command("create")
 @click.argument("name")
-@click.option("--parent", default="core", show_default=True, help="The workspace it layers over.")
+@click.option("--parent", default="core", show_default=True, shell_complete=complete_workspace, help="The workspace it layers over.")
 @click.option("--description", default="", help="What the workspace is for.")
 @pass_settings
 @handle_errors
@@ -733,7 +784,7 @@ def workspace_create(settings: Settings, name: str, parent: str, description: st
 
 
 @workspace.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_workspace)
 @click.option("--force", is_flag=True, help="Also delete its child workspaces.")
 @pass_settings
 @handle_errors
@@ -745,8 +796,8 @@ def workspace_remove(settings: Settings, name: str, force: bool) -> None:
 
 
 @workspace.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete_workspace)
+@click.argument("b", shell_complete=complete_workspace)
 @pass_settings
 @handle_errors
 def workspace_diff(settings: Settings, a: str, b: str) -> None:
@@ -768,7 +819,7 @@ def workspace_diff(settings: Settings, a: str, b: str) -> None:
 
 
 @workspace.command("promote")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @click.option("--replace", is_flag=True, help="Overwrite the parent's entry of the same name.")
 @pass_settings
@@ -793,3 +844,14 @@ def workspace_conflicts(settings: Settings) -> None:
     emit(settings, [c.to_dict() for c in found],
          lambda: table(["type", "kind", "name", "workspaces"], [[c.type, c.kind, c.name, ", ".join(c.workspaces)]
                                                                 for c in found]))
+
+
+def _add_json_option(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_json_option(command)
+        elif not any(param.name == "as_json" for param in command.params):
+            json_option(command)
+
+
+_add_json_option(main)
