@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -27,7 +28,9 @@ from click.core import ParameterSource
 
 from . import __version__
 from ._completion import complete_entry, complete_kind, complete_path, complete_workspace
+from ._api_sessions import DEFAULT_TTL
 from ._context import ENV_WORKSPACE
+from ._lock_command import check_runnable, run_command, take_lease
 from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH
 from .errors import (
@@ -396,6 +399,43 @@ def release(settings: Settings, name: str, kind: str | None, force: bool) -> Non
         released = registry.release(name, kind, force=force, workspace=settings.workspace)
     emit(settings, {"name": name, "released": released},
          lambda: click.echo(f"released {name}" if released else f"{name} was not leased"))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name", shell_complete=complete_entry)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@kind_option()
+@click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Wait up to this long for the lease (default: fail at once, exit 4).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: beats every ttl/3; a hung lock is presumed dead after it.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the lease: time between SIGTERM and SIGKILL of the command.")
+@pass_settings
+@handle_errors
+def lock(settings: Settings, name: str, command: tuple[str, ...], kind: str | None, wait: float | None,
+         ttl: float, grace: float) -> None:
+    """Run COMMAND while holding the lease on NAME (like flock(1)).
+
+    The command finds the fencing token in NAMEPLATE_FENCING_TOKEN and the entry's id in
+    NAMEPLATE_ENTRY_ID. Exit: the command's own code; 4 if the lease is held (see --wait); 8 if the
+    lease was lost meanwhile (the command got SIGTERM, then SIGKILL after --grace); 126/127 if the
+    command cannot run. With --kind a missing entry is created. SIGINT, SIGTERM, SIGHUP and SIGQUIT are
+    passed on to the command.
+    """
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError("give the command to run after --: nameplate lock NAME -- COMMAND...")
+    check_runnable(command)
+    label = f"nameplate lock {name}: {shlex.join(command)}"[:200]
+    try:
+        with settings.open(ttl=ttl) as registry:
+            lease = take_lease(registry, name, kind, settings.workspace, wait, label)
+            code = run_command(lease, command, grace=grace)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the lease: nothing was started
+        fail("interrupted while waiting for the lease", 130)
+    sys.exit(code)
 
 
 @main.command()
@@ -846,11 +886,15 @@ def workspace_conflicts(settings: Settings) -> None:
                                                                 for c in found]))
 
 
+#: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
+WITHOUT_JSON = frozenset({"lock"})
+
+
 def _add_json_option(group: click.Group) -> None:
     for command in group.commands.values():
         if isinstance(command, click.Group):
             _add_json_option(command)
-        elif not any(param.name == "as_json" for param in command.params):
+        elif command.name not in WITHOUT_JSON and not any(param.name == "as_json" for param in command.params):
             json_option(command)
 
 
