@@ -76,7 +76,7 @@ _KINDS_FINGERPRINT = "SELECT name, updated_at FROM kind ORDER BY name"
 
 def iso(timestamp: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with a ``Z``, as pydantic writes MADSci's times."""
-    return utc(timestamp).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+    return utc(timestamp).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(value: Any, where: str, problems: list[str]) -> float:

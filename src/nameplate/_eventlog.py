@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 def _decode(row: EventRow) -> Event:
-    return Event(rev=int(row.rev), at=utc(row.at), action=row.action, workspace=row.workspace,  # type: ignore[arg-type]
+    return Event(rev=int(row.rev), at=utc(row.at), action=row.action, workspace=row.workspace,
                  kind=row.kind, name=row.name, entry_id=row.entry_id, session_id=row.session_id, actor=row.actor,
                  detail=json.loads(row.detail))
 

@@ -139,7 +139,7 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
                "SELECT ?, ancestor_id, depth + 1 FROM workspace_ancestor WHERE workspace_id = ?", (new_id, parent_id))
     store.record(tx, "workspace.create", workspace=name, at=now, parent=parent, description=description)
     depth = tx.execute("SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = ?", (new_id,)).fetchone()[0]
-    return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())  # type: ignore[arg-type]
+    return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())
 
 
 def list_workspaces(tx: Tx) -> list[WorkspaceInfo]:

@@ -46,7 +46,7 @@ class Location:
     url: str | None = None
 
     def __str__(self) -> str:
-        return self.url if self.path is None else str(self.path)
+        return str(self.path) if self.path is not None else str(self.url)
 
 
 def locate(explicit: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Location:

@@ -6,9 +6,13 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 
+@overload
+def utc(timestamp: float) -> datetime: ...
+@overload
+def utc(timestamp: None) -> None: ...
 def utc(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
@@ -16,6 +20,10 @@ def utc(timestamp: float | None) -> datetime | None:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+@overload
+def frozen_json(text: str) -> Mapping[str, Any]: ...
+@overload
+def frozen_json(text: None) -> None: ...
 def frozen_json(text: str | None) -> Mapping[str, Any] | None:
     if text is None:
         return None

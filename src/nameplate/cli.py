@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+from importlib import resources
 import json
 import os
 import re
@@ -438,19 +439,58 @@ def lock(settings: Settings, name: str, command: tuple[str, ...], kind: str | No
     sys.exit(code)
 
 
+_SESSION_COLUMNS = ["id", "pid", "host", "label", "state", "status", "last beat", "leases", "info"]
+
+
+def _session_rows(found: Iterable[Any]) -> list[list[Any]]:
+    return [[s.id, s.pid, s.hostname, s.label, s.state if s.alive or s.state != "live" else "unresponsive",
+             s.status, ago(s.last_beat_at), ", ".join(f"{h.kind} {h.name} #{h.token}" for h in s.leases) or "-",
+             json.dumps(dict(s.info), sort_keys=True)] for s in found]
+
+
+#: Move the cursor home and clear the screen: a --watch refresh redraws in place, as watch(1) does.
+_REDRAW = "\x1b[H\x1b[2J"
+
+
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="Include ended sessions.")
+@click.option("--watch", is_flag=True, help="Refresh until interrupted: redrawn in place on a terminal, "
+                                            "one block (or with --json one JSON line) per refresh otherwise.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True, metavar="SECONDS",
+              help="With --watch: time between refreshes.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N refreshes.")
 @pass_settings
 @handle_errors
-def sessions(settings: Settings, show_all: bool) -> None:
-    """List the processes registered here (live ones, judged now)."""
+def sessions(settings: Settings, show_all: bool, watch: bool, interval: float, count: int | None) -> None:
+    """List the processes registered here (live ones, judged now) and the leases they hold."""
     with settings.open() as registry:
-        found = registry.sessions(alive=not show_all)
-    emit(settings, [s.to_dict() for s in found],
-         lambda: table(["id", "pid", "host", "label", "state", "status", "last beat", "leases", "info"],
-                       [[s.id, s.pid, s.hostname, s.label, s.state if s.alive or s.state != "live" else "unresponsive",
-                         s.status, ago(s.last_beat_at), len(s.leases), json.dumps(dict(s.info), sort_keys=True)]
-                        for s in found]))
+        if not watch:
+            found = registry.sessions(alive=not show_all)
+            emit(settings, [s.to_dict() for s in found], lambda: table(_SESSION_COLUMNS, _session_rows(found)))
+            return
+        redraw = sys.stdout.isatty() and not settings.as_json
+        refreshes = 0
+        try:
+            while True:
+                found = registry.sessions(alive=not show_all)  # one short read; nothing held while sleeping
+                at = datetime.now(UTC).astimezone()
+                if settings.as_json:
+                    click.echo(json.dumps({"at": at.isoformat(), "sessions": [s.to_dict() for s in found]},
+                                          sort_keys=True))
+                else:
+                    if redraw:
+                        click.echo(_REDRAW, nl=False)
+                    click.echo(f"{at:%H:%M:%S}  {len(found)} session(s), "
+                               f"{sum(len(s.leases) for s in found)} lease(s); every {interval:g} s")
+                    table(_SESSION_COLUMNS, _session_rows(found))
+                    if not redraw:
+                        click.echo()
+                refreshes += 1
+                if count is not None and refreshes >= count:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 @main.command()
@@ -810,6 +850,41 @@ def workspace_list(settings: Settings) -> None:
                        [[w.name, w.parent or "-", w.depth, w.entries, w.tombstones, w.description] for w in found]))
 
 
+@workspace.command("tree")
+@pass_settings
+@handle_errors
+def workspace_tree(settings: Settings) -> None:
+    """Show the workspaces as a tree, with the entries and tombstones each defines."""
+    with settings.open() as registry:
+        found = registry.workspaces()
+    by_name = {w.name: w for w in found}
+    roots = [w for w in found if w.parent is None or w.parent not in by_name]
+
+    def as_dict(info: Any) -> dict[str, Any]:
+        return {"name": info.name, "entries": info.entries, "tombstones": info.tombstones,
+                "description": info.description, "children": [as_dict(by_name[c]) for c in sorted(info.children)
+                                                              if c in by_name]}
+
+    def label(info: Any) -> str:
+        counts = f"{info.entries} entr{'y' if info.entries == 1 else 'ies'}"
+        if info.tombstones:
+            counts += f", {info.tombstones} tombstone{'' if info.tombstones == 1 else 's'}"
+        return f"{info.name} ({counts})" + (f"  {info.description}" if info.description else "")
+
+    def draw(info: Any, prefix: str, last: bool, top: bool) -> None:
+        click.echo(label(info) if top else f"{prefix}{'└── ' if last else '├── '}{label(info)}")
+        children = [by_name[c] for c in sorted(info.children) if c in by_name]
+        below = prefix if top else prefix + ("    " if last else "│   ")
+        for index, child in enumerate(children):
+            draw(child, below, index == len(children) - 1, False)
+
+    def human() -> None:
+        for root in roots:
+            draw(root, "", True, True)
+
+    emit(settings, [as_dict(root) for root in roots], human)
+
+
 @workspace.command("create")
 @click.argument("name")
 @click.option("--parent", default="core", show_default=True, shell_complete=complete_workspace, help="The workspace it layers over.")
@@ -885,6 +960,27 @@ def workspace_conflicts(settings: Settings) -> None:
          lambda: table(["type", "kind", "name", "workspaces"], [[c.type, c.kind, c.name, ", ".join(c.workspaces)]
                                                                 for c in found]))
 
+
+# -- schema ----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def schema() -> None:
+    """Published formats (JSON Schema) of nameplate's documents."""
+
+
+@schema.command("export")
+def schema_export() -> None:
+    """Print the JSON Schema of `nameplate export`'s document (shipped inside the package)."""
+    click.echo(export_schema_text(), nl=False)
+
+
+def export_schema_text() -> str:
+    return resources.files("nameplate").joinpath(EXPORT_SCHEMA).read_text(encoding="utf-8")
+
+
+#: The export document's JSON Schema, a file of the package (``nameplate/export.schema.json``).
+EXPORT_SCHEMA = "export.schema.json"
 
 #: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
 WITHOUT_JSON = frozenset({"lock"})
