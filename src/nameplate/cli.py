@@ -74,20 +74,23 @@ class Settings:
 #: The library's messages speak to Python callers ("pass kind="); on the command line the same advice
 #: names the flag. Each pair is checked by a CLI test that provokes the message, so a library rewording
 #: that slips past this table fails there instead of reaching users half-translated.
-CLI_WORDING: tuple[tuple[str, str], ...] = (
-    ("pass kind= to choose one", "pass --kind to choose one"),
-    ("pass force=True to delete them all", "pass --force to delete them all"),
-    ("pass replace=True to overwrite it", "pass --replace to overwrite it"),
-    ("(operators: release(..., force=True) or `nameplate release --force`)", "(operators: nameplate release --force)"),
-    ("break it with release(..., force=True)", "break it with nameplate release --force"),
-    ("pass wait=seconds to wait for it", "pass --wait SECONDS to wait for it"),
-    ("retry later or pass wait=", "retry later or pass --wait SECONDS"),
-)
+CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), words) for pattern, words in (
+    (re.escape("pass kind= to choose one"), "pass --kind to choose one"),
+    (re.escape("pass force=True to delete them all"), "pass --force to delete them all"),
+    (re.escape("pass replace=True to overwrite it"), "pass --replace to overwrite it"),
+    (re.escape("(operators: release(..., force=True) or `nameplate release --force`)"),
+     "(operators: nameplate release --force)"),
+    (re.escape("break it with release(..., force=True)"), "break it with nameplate release --force"),
+    (re.escape("pass wait=seconds to wait for it"), "pass --wait SECONDS to wait for it"),
+    (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
+    (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
+     r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
+))
 
 
 def cli_wording(message: str) -> str:
     for library_words, cli_words in CLI_WORDING:
-        message = message.replace(library_words, cli_words)
+        message = library_words.sub(cli_words, message)
     return message
 
 
