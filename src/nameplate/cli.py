@@ -15,7 +15,6 @@ from importlib import resources
 import json
 import os
 import re
-import shlex
 import sys
 import tempfile
 import time
@@ -432,7 +431,7 @@ def lock(settings: Settings, name: str, command: tuple[str, ...], kind: str | No
     if not command:
         raise click.UsageError("give the command to run after --: nameplate lock NAME -- COMMAND...")
     check_runnable(command)
-    label = f"nameplate lock {name}: {shlex.join(command)}"[:200]
+    label = f"nameplate lock: {os.path.basename(command[0])}"  # the lease column names the entry
     try:
         with settings.open(ttl=ttl) as registry:
             lease = take_lease(registry, name, kind, settings.workspace, wait, label)
