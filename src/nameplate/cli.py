@@ -3,7 +3,8 @@
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem (a damaged
 database, another application's, one too new, or problems found by ``check``), 6 the database's location
 cannot be used (permissions, not a regular file, dangling symlink, name too long, network filesystem), 7
-out of disk space or a disk error. Library errors carry their exit code
+out of disk space or a disk error, 8 ``nameplate lock`` lost its lease and stopped its command, 126/127 its
+command cannot be run. Library errors carry their exit code
 (:attr:`NameplateError.exit_code`); the CLI prints them as one line on stderr, never a traceback.
 """
 
@@ -47,7 +48,9 @@ EXIT_CODES = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
 5 integrity problem (damaged, foreign or too new database, or problems
 found by check), 6 unusable location (permissions, not a file, name
-too long, network filesystem), 7 disk full or disk error.
+too long, network filesystem), 7 disk full or disk error, 8 lock lost
+its lease and stopped its command, 126/127 lock's command cannot run
+(otherwise lock exits with its command's code).
 Shell completion: add to ~/.bashrc
   eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
 (zsh: zsh_source in ~/.zshrc; fish: fish_source in
