@@ -268,14 +268,20 @@ def test_every_command_speaks_json(cli, db_path: Path, tmp_path: Path,  # type: 
         "workspace ls": ["workspace", "ls"], "workspace create": ["workspace", "create", "dev9"],
         "workspace diff": ["workspace", "diff", "core", "dev9"], "workspace conflicts": ["workspace", "conflicts"],
         "workspace promote": ["-w", "dev9", "workspace", "promote", "p", "-k", "node"],
-        "workspace rm": ["workspace", "rm", "dev9"],
+        "workspace rm": ["workspace", "rm", "dev9"], "workspace tree": ["workspace", "tree"],
+        "schema export": ["schema", "export"],
     }
-    assert sorted(cases) == all_commands(), "a command has no --json case here"
+    # lock's standard output is its command's: it has no --json (tests/test_cli_lock.py covers it).
+    assert sorted([*cases, "lock"]) == all_commands(), "a command has no --json case here"
     for name, args in cases.items():
         if name == "workspace promote":
             cli("-w", "dev9", "resolve", "p", "-k", "node")
         output = cli("--json", *args)
         assert isinstance(json.loads(output), (dict, list)), name
+    # ... and after the command, as sqlite-utils and etcdctl take it
+    for name, args in (("ls", ["ls"]), ("show", ["show", "a"]), ("workspace ls", ["workspace", "ls"]),
+                       ("resolve", ["resolve", "z", "-k", "node"])):
+        assert json.loads(cli(*args, "--json")) == json.loads(cli("--json", *args)), name
 
 
 def test_init_creates_a_private_project_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,7 +313,7 @@ def test_every_command_and_option_has_help_text() -> None:
         assert not isinstance(param, click.Option) or param.help, param.opts
     epilog = main.epilog or ""
     assert "_NAMEPLATE_COMPLETE=bash_source" in epilog and "zsh_source" in epilog  # shell completion documented
-    assert all(f"{code} " in epilog for code in range(6))  # every exit code documented
+    assert all(re.search(rf"\b{code}\b", epilog) for code in [*range(9), 126, 127])  # every exit code documented
 
 
 def test_every_command_is_mentioned_in_the_readme() -> None:
@@ -340,7 +346,9 @@ def _error_classes() -> list[type[NameplateError]]:
 @pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__name__)
 def test_every_error_class_exits_with_its_documented_code(cli, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
                                                           cls: type[NameplateError]) -> None:
-    expected = (3 if issubclass(cls, errors_module.NotFoundError) else
+    expected = (127 if cls is errors_module.CommandNotRunnableError else  # the shells' "command not found"
+                8 if cls is errors_module.CommandLeaseLostError else      # `nameplate lock`'s own code
+                3 if issubclass(cls, errors_module.NotFoundError) else
                 4 if issubclass(cls, errors_module.ConflictError) else
                 6 if issubclass(cls, errors_module.DatabaseLocationError) else
                 7 if issubclass(cls, errors_module.StorageError) else
@@ -443,3 +451,74 @@ def test_deeply_nested_input_is_one_line_never_a_traceback(tmp_path: Path, depth
     assert "deeper than 64 levels" in imported.stderr and "Traceback" not in imported.stderr
     with Registry(db) as registry:
         assert registry.list() == []
+
+
+def test_global_options_show_their_environment_variables() -> None:
+    result = CliRunner().invoke(main, ["--help"], terminal_width=200)
+    for variable in ("NAMEPLATE_DB", "NAMEPLATE_WORKSPACE", "NAMEPLATE_TIMEOUT"):
+        assert f"env var: {variable}" in result.output, variable
+    assert "--timeout SECONDS" in result.output
+
+
+def test_environment_variables_reach_the_library_and_path_says_which(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAMEPLATE_DB", str(tmp_path / "env.db"))
+    monkeypatch.setenv("NAMEPLATE_WORKSPACE", "dev1")
+    with Registry(tmp_path / "env.db") as registry:
+        registry.create_workspace("dev1")
+    where = json.loads(CliRunner().invoke(main, ["path", "--json"]).output)
+    assert where == {"path": str(tmp_path / "env.db"), "source": "env", "reason": "NAMEPLATE_DB is set"}
+    made = json.loads(CliRunner().invoke(main, ["resolve", "x", "-k", "node", "--json"]).output)
+    with Registry(tmp_path / "env.db") as registry:
+        assert registry.require("x", "node", workspace="dev1").id == made["id"]
+        assert registry.get("x", "node", workspace="core") is None
+
+
+def test_timeout_reaches_the_registry(db_path: Path, tmp_path: Path) -> None:
+    Registry(db_path).close()
+    blocker = sqlite3.connect(db_path)
+    blocker.execute("BEGIN IMMEDIATE")  # another process's write lock, held
+    try:
+        result = CliRunner().invoke(main, ["--db", str(db_path), "--timeout", "0.2", "resolve", "x", "-k", "node"])
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert result.exit_code == 1 and "busy" in result.stderr.lower() and result.stderr.count("\n") == 1
+    bad = CliRunner().invoke(main, ["--db", str(db_path), "--timeout", "0", "ls"])
+    assert bad.exit_code == 2
+
+
+def test_errors_name_cli_flags_not_python_keywords(cli, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    python_words = re.compile(r"(?<![-\w])(kind|force|replace|wait|lease)=|\(\.\.\., ")
+    cli("resolve", "twin", "-k", "node")
+    cli("resolve", "twin", "-k", "module")
+    ambiguous = cli("lookup", "twin", code=4)
+    assert "pass --kind to choose one" in ambiguous
+    cli("workspace", "create", "dev1")
+    cli("workspace", "create", "child", "--parent", "dev1")
+    children = cli("workspace", "rm", "dev1", code=4)
+    assert "pass --force to delete them all" in children
+    cli("resolve", "up", "-k", "node")
+    inherited = cli("-w", "dev1", "rm", "up", "-k", "node", code=3)
+    assert "delete it there (--workspace core)" in inherited
+    cli("-w", "dev1", "resolve", "up2", "-k", "node")
+    cli("resolve", "up2", "-k", "node")
+    taken = cli("-w", "dev1", "workspace", "promote", "up2", "-k", "node", code=4)
+    assert "pass --replace to overwrite it" in taken
+    with Registry(db_path, label="holder") as holder:
+        holder.acquire("twin", "node")
+        not_yours = cli("release", "twin", "-k", "node", code=4)
+        assert "(operators: nameplate release --force)" in not_yours
+        held = cli("rename", "twin", "twin2", "-k", "node", code=4)
+        assert "break it with nameplate release --force" in held
+    for message in (ambiguous, children, inherited, taken, not_yours, held):
+        assert not python_words.search(message), message
+
+
+@pytest.mark.parametrize("spec", ["postgresql://u:p@host/db", "mysql://host/db"])
+def test_database_urls_are_refused_as_sqlite_only(tmp_path: Path, spec: str) -> None:
+    result = CliRunner().invoke(main, ["--db", spec, "ls"])
+    assert result.exit_code == 1 and "SQLite files only" in result.stderr
+    # No advice to use a URL this version refuses, and never the password back.
+    assert "use a PostgreSQL" not in result.stderr and "or postgresql://" not in result.stderr
+    assert ":p@" not in result.stderr

@@ -78,9 +78,9 @@ def _from_spec(spec: str, source: str, why: str) -> Location:
         return Location(None, source, why, url=spec)
     if scheme != "sqlite":
         raise InvalidInputError(
-            f"unsupported database URL scheme {parts.scheme!r} in {spec!r}: "
-            "use a file path, sqlite:///path/to/registry.db or postgresql://...",
-            spec=spec)
+            f"unsupported database URL scheme {parts.scheme!r} in {redacted(spec)!r}: this version stores "
+            "registries in SQLite files only; use a file path or sqlite:///path/to/registry.db",
+            spec=redacted(spec))
     # sqlite:///relative.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://x.db (two
     # slashes) would be an in-memory database in playhouse.db_url, silently losing every write.
     if parts.netloc:

@@ -192,12 +192,14 @@ class Store:
         if kind is not None:
             row = self.backend.query_one(_LOOKUP_KIND, (workspace, name, kind))
             if row is not None:
-                return str(row[0])
+                found: str = row[0]
+                return found
             self._explain_miss(workspace, kind)
             return None
         rows = self.backend.query_all(_LOOKUP_ANY, (workspace, name))
         if len(rows) == 1:
-            return str(rows[0][0])
+            only: str = rows[0][0]
+            return only
         if rows:
             raise _ambiguous(name, workspace, [r[1] for r in rows])
         self._explain_miss(workspace, None)
@@ -271,7 +273,8 @@ class Store:
         row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
         now = time.time()
         if row is not None and not ephemeral and not _needs_write(row, metadata, now):
-            return str(row[0])
+            existing: str = row[0]
+            return existing
         pattern = None if row is not None else self.checked_pattern(workspace, kind, name)
         for _ in range(_PATTERN_ATTEMPTS):
             with self.backend.write() as tx:
@@ -312,8 +315,9 @@ class Store:
         """Merge ``metadata`` into an existing entry of this workspace (after ``guard``), or only note
         that it was seen (``last_seen_at``, the registry's own usage stamp, which no lease guards)."""
         now = time.time()
-        merged = None if found.metadata is None else _merged(found.metadata, metadata)
-        if found.metadata is None or merged is None or found.workspace_id != self.workspace_id(tx, workspace):
+        stored = found.metadata
+        merged = None if stored is None else _merged(stored, metadata)
+        if stored is None or merged is None or found.workspace_id != self.workspace_id(tx, workspace):
             # Metadata of an inherited entry belongs to its own layer; resolving here only reads it.
             tx.execute(_TOUCH, (now, found.pk))
             return
@@ -321,7 +325,7 @@ class Store:
             guard(tx, found.pk, found.id, kind)
         tx.execute(_SET_METADATA, (merged, now, now, found.pk))
         self.record(tx, "update", workspace=workspace, kind=kind, name=name, entry_id=found.id, at=now,
-                    metadata={"before": json.loads(found.metadata), "after": json.loads(merged)})
+                    metadata={"before": json.loads(stored), "after": json.loads(merged)})
 
     def _create(self, tx: Tx, workspace: str, workspace_id: int, kind_id: int, name: str, kind: str,
                 metadata: dict[str, Any], now: float, *, owner_session_id: str | None,

@@ -3,7 +3,8 @@
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict, 5 integrity problem (a damaged
 database, another application's, one too new, or problems found by ``check``), 6 the database's location
 cannot be used (permissions, not a regular file, dangling symlink, name too long, network filesystem), 7
-out of disk space or a disk error. Library errors carry their exit code
+out of disk space or a disk error, 8 ``nameplate lock`` lost its lease and stopped its command, 126/127 its
+command cannot be run. Library errors carry their exit code
 (:attr:`NameplateError.exit_code`); the CLI prints them as one line on stderr, never a traceback.
 """
 
@@ -19,13 +20,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
-from ._paths import PROJECT_DIR, locate
+from ._api_sessions import DEFAULT_TTL
+from ._completion import complete_entry, complete_kind, complete_path, complete_workspace
+from ._context import ENV_WORKSPACE
+from ._lock_command import check_runnable, run_command, take_lease
+from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH
 from .errors import (
     EntryNotFoundError,
@@ -41,7 +48,9 @@ EXIT_CODES = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
 5 integrity problem (damaged, foreign or too new database, or problems
 found by check), 6 unusable location (permissions, not a file, name
-too long, network filesystem), 7 disk full or disk error.
+too long, network filesystem), 7 disk full or disk error, 8 lock lost
+its lease and stopped its command, 126/127 lock's command cannot run
+(otherwise lock exits with its command's code).
 Shell completion: add to ~/.bashrc
   eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
 (zsh: zsh_source in ~/.zshrc; fish: fish_source in
@@ -52,13 +61,39 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Settings:
-    def __init__(self, db: str | None, workspace: str | None, as_json: bool) -> None:
+    """The global options, as every command sees them."""
+
+    def __init__(self, db: str | None, workspace: str | None, as_json: bool, timeout: float) -> None:
         self.db = db
         self.workspace = workspace
         self.as_json = as_json
+        self.timeout = timeout
 
-    def open(self) -> Registry:
-        return Registry(self.db)
+    def open(self, **options: Any) -> Registry:
+        return Registry(self.db, timeout=self.timeout, **options)
+
+
+#: The library's messages speak to Python callers ("pass kind="); on the command line the same advice
+#: names the flag. Each pair is checked by a CLI test that provokes the message, so a library rewording
+#: that slips past this table fails there instead of reaching users half-translated.
+CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), words) for pattern, words in (
+    (re.escape("pass kind= to choose one"), "pass --kind to choose one"),
+    (re.escape("pass force=True to delete them all"), "pass --force to delete them all"),
+    (re.escape("pass replace=True to overwrite it"), "pass --replace to overwrite it"),
+    (re.escape("(operators: release(..., force=True) or `nameplate release --force`)"),
+     "(operators: nameplate release --force)"),
+    (re.escape("break it with release(..., force=True)"), "break it with nameplate release --force"),
+    (re.escape("pass wait=seconds to wait for it"), "pass --wait SECONDS to wait for it"),
+    (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
+    (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
+     r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
+))
+
+
+def cli_wording(message: str) -> str:
+    for library_words, cli_words in CLI_WORDING:
+        message = library_words.sub(cli_words, message)
+    return message
 
 
 def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,7 +104,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except NameplateError as error:
-            fail(str(error), error.exit_code)
+            fail(cli_wording(str(error)), error.exit_code)
         except OSError as error:  # files the CLI itself reads or writes (export -o, ...)
             where = f"{error.filename}: " if error.filename else ""
             fail(f"{where}{error.strerror or error}", StorageError.exit_code if error.errno in _DISK_FULL else 1)
@@ -158,20 +193,45 @@ def parse_pairs(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 
 def kind_option(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option("--kind", "-k", required=required,
+    return click.option("--kind", "-k", required=required, shell_complete=complete_kind,
                         help="Kind of the entry (node, module, step, ...)" +
                              ("." if required else "; needed when the name exists under several kinds."))
 
 
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        ctx.find_object(Settings).as_json = True  # type: ignore[union-attr]
+
+
+#: ``--json`` on each command as well as on the group: ``nameplate ls --json`` and ``nameplate --json ls``
+#: mean the same (sqlite-utils and etcdctl take output options on the command).
+json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json,
+                           help="Machine-readable JSON output (also accepted before the command).")
+
+
+def _unless_from_environment(ctx: click.Context, name: str, value: str | None) -> str | None:
+    # The library reads NAMEPLATE_DB and NAMEPLATE_WORKSPACE itself, and `nameplate path` reports
+    # which of them chose the file; click reading them too would make every value look explicit.
+    if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT:
+        return None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="nameplate")
-@click.option("--db", metavar="PATH", help="Database file (default: discovery; see `nameplate path`).")
-@click.option("--workspace", "-w", metavar="NAME", help="Workspace to act in (default: NAMEPLATE_WORKSPACE or core).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.option("--db", metavar="PATH", envvar=ENV_DB, show_envvar=True, shell_complete=complete_path,
+              help="Database file (default: discovery; see `nameplate path`).")
+@click.option("--workspace", "-w", metavar="NAME", envvar=ENV_WORKSPACE, show_envvar=True,
+              shell_complete=complete_workspace, help="Workspace to act in (default: core).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", envvar="NAMEPLATE_TIMEOUT", show_envvar=True,
+              help="How long a write waits for other processes before giving up (exit 1, 'busy').")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output (also accepted after the command).")
 @click.pass_context
-def main(ctx: click.Context, db: str | None, workspace: str | None, as_json: bool) -> None:
+def main(ctx: click.Context, db: str | None, workspace: str | None, timeout: float, as_json: bool) -> None:
     """nameplate: names, ids, leases and definitions shared by the processes of one host."""
-    ctx.obj = Settings(db, workspace, as_json)
+    ctx.obj = Settings(_unless_from_environment(ctx, "db", db),
+                       _unless_from_environment(ctx, "workspace", workspace), as_json, timeout)
 
 
 # -- where ---------------------------------------------------------------------------------------------
@@ -230,7 +290,7 @@ def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, 
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -255,7 +315,7 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option(required=True)
 @pass_settings
 @handle_errors
@@ -267,7 +327,7 @@ def explain(settings: Settings, name: str, kind: str) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option(required=True)
 @click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
               help="Metadata to store (repeatable; VALUE is parsed as JSON when it is valid JSON).")
@@ -282,7 +342,7 @@ def resolve(settings: Settings, name: str, kind: str, meta: tuple[str, ...]) -> 
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -296,7 +356,7 @@ def lookup(settings: Settings, name: str, kind: str | None) -> None:
 
 
 @main.command()
-@click.argument("old")
+@click.argument("old", shell_complete=complete_entry)
 @click.argument("new")
 @kind_option()
 @pass_settings
@@ -309,7 +369,7 @@ def rename(settings: Settings, old: str, new: str, kind: str | None) -> None:
 
 
 @main.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @pass_settings
 @handle_errors
@@ -337,7 +397,7 @@ def locks(settings: Settings) -> None:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @click.option("--force", is_flag=True, help="Break a lease held by another process (logged).")
 @pass_settings
@@ -350,19 +410,95 @@ def release(settings: Settings, name: str, kind: str | None, force: bool) -> Non
          lambda: click.echo(f"released {name}" if released else f"{name} was not leased"))
 
 
-@main.command()
-@click.option("--all", "show_all", is_flag=True, help="Include ended sessions.")
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name", shell_complete=complete_entry)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@kind_option()
+@click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Wait up to this long for the lease (default: fail at once, exit 4).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: beats every ttl/3; a hung lock is presumed dead after it.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the lease: time between SIGTERM and SIGKILL of the command.")
 @pass_settings
 @handle_errors
-def sessions(settings: Settings, show_all: bool) -> None:
-    """List the processes registered here (live ones, judged now)."""
+def lock(settings: Settings, name: str, command: tuple[str, ...], kind: str | None, wait: float | None,
+         ttl: float, grace: float) -> None:
+    """Run COMMAND while holding the lease on NAME (like flock(1)).
+
+    The command finds the fencing token in NAMEPLATE_FENCING_TOKEN and the entry's id in
+    NAMEPLATE_ENTRY_ID. Exit: the command's own code; 4 if the lease is held (see --wait); 8 if the
+    lease was lost meanwhile (the command got SIGTERM, then SIGKILL after --grace); 126/127 if the
+    command cannot run. With --kind a missing entry is created. SIGINT, SIGTERM, SIGHUP and SIGQUIT are
+    passed on to the command.
+    """
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError("give the command to run after --: nameplate lock NAME -- COMMAND...")
+    check_runnable(command)
+    label = f"nameplate lock: {os.path.basename(command[0])}"  # the lease column names the entry
+    try:
+        with settings.open(ttl=ttl) as registry:
+            lease = take_lease(registry, name, kind, settings.workspace, wait, label)
+            code = run_command(lease, command, grace=grace)
+    except KeyboardInterrupt:  # Ctrl-C while waiting for the lease: nothing was started
+        fail("interrupted while waiting for the lease", 130)
+    sys.exit(code)
+
+
+_SESSION_COLUMNS = ["id", "pid", "host", "label", "state", "status", "last beat", "leases", "info"]
+
+
+def _session_rows(found: Iterable[Any]) -> list[list[Any]]:
+    return [[s.id, s.pid, s.hostname, s.label, s.state if s.alive or s.state != "live" else "unresponsive",
+             s.status, ago(s.last_beat_at), ", ".join(f"{h.kind} {h.name} #{h.token}" for h in s.leases) or "-",
+             json.dumps(dict(s.info), sort_keys=True)] for s in found]
+
+
+#: Move the cursor home and clear the screen: a --watch refresh redraws in place, as watch(1) does.
+_REDRAW = "\x1b[H\x1b[2J"
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Include ended sessions.")
+@click.option("--watch", is_flag=True, help="Refresh until interrupted: redrawn in place on a terminal, "
+                                            "one block (or with --json one JSON line) per refresh otherwise.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True, metavar="SECONDS",
+              help="With --watch: time between refreshes.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N refreshes.")
+@pass_settings
+@handle_errors
+def sessions(settings: Settings, show_all: bool, watch: bool, interval: float, count: int | None) -> None:
+    """List the processes registered here (live ones, judged now) and the leases they hold."""
     with settings.open() as registry:
-        found = registry.sessions(alive=not show_all)
-    emit(settings, [s.to_dict() for s in found],
-         lambda: table(["id", "pid", "host", "label", "state", "status", "last beat", "leases", "info"],
-                       [[s.id, s.pid, s.hostname, s.label, s.state if s.alive or s.state != "live" else "unresponsive",
-                         s.status, ago(s.last_beat_at), len(s.leases), json.dumps(dict(s.info), sort_keys=True)]
-                        for s in found]))
+        if not watch:
+            found = registry.sessions(alive=not show_all)
+            emit(settings, [s.to_dict() for s in found], lambda: table(_SESSION_COLUMNS, _session_rows(found)))
+            return
+        redraw = sys.stdout.isatty() and not settings.as_json
+        refreshes = 0
+        try:
+            while True:
+                found = registry.sessions(alive=not show_all)  # one short read; nothing held while sleeping
+                at = datetime.now(UTC).astimezone()
+                if settings.as_json:
+                    click.echo(json.dumps({"at": at.isoformat(), "sessions": [s.to_dict() for s in found]},
+                                          sort_keys=True))
+                else:
+                    if redraw:
+                        click.echo(_REDRAW, nl=False)
+                    click.echo(f"{at:%H:%M:%S}  {len(found)} session(s), "
+                               f"{sum(len(s.leases) for s in found)} lease(s); every {interval:g} s")
+                    table(_SESSION_COLUMNS, _session_rows(found))
+                    if not redraw:
+                        click.echo()
+                refreshes += 1
+                if count is not None and refreshes >= count:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
 
 
 @main.command()
@@ -723,9 +859,45 @@ def workspace_list(settings: Settings) -> None:
                        [[w.name, w.parent or "-", w.depth, w.entries, w.tombstones, w.description] for w in found]))
 
 
+@workspace.command("tree")
+@pass_settings
+@handle_errors
+def workspace_tree(settings: Settings) -> None:
+    """Show the workspaces as a tree, with the entries and tombstones each defines."""
+    with settings.open() as registry:
+        found = registry.workspaces()
+    by_name = {w.name: w for w in found}
+    roots = [w for w in found if w.parent is None or w.parent not in by_name]
+
+    def as_dict(info: Any) -> dict[str, Any]:
+        return {"name": info.name, "entries": info.entries, "tombstones": info.tombstones,
+                "description": info.description, "children": [as_dict(by_name[c]) for c in sorted(info.children)
+                                                              if c in by_name]}
+
+    def label(info: Any) -> str:
+        counts = f"{info.entries} entr{'y' if info.entries == 1 else 'ies'}"
+        if info.tombstones:
+            counts += f", {info.tombstones} tombstone{'' if info.tombstones == 1 else 's'}"
+        return f"{info.name} ({counts})" + (f"  {info.description}" if info.description else "")
+
+    def draw(info: Any, prefix: str, last: bool, top: bool) -> None:
+        click.echo(label(info) if top else f"{prefix}{'└── ' if last else '├── '}{label(info)}")
+        children = [by_name[c] for c in sorted(info.children) if c in by_name]
+        below = prefix if top else prefix + ("    " if last else "│   ")
+        for index, child in enumerate(children):
+            draw(child, below, index == len(children) - 1, False)
+
+    def human() -> None:
+        for root in roots:
+            draw(root, "", True, True)
+
+    emit(settings, [as_dict(root) for root in roots], human)
+
+
 @workspace.command("create")
 @click.argument("name")
-@click.option("--parent", default="core", show_default=True, help="The workspace it layers over.")
+@click.option("--parent", default="core", show_default=True, shell_complete=complete_workspace,
+              help="The workspace it layers over.")
 @click.option("--description", default="", help="What the workspace is for.")
 @pass_settings
 @handle_errors
@@ -737,7 +909,7 @@ def workspace_create(settings: Settings, name: str, parent: str, description: st
 
 
 @workspace.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_workspace)
 @click.option("--force", is_flag=True, help="Also delete its child workspaces.")
 @pass_settings
 @handle_errors
@@ -749,8 +921,8 @@ def workspace_remove(settings: Settings, name: str, force: bool) -> None:
 
 
 @workspace.command("diff")
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete_workspace)
+@click.argument("b", shell_complete=complete_workspace)
 @pass_settings
 @handle_errors
 def workspace_diff(settings: Settings, a: str, b: str) -> None:
@@ -773,7 +945,7 @@ def workspace_diff(settings: Settings, a: str, b: str) -> None:
 
 
 @workspace.command("promote")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_entry)
 @kind_option()
 @click.option("--replace", is_flag=True, help="Overwrite the parent's entry of the same name.")
 @pass_settings
@@ -798,3 +970,39 @@ def workspace_conflicts(settings: Settings) -> None:
     emit(settings, [c.to_dict() for c in found],
          lambda: table(["type", "kind", "name", "workspaces"], [[c.type, c.kind, c.name, ", ".join(c.workspaces)]
                                                                 for c in found]))
+
+
+# -- schema ----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def schema() -> None:
+    """Published formats (JSON Schema) of nameplate's documents."""
+
+
+@schema.command("export")
+def schema_export() -> None:
+    """Print the JSON Schema of `nameplate export`'s document (shipped inside the package)."""
+    click.echo(export_schema_text(), nl=False)
+
+
+def export_schema_text() -> str:
+    return resources.files("nameplate").joinpath(EXPORT_SCHEMA).read_text(encoding="utf-8")
+
+
+#: The export document's JSON Schema, a file of the package (``nameplate/export.schema.json``).
+EXPORT_SCHEMA = "export.schema.json"
+
+#: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
+WITHOUT_JSON = frozenset({"lock"})
+
+
+def _add_json_option(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_json_option(command)
+        elif command.name not in WITHOUT_JSON and not any(param.name == "as_json" for param in command.params):
+            json_option(command)
+
+
+_add_json_option(main)

@@ -7,18 +7,21 @@ across processes (``__reduce__`` rebuilds it from the message and attributes).
 
 The CLI maps each class to an exit code through :attr:`NameplateError.exit_code`: 1 error, 3 not found,
 4 held or conflict, 5 the database is damaged, not ours or too new (or ``check`` found problems), 6 the
-database's location cannot be used, 7 out of disk space or the disk failed (2 is click's usage error).
+database's location cannot be used, 7 out of disk space or the disk failed, 8 ``nameplate lock`` lost its
+lease and stopped the command, 126/127 its command cannot be run (2 is click's usage error).
 
     NameplateError
     ├── InvalidInputError (ValueError)         bad arguments; nothing was written
     │   ├── InvalidNameError, InvalidMetadataError, ValidationError
-    │   └── UnknownStrategyError, ImportFileError
+    │   ├── UnknownStrategyError, ImportFileError
+    │   └── CommandNotRunnableError            exit 127 (not found) or 126 (not executable)
     ├── NotFoundError (LookupError)            exit 3
     │   └── EntryNotFoundError (KeyError), UnknownKindError, UnknownWorkspaceError,
     │       SessionNotFoundError, NoMatchError
     ├── ConflictError                          exit 4
     │   └── AmbiguousNameError, NameTakenError, WorkspaceError, KindInUseError,
     │       LeaseHeldError, LeaseLost, NotLeaseHolderError
+    │       └── CommandLeaseLostError          exit 8: `nameplate lock` stopped its command
     ├── RegistryBusyError (TimeoutError), RegistryClosedError, SessionClosedError (RuntimeError)
     ├── DatabaseError (OSError)                exit 5
     │   ├── SchemaTooNewError, ForeignDatabaseError
@@ -86,6 +89,14 @@ class ImportFileError(InvalidInputError):
     """An import document is unreadable or inconsistent; nothing was imported."""
 
 
+class CommandNotRunnableError(InvalidInputError):
+    """The command given to ``nameplate lock`` cannot be started; no lease was taken.
+
+    Exit 127 when it is not found, 126 when it is not executable (the shells' convention)."""
+
+    exit_code = 127
+
+
 # -- not found --------------------------------------------------------------------------------------
 
 
@@ -145,6 +156,13 @@ class LeaseHeldError(ConflictError):
 
 class LeaseLost(ConflictError):
     """The lease this call relied on is gone: released, expired, stolen or its session ended."""
+
+
+class CommandLeaseLostError(LeaseLost):
+    """``nameplate lock`` lost its lease while the command ran, and stopped the command (SIGTERM, then
+    SIGKILL after the grace period). Its own exit code, so that scripts can tell it from the command's."""
+
+    exit_code = 8
 
 
 class NotLeaseHolderError(ConflictError):
@@ -213,6 +231,8 @@ class IntegrityProblemError(NameplateError):
 
 __all__ = [
     "AmbiguousNameError",
+    "CommandLeaseLostError",
+    "CommandNotRunnableError",
     "ConflictError",
     "DatabaseError",
     "DatabaseLocationError",
