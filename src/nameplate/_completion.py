@@ -21,6 +21,7 @@ from click.shell_completion import CompletionItem
 
 from ._context import ENV_WORKSPACE
 from ._paths import locate
+from .errors import NameplateError
 
 #: Completion offers at most this many names: a shell menu of thousands helps nobody.
 LIMIT = 200
@@ -46,7 +47,7 @@ def _query(ctx: click.Context, sql: str, params: Sequence[Any]) -> list[str]:
     root = ctx.find_root().params
     try:
         location = locate(root.get("db"))
-    except Exception:  # a malformed --db: nothing to offer (the command itself will say why)
+    except NameplateError:  # a malformed --db: nothing to offer (the command itself will say why)
         return []
     if location.path is None or not location.path.is_file():
         return []

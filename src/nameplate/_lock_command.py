@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._lease import Lease
-from .errors import CommandLeaseLostError, CommandNotRunnableError, EntryNotFoundError
+from .errors import CommandLeaseLostError, CommandNotRunnableError, EntryNotFoundError, NameplateError
 from .registry import Registry
 
 ENV_TOKEN = "NAMEPLATE_FENCING_TOKEN"
@@ -156,7 +156,7 @@ def _still_held(lease: Lease) -> bool:
     """Ask the database once more: the heartbeat looks only every ttl/3 seconds."""
     try:
         lease.check()
-    except Exception:  # LeaseLost, or a database error that leaves us unable to vouch for the lease
+    except NameplateError:  # LeaseLost, or a database error that leaves us unable to vouch for the lease
         return False
     return True
 
