@@ -9,6 +9,11 @@ workspace itself), kept by the repository when a workspace is created.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the runner's context; a migration imports nothing of the package at run time
+    from nameplate._migrate import MigrationContext
+
 import json
 import time
 
@@ -199,7 +204,7 @@ BUILTIN_KINDS = [
 ]
 
 
-def upgrade(m) -> None:  # noqa: ANN001 - the runner's context, see nameplate._migrate
+def upgrade(m: MigrationContext) -> None:
     for statement in STATEMENTS:
         m.ddl(statement)
     now = time.time()

@@ -7,13 +7,18 @@ before this migration are recognised by their tables and get the mark here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the runner's context; a migration imports nothing of the package at run time
+    from nameplate._migrate import MigrationContext
+
 NAME = "application id"
 
 #: "NMPL"; the same constant as ``nameplate._sqlite.APPLICATION_ID`` (a migration never changes).
 APPLICATION_ID = 0x4E4D504C
 
 
-def upgrade(m) -> None:  # noqa: ANN001 - the runner's context, see nameplate._migrate
+def upgrade(m: MigrationContext) -> None:
     if m.dialect == "sqlite":
         # A header field written through the pager, so it commits or rolls back with the migration.
         m.execute(f"PRAGMA application_id = {APPLICATION_ID}")

@@ -43,7 +43,7 @@ class MigrationStatus:
     pending: list[tuple[int, str]]
 
 
-class _Context:
+class MigrationContext:
     """What a migration step sees: ``ddl`` (dialect words filled in), ``execute`` and ``dialect``."""
 
     def __init__(self, tx: Tx, backend: Backend) -> None:
@@ -103,7 +103,7 @@ def migrate(backend: Backend) -> list[int]:
                 raise DatabaseError(
                     f"{backend.location} already holds tables nameplate did not create "
                     f"({', '.join(strangers[:5])}); point nameplate at its own file", tables=strangers)
-        context = _Context(tx, backend)
+        context = MigrationContext(tx, backend)
         for migration in available()[current:]:
             migration.module.upgrade(context)
             tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (?, ?, ?)",
