@@ -111,10 +111,9 @@ def apply_sabotage(mode: str | None) -> None:
     - ``fence``: ``nameplate._lease.Lease.fence``, the check inside a fenced write's transaction that
       the lease row still carries this session and token. Skipped, a holder whose lease expired or was
       broken writes anyway (while nobody else holds the entry).
-    - ``guard``: the lease guard of entry writes on ``nameplate._api_sessions.SessionsMixin``
-      (``_guard`` since the guard refactor, ``_before_entry_write`` before it), which refuses writes
-      (update, resolve's metadata merge, rename, delete, register, promote) by a session that does not
-      hold the entry's lease. Skipped, anyone writes a leased entry.
+    - ``guard``: ``nameplate._leasing.Leasing.guard``, the one lease guard of entry writes, which
+      refuses writes (update, resolve's metadata merge, rename, delete, register, promote) by a
+      session that does not hold the entry's lease. Skipped, anyone writes a leased entry.
     """
     if mode is None:
         return
@@ -126,17 +125,15 @@ def apply_sabotage(mode: str | None) -> None:
 
         Lease.fence = fence_check_skipped
     elif mode == "guard":
-        from nameplate._api_sessions import SessionsMixin
+        from nameplate._leasing import Leasing
 
-        def lease_guard_skipped(self: SessionsMixin, *args: Any, **kwargs: Any) -> None:
+        def lease_guard_skipped(self: Leasing, *args: Any, **kwargs: Any) -> None:
             return None
 
-        patched = [name for name in ("_guard", "_before_entry_write") if name in vars(SessionsMixin)]
-        if not patched:
-            raise RuntimeError("apply_sabotage('guard'): SessionsMixin has no lease guard method any more; "
+        if not callable(vars(Leasing).get("guard")):
+            raise RuntimeError("apply_sabotage('guard'): Leasing has no lease guard method any more; "
                                "update apply_sabotage to the new name")
-        for name in patched:
-            setattr(SessionsMixin, name, lease_guard_skipped)
+        Leasing.guard = lease_guard_skipped  # type: ignore[method-assign]
     else:
         raise ValueError(f"unknown sabotage mode {mode!r}")
 

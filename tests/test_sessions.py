@@ -352,7 +352,7 @@ def test_a_fork_while_another_thread_opens_the_session_does_not_deadlock_the_chi
         release = threading.Event()
 
         def inside_session_open() -> None:
-            with registry._session_lock:  # as a thread in the middle of session() would
+            with registry._leasing._session_lock:  # as a thread in the middle of session() would
                 holding.set()
                 release.wait(60)
 

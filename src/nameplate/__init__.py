@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._api_workspaces import Registration
+from ._definitions import Registration
 from ._documents import ImportPlan
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind

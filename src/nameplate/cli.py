@@ -28,9 +28,9 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from ._api_sessions import DEFAULT_TTL
 from ._completion import complete_entry, complete_kind, complete_path, complete_workspace
 from ._context import ENV_WORKSPACE
+from ._leasing import DEFAULT_TTL
 from ._lock_command import check_runnable, run_command, take_lease
 from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH

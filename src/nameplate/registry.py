@@ -1,24 +1,44 @@
-"""The Registry: the one object users hold. Entries live here; other concepts come in as mixins."""
+"""The Registry: the one object users hold, composed of one feature object per concept.
+
+``Registry.__init__`` opens the backend and builds the features, each given its collaborators
+explicitly: the :class:`~nameplate._store.Store` (entries and the event log's writer), :class:`Leasing`
+(sessions, leases, and the lease guard every entry write goes through), :class:`Definitions`
+(workspaces, kinds, registration, targets, selection) and :class:`Maintenance` (export and import,
+the event log, checks, housekeeping). Every public method here checks its input or picks the
+workspace and makes one call into a feature; the flat verbs (``registry.acquire``,
+``registry.register``) stay, as users of MADSci and Cursus expect them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import builtins
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from ._api_maintenance import MaintenanceMixin
-from ._api_sessions import SessionsMixin
-from ._api_workspaces import WorkspacesMixin
-from ._base import RegistryBase
-from ._context import active_workspace
+from ._context import active_workspace, current_workspace
+from ._definitions import Definitions, Registration
+from ._documents import ImportPlan
+from ._health import CheckReport
+from ._kind_schema import Kind
+from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._lease import Lease
-from ._records import Entry
-from ._store import entry_by_pk
-from ._validation import check_kind_name, check_name, encode_object
-from .errors import EntryNotFoundError, InvalidInputError
+from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
+from ._maintenance import Maintenance
+from ._migrate import MigrationStatus, migrate
+from ._paths import Location, locate, redacted
+from ._records import Entry, Event
+from ._session import HeldLease, Session, SessionInfo
+from ._sqlite import SqliteBackend
+from ._store import HOSTNAME, Store, entry_by_pk
+from ._validation import check_kind_name, check_name, check_seconds, encode_object
+from .errors import EntryNotFoundError, InvalidInputError, RegistryClosedError
 
 
-class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
+class Registry:
     """An embedded registry shared by every process on this host that opens the same file.
 
     ``Registry()`` finds its database (see :attr:`location`), creates or upgrades it, and is safe to
@@ -32,7 +52,94 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         timeout: seconds a write waits for other processes before :class:`RegistryBusyError`.
         synchronous: ``"NORMAL"`` (default; durable across process crashes) or ``"FULL"`` (also
             across power loss, slower commits).
+        ttl: seconds this process's session lives without a heartbeat (the heartbeat renews it every
+            ttl/3); a holder silent for longer loses its leases.
+        lock_delay: seconds an entry stays unclaimable after its holder's session expired (it may be
+            hung, not dead); 0 disables. Consul's default, 15 s.
+        label: how this process appears in ``sessions()`` and lease errors (default: the program's
+            name and pid).
+
+    Any other keyword is refused with :class:`InvalidInputError` naming it, before the file is opened.
     """
+
+    def __init__(self, db: str | os.PathLike[str] | None = None, *, timeout: float = 10.0,
+                 synchronous: str = "NORMAL", ttl: float = DEFAULT_TTL, lock_delay: float = DEFAULT_LOCK_DELAY,
+                 label: str | None = None, **unknown: object) -> None:
+        self._closed = True
+        if unknown:
+            raise InvalidInputError(f"unknown Registry option(s): {', '.join(sorted(unknown))}",
+                                    options=sorted(unknown))
+        timeout = check_seconds(timeout, "timeout")
+        ttl = check_seconds(ttl, "ttl")
+        lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
+        if label is not None and not isinstance(label, str):
+            raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
+        location = locate(db)
+        if location.url is not None:
+            shown = redacted(location.url)
+            raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite "
+                                    "files only; pass a file path", url=shown)
+        self._backend = SqliteBackend(location, timeout=timeout, synchronous=synchronous)
+        try:
+            self.migrations_applied = migrate(self._backend)
+        except BaseException:
+            self._backend.close()
+            raise
+        self._store = Store(self._backend, self._actor)
+        self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
+        self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
+        self._maintenance = Maintenance(self._backend, self._store, self._ws)
+        self._closed = False
+
+    def _actor(self) -> tuple[str | None, str]:
+        """Who a logged change is by: this process's session (if open) and ``pid@host``."""
+        return self._leasing.session_id(), f"{os.getpid()}@{HOSTNAME}"
+
+    def _ws(self, workspace: str | None) -> str:
+        """The workspace a call acts in (refusing a closed registry); every feature is handed this rule."""
+        if self._closed:
+            raise RegistryClosedError("this Registry is closed; open a new one")
+        return current_workspace(workspace)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def location(self) -> Location:
+        """Where the database is and which rule chose it (``.reason`` says why)."""
+        return self._backend.location
+
+    @property
+    def path(self) -> Path | None:
+        """The database file (``None`` for a server database)."""
+        return self._backend.location.path
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """End this process's session (freeing its leases), stop background work and close every
+        connection; idempotent."""
+        if not hasattr(self, "_backend"):
+            return  # the constructor refused its arguments before opening anything
+        was_open = not self._closed
+        self._closed = True
+        try:
+            if was_open:
+                self._leasing.close()
+        finally:
+            self._backend.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Registry {self.location} ({state})>"
 
     # -- workspace context -----------------------------------------------------------------------
 
@@ -79,9 +186,9 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         check_kind_name(kind)
         meta = None if metadata is None else _validated(metadata)
         if lock:
-            return self._resolve_locked(ws, name, kind, meta, wait, ephemeral)
+            return self._leasing.resolve_locked(ws, name, kind, meta, wait, ephemeral)
         owner = self.session().id if ephemeral else None
-        return self._reaping_first(lambda: self._store.resolve(ws, name, kind, meta, guard=self._guard,
+        return self._leasing.reaping_first(lambda: self._store.resolve(ws, name, kind, meta, guard=self._leasing.guard,
                                                                 owner_session_id=owner, ephemeral=ephemeral))
 
     def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
@@ -112,7 +219,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
             raise EntryNotFoundError(f"no entry {what} in workspace {ws!r}", name=name, kind=kind, workspace=ws)
         return entry
 
-    def list(self, kind: str | None = None, *, workspace: str | None = None) -> list[Entry]:
+    def list(self, kind: str | None = None, *, workspace: str | None = None) -> builtins.list[Entry]:
         """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name."""
         ws = self._ws(workspace)
         if kind is not None:
@@ -132,7 +239,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
-        return self._reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
+        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
 
     def _update(self, ws: str, name: str, kind: str | None, meta: dict[str, Any], merge: bool,
                 lease: Lease | None) -> Entry:
@@ -143,7 +250,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
                     raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
                                             name=name, lease_name=lease.name)
                 lease.fence(tx)
-            self._guard(tx, local.pk, local.id, local.kind, lease=lease)
+            self._leasing.guard(tx, local.pk, local.id, local.kind, lease=lease)
             self._store.update_metadata(tx, local, ws, name, meta, merge=merge,
                                         token=None if lease is None else lease.token)
             return entry_by_pk(tx, local.pk)
@@ -155,7 +262,7 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         new = check_name(new, "new name")
         if kind is not None:
             check_kind_name(kind)
-        return self._reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._guard))
+        return self._leasing.reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._leasing.guard))
 
     def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
         """Remove an entry of this workspace and return what it was. The event log keeps its history."""
@@ -163,10 +270,334 @@ class Registry(MaintenanceMixin, WorkspacesMixin, SessionsMixin, RegistryBase):
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        ended: list[Lease] = []
-        entry = self._reaping_first(lambda: self._store.delete(ws, name, kind, guard=self._guard_removal(ended)))
-        self._finish_removal(ended)
+        ended: builtins.list[Lease] = []
+        removal_guard = self._leasing.guard_removal(ended)
+        entry = self._leasing.reaping_first(lambda: self._store.delete(ws, name, kind, guard=removal_guard))
+        self._leasing.finish_removal(ended)
         return entry
+
+
+    # -- leasing (see _leasing.py) ---------------------------------------------
+
+    def session(self, *, label: str | None = None, ttl: float | None = None, status: str = "starting",
+                info: Mapping[str, Any] | None = None) -> Session:
+        """This process's session, opened now if it has none (else the open one is returned as is).
+
+        Leases and ephemeral entries open it on demand; open it explicitly to choose the label, ttl and
+        first status, or to appear in ``sessions()`` before holding anything.
+        """
+        return self._leasing.session(label=label, ttl=ttl, status=status, info=info)
+
+    def sessions(self, alive: bool = True) -> builtins.list[SessionInfo]:
+        """Processes registered here: live ones (judged now) or, with ``alive=False``, all on record."""
+        return self._leasing.sessions(alive)
+
+    def reap(self) -> builtins.list[str]:
+        """End sessions whose process is gone or whose heartbeat stopped; return their ids."""
+        return self._leasing.reap()
+
+    def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
+
+        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
+        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
+        lock-delay for ``lock_delay`` seconds.
+
+        Leases are exclusive between the threads of a process too, re-entrant like
+        ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
+        one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
+        """
+        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost)
+
+    def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
+        """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
+        return self._leasing.lease(name, kind, workspace=workspace)
+
+    def release(self, name: str, kind: str | None = None, *, force: bool = False,
+                workspace: str | None = None) -> bool:
+        """Release the lease on ``name``; return False if nobody held it.
+
+        Only the holder may release; an operator passes ``force=True`` to break anyone's lease (logged
+        as a ``lease.break`` event; the holder finds out at its next beat, check or fenced write).
+        """
+        return self._leasing.release(name, kind, force=force, workspace=workspace)
+
+    def locks(self) -> builtins.list[HeldLease]:
+        """Every lease currently held, in every workspace."""
+        return self._leasing.locks()
+
+    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> builtins.list[Entry]:
+        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them."""
+        return self._leasing.clean_stale(older_than, dry_run)
+
+    # -- definitions (see _definitions.py) -------------------------------------
+
+    def create_workspace(self, name: str, parent: str = "core", description: str = "") -> WorkspaceInfo:
+        """Create a layer over ``parent``. Reads in it see its own rows over its ancestors', never a
+        sibling's. :class:`NameTakenError` if it exists, :class:`UnknownWorkspaceError` if the parent
+        does not."""
+        return self._definitions.create_workspace(name, parent, description)
+
+    def workspaces(self) -> builtins.list[WorkspaceInfo]:
+        """Every workspace, by name, with its parent, depth, children and row counts."""
+        return self._definitions.workspaces()
+
+    def delete_workspace(self, name: str, force: bool = False) -> builtins.list[str]:
+        """Delete a workspace with its entries and tombstones; return the workspaces deleted.
+
+        Refused (:class:`WorkspaceError`) for ``core``, while it has child workspaces unless
+        ``force=True`` (then they go too, deepest first), and while any of its entries is leased.
+        """
+        return self._definitions.delete_workspace(name, force)
+
+    def hide(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str:
+        """Hide an inherited entry in this workspace and its children (a tombstone row here), without
+        touching the layer that defines it; return the hidden entry's id."""
+        return self._definitions.hide(name, kind, workspace=workspace)
+
+    def unhide(self, name: str, kind: str, *, workspace: str | None = None) -> None:
+        """Remove this workspace's tombstone for ``name``: the inherited entry shows again."""
+        return self._definitions.unhide(name, kind, workspace=workspace)
+
+    def promote(self, name: str, kind: str | None = None, *, workspace: str | None = None,
+                replace: bool = False) -> Entry:
+        """Move this workspace's own entry one layer up (to its parent), keeping its id.
+
+        If the parent defines the name already: :class:`NameTakenError`, or with ``replace=True`` the
+        parent's entry is deleted and this one takes its place.
+        """
+        return self._definitions.promote(name, kind, workspace=workspace, replace=replace)
+
+    def diff(self, a: str, b: str) -> Diff:
+        """What the views of workspaces ``a`` and ``b`` disagree on (each seen with its ancestors)."""
+        return self._definitions.diff(a, b)
+
+    def conflicts(self) -> builtins.list[Conflict]:
+        """Names defined differently in sibling workspaces (``type="sibling"``), and entries that
+        shadow an ancestor's entry of the same name (``type="shadow"``)."""
+        return self._definitions.conflicts()
+
+    def explain(self, name: str, kind: str, *, workspace: str | None = None) -> Explanation:
+        """The resolution trace of ``name``: the ancestry chain, every row met on the way up, which
+        layer answered, what it shadows, and which tombstone hid it. It agrees with :meth:`get`."""
+        return self._definitions.explain(name, kind, workspace=workspace)
+
+    def define_kind(self, name: str, required: Iterable[str] = (), optional: Iterable[str] = (), *,
+                    defaults: Mapping[str, Any] | None = None, name_pattern: str | None = None,
+                    validator: str | None = None, strict: bool = True, description: str = "") -> Kind:
+        """Define (or redefine) a kind and return it.
+
+        ``defaults`` fill missing fields at registration; string defaults may use ``{name}`` (the
+        entry's name). ``validator`` is ``"pkg.module:function"``, called with each definition. Every
+        problem with the schema is reported at once (:class:`ValidationError`). Redefining is refused
+        (:class:`KindInUseError`) for built-in kinds and when stored entries would no longer validate.
+        """
+        return self._definitions.define_kind(name, required, optional, defaults=defaults, name_pattern=name_pattern,
+                                             validator=validator, strict=strict, description=description)
+
+    def kinds(self) -> builtins.list[Kind]:
+        """Every kind with its schema, built-in ones included, by name."""
+        return self._definitions.kinds()
+
+    def kind(self, name: str) -> Kind:
+        """One kind's schema (:class:`UnknownKindError` with a suggestion if it does not exist)."""
+        return self._definitions.kind(name)
+
+    def delete_kind(self, name: str) -> None:
+        """Delete a user-defined kind that has no entries in any workspace (:class:`KindInUseError`
+        otherwise, and for built-in kinds)."""
+        return self._definitions.delete_kind(name)
+
+    def register(self, name: str, kind: str, definition: Mapping[str, Any] | None = None, *,
+                 target: str | None = None, capabilities: Iterable[str] = (),
+                 metadata: Mapping[str, Any] | None = None, on_conflict: str = "error", owned: bool = False,
+                 workspace: str | None = None) -> Entry:
+        """Register a typed definition under ``(workspace, kind, name)`` and return the entry.
+
+        The definition is checked against the kind (defaults filled in); every problem is reported at
+        once in a :class:`ValidationError` and nothing is written. ``definition=None`` registers an
+        identity (target, capabilities) without a definition: only the name is checked.
+
+        If this workspace already registered the name with a different definition, target,
+        capabilities or metadata: ``on_conflict="error"`` raises :class:`NameTakenError`,
+        ``"replace"`` overwrites it (the id stays), ``"keep"`` returns the stored entry unchanged.
+        Registering the same thing again writes nothing; an entry that was only resolved gets its
+        definition filled in. Metadata left out (``None``) keeps what is stored.
+
+        ``owned=True`` binds the entry to this process's session (opened on demand), which is what
+        ``select(strategy="healthiest")`` judges; re-registering from a new process moves the binding.
+        """
+        return self._definitions.register(name, kind, definition, target=target, capabilities=capabilities,
+                                          metadata=metadata, on_conflict=on_conflict, owned=owned, workspace=workspace)
+
+    def register_many(self, items: Iterable[Registration | Mapping[str, Any]], *, on_conflict: str = "error",
+                      workspace: str | None = None) -> builtins.list[Entry]:
+        """Register a batch in one transaction: every item is validated first and every problem is
+        reported at once (:class:`ValidationError`), then all are written, or none."""
+        return self._definitions.register_many(items, on_conflict=on_conflict, workspace=workspace)
+
+    def bind(self, name: str, kind: str, obj: Any, *, workspace: str | None = None) -> None:
+        """Make ``obj`` what :meth:`load` returns for ``name`` in this workspace (and the workspaces
+        below it that do not define the name themselves), in this process only: nothing is stored,
+        other processes never see it. Every Registry on the same file in this process sees it."""
+        return self._definitions.bind(name, kind, obj, workspace=workspace)
+
+    def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
+        """Forget an object given to :meth:`bind`; return whether there was one."""
+        return self._definitions.unbind(name, kind, workspace=workspace)
+
+    def load(self, name: str, kind: str, *, workspace: str | None = None) -> Any:
+        """The object ``name`` stands for: what :meth:`bind` gave, else its ``target`` imported.
+
+        Layers decide as for every read: walking up from the workspace, the first layer that binds
+        the name, defines it or hides it answers (a binding beats the row of its own layer). The
+        import happens on first use and is cached for the process, per entry id and target. Import
+        failures raise :class:`TargetImportError` naming the entry and the dotted path.
+        """
+        return self._definitions.load(name, kind, workspace=workspace)
+
+    def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
+                 workspace: str | None = None) -> builtins.list[Entry]:
+        """Register the installed entry points of ``group`` in one transaction; idempotent.
+
+        An entry point named ``kind:name`` registers ``name`` under that kind; a plain ``name`` uses
+        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution`` and ``version``
+        go into the metadata. Running it again writes nothing unless a package changed; an entry
+        registered by hand under the same name is left as it is; an entry discovered before keeps
+        its definition and capabilities and gets the new target and version.
+        """
+        return self._definitions.discover(group, kind=kind, workspace=workspace)
+
+    def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> builtins.list[Entry]:
+        """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
+
+        With a requirement the query starts from the capability index, never from every entry of
+        the kind.
+        """
+        return self._definitions.find(kind, requires, workspace=workspace)
+
+    def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
+               workspace: str | None = None) -> Entry:
+        """One entry of ``kind`` offering all of ``requires``, chosen by ``strategy``:
+
+        - ``first``: the first match by name.
+        - ``random``: a uniformly random match.
+        - ``round_robin``: the next match in registration order after the last one chosen for this
+          (kind, workspace, requirement); one rotation shared by every process on the database.
+        - ``least_recently_selected``: the match selected longest ago, never-selected ones first.
+        - ``healthiest``: only matches registered with ``owned=True`` whose session's process is alive;
+          status ``healthy`` first, then the freshest heartbeat. Never one whose process died.
+
+        ``round_robin`` and ``least_recently_selected`` record the choice (one short write);
+        the others only read. :class:`NoMatchError` names the capabilities nobody offers;
+        :class:`UnknownStrategyError` lists the strategies.
+        """
+        return self._definitions.select(kind, requires, strategy, workspace=workspace)
+
+    # -- maintenance (see _maintenance.py) -------------------------------------
+
+    def export(self, format: str = "nameplate", *, workspace: str | None = None) -> dict[str, Any]:
+        """A point-in-time document of the registry, from one read transaction.
+
+        ``format="nameplate"`` (default) holds workspaces, kinds, entries (ids kept) and tombstones,
+        stamped with the ``revision`` it reflects; sessions, leases and ephemeral entries are process
+        state and stay out. ``format="madsci"`` is MADSci's ``registry.json``: the entries of MADSci's
+        kinds visible in ``workspace``, with the locks held on them (``export()`` without arguments is
+        therefore not MADSci's ``LocalRegistryManager.export()``; pass ``"madsci"`` for that).
+        """
+        return self._maintenance.export(format, workspace=workspace)
+
+    def import_document(self, data: Any, *, format: str = "auto", replace: bool = False, dry_run: bool = False,
+                        workspace: str | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> ImportPlan:
+        """Import a document all-or-nothing: validated whole first, then written in one transaction.
+
+        Merge (default) keeps existing entries and adds new ones; ``replace=True`` makes the document
+        the registry (for a MADSci file: the workspace's view of MADSci's kinds). ``dry_run=True``
+        returns the plan without writing. ``format`` is ``"nameplate"``, ``"madsci"`` or ``"auto"``
+        (recognised by shape). MADSci files go into ``workspace``. ``progress(done, total)`` is called
+        while entries are validated, before the write.
+
+        Raises :class:`ImportFileError` (every problem of the document listed in ``problems``),
+        :class:`ConflictError` when the registry stands in the way (an id owned by another entry, an
+        entry leased by a live process), :class:`UnknownWorkspaceError`; nothing is written then.
+        """
+        return self._maintenance.import_document(data, format=format, replace=replace, dry_run=dry_run,
+                                                 workspace=workspace, progress=progress)
+
+    def import_file(self, path: str | os.PathLike[str], *, format: str = "auto", replace: bool = False,
+                    dry_run: bool = False, workspace: str | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> ImportPlan:
+        """:meth:`import_document` on a JSON file; unreadable, truncated or ambiguous files (a key twice in
+        one object) raise :class:`ImportFileError`."""
+        return self._maintenance.import_file(path, format=format, replace=replace, dry_run=dry_run,
+                                             workspace=workspace, progress=progress)
+
+    def import_entries(self, data: dict[str, Any], merge: bool = True) -> None:
+        """MADSci's ``LocalRegistryManager.import_entries``: a registry.json dict, merged or replacing.
+
+        Acts in the current workspace; ``merge=False`` replaces that workspace's MADSci entries only.
+        """
+        return self._maintenance.import_entries(data, merge)
+
+    @property
+    def revision(self) -> int:
+        """The newest revision in the event log (0 for a new registry)."""
+        return self._maintenance.revision
+
+    def changes(self, since: int = 0, limit: int | None = None) -> builtins.list[Event]:
+        """Events with a revision above ``since``, oldest first (at most ``limit`` of them)."""
+        return self._maintenance.changes(since, limit)
+
+    def follow(self, since: int | None = None, *, interval: float = 0.25,
+               stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+        """Yield events as they are committed, from ``since`` (default: now on), until ``stop()`` is true.
+
+        Between polls it reads SQLite's ``data_version`` (microseconds) and reads the log only when a
+        commit happened, so an idle follower costs next to nothing.
+        """
+        return self._maintenance.follow(since, interval=interval, stop=stop)
+
+    def gc_events(self, keep_days: float) -> dict[str, int]:
+        """Prune events (and ended sessions) older than ``keep_days`` days. Revisions are never reused."""
+        return self._maintenance.gc_events(keep_days)
+
+    def check(self) -> CheckReport:
+        """Integrity and foreign keys, definitions against kinds, leases, layers and indexes.
+
+        ``report.problems`` are inconsistencies (``nameplate check`` exits 5); ``report.warnings`` are
+        states that housekeeping resolves (a lease whose owner died and was not reaped yet).
+        """
+        return self._maintenance.check()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per kind and workspace, sessions, leases, revision, schema version, file and WAL sizes."""
+        return self._maintenance.stats()
+
+    def vacuum(self) -> dict[str, Any]:
+        """Rebuild the file to reclaim free pages (takes the write lock for its duration).
+
+        Returns the file sizes ``before`` and ``after`` and whether the final checkpoint was ``busy``.
+        """
+        return self._maintenance.vacuum()
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Copy the WAL into the database and truncate it (readers still in the WAL keep part of it).
+
+        Returns ``busy`` (a reader kept part of the WAL), ``wal_bytes_before`` and ``wal_bytes_after``.
+        """
+        return self._maintenance.checkpoint()
+
+    def migration_status(self) -> MigrationStatus:
+        """Applied and pending schema migrations of this (open, hence migrated) registry."""
+        return self._maintenance.migration_status()
+
+    @staticmethod
+    def schema_status(db: str | os.PathLike[str] | None = None) -> MigrationStatus:
+        """Applied and pending migrations of the database at ``db`` (default: discovery), without
+        migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
+        return Maintenance.schema_status(db)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The Registry's workspaces, kinds, typed definitions, targets and selection API (guarantees 6, 7).
+"""Workspaces, kinds, typed definitions, targets and selection (guarantees 6, 7).
 
 Every write here validates everything it can before it takes the write lock (user validators and
 imports never run inside a write transaction), then writes in one short ``BEGIN IMMEDIATE``
@@ -21,8 +21,7 @@ from typing import Any
 from ulid import ULID
 
 from . import _layers, _strategies
-from ._backend import Tx
-from ._base import RegistryBase
+from ._backend import Backend, Tx
 from ._kind_schema import (
     Kind,
     broken_by,
@@ -38,8 +37,9 @@ from ._kind_schema import (
     validate,
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
+from ._leasing import Leasing, WorkspaceOf
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, decode_entry, entry_by_pk
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import (
     check_capabilities,
     check_kind_name,
@@ -113,15 +113,21 @@ class _Prepared:
     origin: str | None  # discover(): the entry point this registration comes from
 
 
-class WorkspacesMixin(RegistryBase):
-    """Layered workspaces, kinds with schemas, registration, targets, capability selection."""
+class Definitions:
+    """Layered workspaces, kinds with schemas, registration, targets, capability selection.
+
+    Entry writes go through ``leasing``'s lease guard; owned registrations bind to its session.
+    """
+
+    def __init__(self, backend: Backend, store: Store, workspace_of: WorkspaceOf, leasing: Leasing) -> None:
+        self._backend = backend
+        self._store = store
+        self._ws = workspace_of
+        self._leasing = leasing
 
     # -- workspaces ------------------------------------------------------------------------------
 
     def create_workspace(self, name: str, parent: str = "core", description: str = "") -> WorkspaceInfo:
-        """Create a layer over ``parent``. Reads in it see its own rows over its ancestors', never a
-        sibling's. :class:`NameTakenError` if it exists, :class:`UnknownWorkspaceError` if the parent
-        does not."""
         self._ws(None)
         check_workspace_name(name)
         check_workspace_name(parent)
@@ -131,25 +137,17 @@ class WorkspacesMixin(RegistryBase):
             return _layers.create_workspace(tx, self._store, name, parent, description)
 
     def workspaces(self) -> list[WorkspaceInfo]:
-        """Every workspace, by name, with its parent, depth, children and row counts."""
         self._ws(None)
         with self._backend.read() as tx:
             return _layers.list_workspaces(tx)
 
     def delete_workspace(self, name: str, force: bool = False) -> list[str]:
-        """Delete a workspace with its entries and tombstones; return the workspaces deleted.
-
-        Refused (:class:`WorkspaceError`) for ``core``, while it has child workspaces unless
-        ``force=True`` (then they go too, deepest first), and while any of its entries is leased.
-        """
         self._ws(None)
         check_workspace_name(name)
         with self._backend.write() as tx:
             return _layers.delete_workspace(tx, self._store, name, force)
 
     def hide(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str:
-        """Hide an inherited entry in this workspace and its children (a tombstone row here), without
-        touching the layer that defines it; return the hidden entry's id."""
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
@@ -158,7 +156,6 @@ class WorkspacesMixin(RegistryBase):
             return _layers.hide(tx, self._store, ws, name, kind)
 
     def unhide(self, name: str, kind: str, *, workspace: str | None = None) -> None:
-        """Remove this workspace's tombstone for ``name``: the inherited entry shows again."""
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
@@ -167,11 +164,6 @@ class WorkspacesMixin(RegistryBase):
 
     def promote(self, name: str, kind: str | None = None, *, workspace: str | None = None,
                 replace: bool = False) -> Entry:
-        """Move this workspace's own entry one layer up (to its parent), keeping its id.
-
-        If the parent defines the name already: :class:`NameTakenError`, or with ``replace=True`` the
-        parent's entry is deleted and this one takes its place.
-        """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
@@ -181,28 +173,23 @@ class WorkspacesMixin(RegistryBase):
         def promote() -> Entry:
             ended.clear()
             with self._backend.write() as tx:
-                entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace, guard=self._guard,
-                                                   removal_guard=self._guard_removal(ended))
+                entry_id, parent = _layers.promote(tx, self._store, ws, name, kind, replace, guard=self._leasing.guard,
+                                                   removal_guard=self._leasing.guard_removal(ended))
                 return decode_entry(tx.execute(_ENTRY_IN_VIEW, (parent, entry_id)).fetchone())
 
-        promoted = self._reaping_first(promote)
-        self._finish_removal(ended)
+        promoted = self._leasing.reaping_first(promote)
+        self._leasing.finish_removal(ended)
         return promoted
 
     def diff(self, a: str, b: str) -> Diff:
-        """What the views of workspaces ``a`` and ``b`` disagree on (each seen with its ancestors)."""
         self._ws(None)
         return _layers.diff(self._store, check_workspace_name(a), check_workspace_name(b))
 
     def conflicts(self) -> list[Conflict]:
-        """Names defined differently in sibling workspaces (``type="sibling"``), and entries that
-        shadow an ancestor's entry of the same name (``type="shadow"``)."""
         self._ws(None)
         return _layers.conflicts(self._store)
 
     def explain(self, name: str, kind: str, *, workspace: str | None = None) -> Explanation:
-        """The resolution trace of ``name``: the ancestry chain, every row met on the way up, which
-        layer answered, what it shadows, and which tombstone hid it. It agrees with :meth:`get`."""
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
@@ -214,13 +201,6 @@ class WorkspacesMixin(RegistryBase):
     def define_kind(self, name: str, required: Iterable[str] = (), optional: Iterable[str] = (), *,
                     defaults: Mapping[str, Any] | None = None, name_pattern: str | None = None,
                     validator: str | None = None, strict: bool = True, description: str = "") -> Kind:
-        """Define (or redefine) a kind and return it.
-
-        ``defaults`` fill missing fields at registration; string defaults may use ``{name}`` (the
-        entry's name). ``validator`` is ``"pkg.module:function"``, called with each definition. Every
-        problem with the schema is reported at once (:class:`ValidationError`). Redefining is refused
-        (:class:`KindInUseError`) for built-in kinds and when stored entries would no longer validate.
-        """
         self._ws(None)
         values = build_kind(name, required=required, optional=optional, defaults=defaults,
                             name_pattern=name_pattern, validator=validator, strict=strict, description=description)
@@ -240,20 +220,16 @@ class WorkspacesMixin(RegistryBase):
                             kind=name)
 
     def kinds(self) -> list[Kind]:
-        """Every kind with its schema, built-in ones included, by name."""
         self._ws(None)
         with self._backend.read() as tx:
             return list_kinds(tx)
 
     def kind(self, name: str) -> Kind:
-        """One kind's schema (:class:`UnknownKindError` with a suggestion if it does not exist)."""
         self._ws(None)
         with self._backend.read() as tx:
             return get_kind(tx, check_kind_name(name))
 
     def delete_kind(self, name: str) -> None:
-        """Delete a user-defined kind that has no entries in any workspace (:class:`KindInUseError`
-        otherwise, and for built-in kinds)."""
         self._ws(None)
         with self._backend.write() as tx:
             delete_kind(tx, self._store, check_kind_name(name))
@@ -264,21 +240,6 @@ class WorkspacesMixin(RegistryBase):
                  target: str | None = None, capabilities: Iterable[str] = (),
                  metadata: Mapping[str, Any] | None = None, on_conflict: str = "error", owned: bool = False,
                  workspace: str | None = None) -> Entry:
-        """Register a typed definition under ``(workspace, kind, name)`` and return the entry.
-
-        The definition is checked against the kind (defaults filled in); every problem is reported at
-        once in a :class:`ValidationError` and nothing is written. ``definition=None`` registers an
-        identity (target, capabilities) without a definition: only the name is checked.
-
-        If this workspace already registered the name with a different definition, target,
-        capabilities or metadata: ``on_conflict="error"`` raises :class:`NameTakenError`,
-        ``"replace"`` overwrites it (the id stays), ``"keep"`` returns the stored entry unchanged.
-        Registering the same thing again writes nothing; an entry that was only resolved gets its
-        definition filled in. Metadata left out (``None``) keeps what is stored.
-
-        ``owned=True`` binds the entry to this process's session (opened on demand), which is what
-        ``select(strategy="healthiest")`` judges; re-registering from a new process moves the binding.
-        """
         # A lone string stays a string, so validation refuses it instead of splitting it into letters.
         caps = _as_given(capabilities)
         return self.register_many([Registration(name, kind, definition, target, caps, metadata, owned)],
@@ -286,8 +247,6 @@ class WorkspacesMixin(RegistryBase):
 
     def register_many(self, items: Iterable[Registration | Mapping[str, Any]], *, on_conflict: str = "error",
                       workspace: str | None = None) -> list[Entry]:
-        """Register a batch in one transaction: every item is validated first and every problem is
-        reported at once (:class:`ValidationError`), then all are written, or none."""
         ws = self._ws(workspace)
         if on_conflict not in ON_CONFLICT:
             raise InvalidInputError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}",
@@ -296,13 +255,14 @@ class WorkspacesMixin(RegistryBase):
         if not registrations:
             return []
         _check_metadata(registrations)
-        return self._reaping_first(lambda: self._register(ws, registrations, [None] * len(registrations), on_conflict))
+        origins: list[str | None] = [None] * len(registrations)
+        return self._leasing.reaping_first(lambda: self._register(ws, registrations, origins, on_conflict))
 
     def _register(self, ws: str, registrations: list[Registration], origins: list[str | None],
                   on_conflict: str) -> list[Entry]:
         for _ in range(_ATTEMPTS):
             prepared = self._prepare(ws, registrations, origins)
-            owner = self.session().id if any(p.owned for p in prepared) else None  # type: ignore[attr-defined]
+            owner = self._leasing.session().id if any(p.owned for p in prepared) else None
             with self._backend.write() as tx:
                 if not _kinds_unchanged(tx, prepared):
                     continue  # a kind was redefined since we validated: validate again, outside the lock
@@ -425,7 +385,7 @@ class WorkspacesMixin(RegistryBase):
                     f"a different {' and '.join(differing)}; pass on_conflict='replace' to overwrite it or "
                     "'keep' to leave it", name=item.name, kind=item.kind, existing_id=entry_id)
         kind_name = item.kind
-        self._guard(tx, pk, entry_id, kind_name)
+        self._leasing.guard(tx, pk, entry_id, kind_name)
         tx.execute(_REPLACE, (*wanted, now, new_owner, pk))
         if wanted[2] != capabilities:
             _set_capabilities(tx, pk, json.loads(wanted[2]))
@@ -437,12 +397,10 @@ class WorkspacesMixin(RegistryBase):
     # -- targets ---------------------------------------------------------------------------------
 
     def _bind_key(self) -> str:
-        return os.path.realpath(self.path) if self.path is not None else str(self.location)
+        location = self._backend.location
+        return os.path.realpath(location.path) if location.path is not None else str(location)
 
     def bind(self, name: str, kind: str, obj: Any, *, workspace: str | None = None) -> None:
-        """Make ``obj`` what :meth:`load` returns for ``name`` in this workspace (and the workspaces
-        below it that do not define the name themselves), in this process only: nothing is stored,
-        other processes never see it. Every Registry on the same file in this process sees it."""
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
@@ -453,7 +411,6 @@ class WorkspacesMixin(RegistryBase):
             _bound[(self._bind_key(), ws, kind, name)] = obj
 
     def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
-        """Forget an object given to :meth:`bind`; return whether there was one."""
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
@@ -461,13 +418,6 @@ class WorkspacesMixin(RegistryBase):
             return _bound.pop((self._bind_key(), ws, kind, name), None) is not None
 
     def load(self, name: str, kind: str, *, workspace: str | None = None) -> Any:
-        """The object ``name`` stands for: what :meth:`bind` gave, else its ``target`` imported.
-
-        Layers decide as for every read: walking up from the workspace, the first layer that binds
-        the name, defines it or hides it answers (a binding beats the row of its own layer). The
-        import happens on first use and is cached for the process, per entry id and target. Import
-        failures raise :class:`TargetImportError` naming the entry and the dotted path.
-        """
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
@@ -501,14 +451,6 @@ class WorkspacesMixin(RegistryBase):
 
     def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
                  workspace: str | None = None) -> list[Entry]:
-        """Register the installed entry points of ``group`` in one transaction; idempotent.
-
-        An entry point named ``kind:name`` registers ``name`` under that kind; a plain ``name`` uses
-        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution`` and ``version``
-        go into the metadata. Running it again writes nothing unless a package changed; an entry
-        registered by hand under the same name is left as it is; an entry discovered before keeps
-        its definition and capabilities and gets the new target and version.
-        """
         ws = self._ws(workspace)
         check_kind_name(kind)
         items: list[Registration] = []
@@ -526,16 +468,11 @@ class WorkspacesMixin(RegistryBase):
             origins.append(origin)
         if not items:
             return []
-        return self._reaping_first(lambda: self._register(ws, items, origins, "keep"))
+        return self._leasing.reaping_first(lambda: self._register(ws, items, origins, "keep"))
 
     # -- capabilities and selection ----------------------------------------------------------------
 
     def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> list[Entry]:
-        """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
-
-        With a requirement the query starts from the capability index, never from every entry of
-        the kind.
-        """
         ws = self._ws(workspace)
         check_kind_name(kind)
         needed = _strategies.requirement(requires)
@@ -548,20 +485,6 @@ class WorkspacesMixin(RegistryBase):
 
     def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
                workspace: str | None = None) -> Entry:
-        """One entry of ``kind`` offering all of ``requires``, chosen by ``strategy``:
-
-        - ``first``: the first match by name.
-        - ``random``: a uniformly random match.
-        - ``round_robin``: the next match in registration order after the last one chosen for this
-          (kind, workspace, requirement); one rotation shared by every process on the database.
-        - ``least_recently_selected``: the match selected longest ago, never-selected ones first.
-        - ``healthiest``: only matches registered with ``owned=True`` whose session's process is alive;
-          status ``healthy`` first, then the freshest heartbeat. Never one whose process died.
-
-        ``round_robin`` and ``least_recently_selected`` record the choice (one short write);
-        the others only read. :class:`NoMatchError` names the capabilities nobody offers;
-        :class:`UnknownStrategyError` lists the strategies.
-        """
         ws = self._ws(workspace)
         check_kind_name(kind)
         _strategies.check_strategy(strategy)

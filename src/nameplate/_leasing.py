@@ -1,4 +1,4 @@
-"""The Registry's sessions, leases and process-registry API (guarantees 3 and 4)."""
+"""Sessions, leases and the process registry (guarantees 3 and 4), and the lease guard of entry writes."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._backend import Tx
-from ._base import RegistryBase
+from ._backend import Backend, Tx
 from ._lease import Delayed, HeldByThread, Holder, Lease, ReapFirst, find_holder, reap_holder, try_acquire
 from ._records import Entry
 from ._session import (
@@ -24,7 +23,7 @@ from ._session import (
     reap,
 )
 from ._store import _PROBE_KIND as _PROBE_NAME
-from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, decode_entry
+from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, Store, decode_entry
 from ._validation import check_kind_name, check_name, check_seconds
 from .errors import (
     ConflictError,
@@ -43,60 +42,66 @@ _FIRST_POLL = 0.01
 _MAX_POLL = 0.25
 
 
-_open_registries: weakref.WeakSet[SessionsMixin] = weakref.WeakSet()
+_open_leasings: weakref.WeakSet[Leasing] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     # Another thread may have been inside session() when the process forked; that thread does not
     # exist in the child, so the lock would never be released. (Sessions themselves are abandoned
     # by _session's own at-fork handler.)
-    for registry in list(_open_registries):
-        registry._session_lock = threading.Lock()
+    for leasing in list(_open_leasings):
+        leasing._session_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+#: Picks the workspace of a call (the explicit one, else the active one) and refuses a closed
+#: registry: the Registry's rule, handed to each feature.
+WorkspaceOf = Callable[[str | None], str]
 
-class SessionsMixin(RegistryBase):
-    """Sessions (this process, alive), leases (exclusive and fenced) and the process registry."""
 
-    _session_obj: Session | None
+class Leasing:
+    """Sessions (this process, alive), leases (exclusive and fenced) and the process registry, and
+    the lease guard that every other feature's entry writes go through."""
 
-    def _known_options(self) -> set[str]:
-        return super()._known_options() | {"ttl", "lock_delay", "label"}
-
-    def _open_extensions(self) -> None:
-        super()._open_extensions()
-        self._ttl = _positive(self._options.get("ttl", DEFAULT_TTL), "ttl")
-        self._lock_delay = check_seconds(self._options.get("lock_delay", DEFAULT_LOCK_DELAY), "lock_delay", zero=True)
-        self._label = str(self._options.get("label") or default_label())
-        self._session_obj = None
+    def __init__(self, backend: Backend, store: Store, workspace_of: WorkspaceOf, *, ttl: float,
+                 lock_delay: float, label: str | None) -> None:
+        self._backend = backend
+        self._store = store
+        self._ws = workspace_of
+        self._ttl = _positive(ttl, "ttl")
+        self._lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
+        if label is not None and not isinstance(label, str):
+            raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
+        self._label = label or default_label()
+        self._session_obj: Session | None = None
         self._session_lock = threading.Lock()
-        _open_registries.add(self)
+        _open_leasings.add(self)
 
-    def _close_extensions(self) -> None:
-        _open_registries.discard(self)
-        # getattr: a constructor that failed before our _open_extensions ran still calls close().
-        session, self._session_obj = getattr(self, "_session_obj", None), None
-        try:
-            if session is not None:
-                session.close()
-        finally:
-            super()._close_extensions()
+    @property
+    def lock_delay(self) -> float:
+        return self._lock_delay
 
-    def _session_id(self) -> str | None:
+    def close(self) -> None:
+        """End this process's session (its leases and ephemeral entries go with it)."""
+        _open_leasings.discard(self)
+        session, self._session_obj = self._session_obj, None
+        if session is not None:
+            session.close()
+
+    def session_id(self) -> str | None:
+        """The id of the open, usable session, if any (the actor of the event log)."""
         session = self._session_obj
         return session.id if session is not None and session.usable else None
+
+    @property
+    def current_session(self) -> Session | None:
+        return self._session_obj
 
     # -- sessions --------------------------------------------------------------------------------
 
     def session(self, *, label: str | None = None, ttl: float | None = None, status: str = "starting",
                 info: Mapping[str, Any] | None = None) -> Session:
-        """This process's session, opened now if it has none (else the open one is returned as is).
-
-        Leases and ephemeral entries open it on demand; open it explicitly to choose the label, ttl and
-        first status, or to appear in ``sessions()`` before holding anything.
-        """
         self._ws(None)  # refuses a closed registry
         with self._session_lock:
             current = self._session_obj
@@ -111,13 +116,11 @@ class SessionsMixin(RegistryBase):
             return self._session_obj
 
     def sessions(self, alive: bool = True) -> list[SessionInfo]:
-        """Processes registered here: live ones (judged now) or, with ``alive=False``, all on record."""
         self._ws(None)
         with self._backend.read() as tx:
             return list_sessions(tx, alive=alive)
 
     def reap(self) -> list[str]:
-        """End sessions whose process is gone or whose heartbeat stopped; return their ids."""
         self._ws(None)
         return reap(self._backend, self._store, lock_delay=self._lock_delay)
 
@@ -125,16 +128,6 @@ class SessionsMixin(RegistryBase):
 
     def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
                 workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
-        """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
-
-        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
-        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
-        lock-delay for ``lock_delay`` seconds.
-
-        Leases are exclusive between the threads of a process too, re-entrant like
-        ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
-        one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
-        """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
@@ -150,7 +143,7 @@ class SessionsMixin(RegistryBase):
         assert lease is not None, "visible_row raises rather than returning None"
         return lease
 
-    def _resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
+    def resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
                         wait: float | None, ephemeral: bool) -> str:
         """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
         all in one transaction, so that a caller who cannot get the lease changes nothing."""
@@ -236,7 +229,7 @@ class SessionsMixin(RegistryBase):
     def _reap_first(self, first: ReapFirst) -> None:
         reap(self._backend, self._store, lock_delay=self._lock_delay, only=first.session_id)
 
-    def _reaping_first(self, operation: Callable[[], T]) -> T:
+    def reaping_first(self, operation: Callable[[], T]) -> T:
         """Run a guarded write; if its guard found the row to be a dead holder's ephemeral entry
         (:class:`ReapFirst`), reap that session in its own transaction and run the write again."""
         for _ in range(_REAP_ATTEMPTS):
@@ -277,7 +270,6 @@ class SessionsMixin(RegistryBase):
         return True
 
     def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
-        """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
         ws = self._ws(workspace)
         session = self._session_obj
         if session is None or not session.usable:
@@ -289,11 +281,6 @@ class SessionsMixin(RegistryBase):
 
     def release(self, name: str, kind: str | None = None, *, force: bool = False,
                 workspace: str | None = None) -> bool:
-        """Release the lease on ``name``; return False if nobody held it.
-
-        Only the holder may release; an operator passes ``force=True`` to break anyone's lease (logged
-        as a ``lease.break`` event; the holder finds out at its next beat, check or fenced write).
-        """
         ws = self._ws(workspace)
         name = check_name(name)
         own = self.lease(name, kind, workspace=ws)
@@ -324,12 +311,11 @@ class SessionsMixin(RegistryBase):
         return True
 
     def locks(self) -> list[HeldLease]:
-        """Every lease currently held, in every workspace."""
         self._ws(None)
         with self._backend.read() as tx:
             return list_leases(tx)
 
-    def _guard(self, tx: Tx, entry_pk: int, entry_id: str, kind: str, lease: Lease | None = None) -> None:
+    def guard(self, tx: Tx, entry_pk: int, entry_id: str, kind: str, lease: Lease | None = None) -> None:
         """The one lease guard of every write that changes an existing entry (see ``Store.Guard``).
 
         Passes when nobody holds the entry, when the holder's process is gone (reaped here, in this
@@ -356,14 +342,14 @@ class SessionsMixin(RegistryBase):
             f"({described['label']}) since {described['since']}; only the holder may change it (wait for its "
             "release, or break it with release(..., force=True))", holder=described)
 
-    def _guard_removal(self, ended: list[Lease]) -> Guard:
+    def guard_removal(self, ended: list[Lease]) -> Guard:
         """The lease guard of a write that removes the entry row (``delete``): the holder may delete its
         own leased entry, and the lease then ends in the same transaction with a ``lease.release`` event,
         so the log never shows a lease that vanished with its row. The ended leases are appended to
         ``ended``, to be marked released once the transaction commits."""
 
-        def guard(tx: Tx, entry_pk: int, entry_id: str, kind: str) -> None:
-            self._guard(tx, entry_pk, entry_id, kind)
+        def guard_and_end(tx: Tx, entry_pk: int, entry_id: str, kind: str) -> None:
+            self.guard(tx, entry_pk, entry_id, kind)
             row = tx.execute("SELECT session_id, token FROM lease WHERE entry_pk = ?", (entry_pk,)).fetchone()
             if row is None:
                 return
@@ -378,9 +364,9 @@ class SessionsMixin(RegistryBase):
             if mine is not None:
                 ended.append(mine)
 
-        return guard
+        return guard_and_end
 
-    def _finish_removal(self, ended: list[Lease]) -> None:
+    def finish_removal(self, ended: list[Lease]) -> None:
         session = self._session_obj
         for lease in ended:
             if session is not None:
@@ -390,7 +376,6 @@ class SessionsMixin(RegistryBase):
     # -- stale entries ---------------------------------------------------------------------------
 
     def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> list[Entry]:
-        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them."""
         self._ws(None)
         if not isinstance(older_than, timedelta) or older_than.total_seconds() <= 0:
             raise InvalidInputError(f"older_than must be a positive timedelta, not {older_than!r}",
