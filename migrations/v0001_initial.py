@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the runner's context; a migration imports nothing of the package at run time
-    from nameplate._migrate import MigrationContext
+    from nameplate.backends.migrate import MigrationContext
 
 import json
 import time

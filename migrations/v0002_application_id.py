@@ -1,7 +1,7 @@
 """Mark the file as nameplate's: SQLite's ``application_id`` header field.
 
 Opening a file checks this field (with plain file I/O) before any connection could change the file, so
-another application's database is refused untouched (see ``nameplate._sqlite.identify``). Files from
+another application's database is refused untouched (see ``nameplate.backends.sqlite.identify``). Files from
 before this migration are recognised by their tables and get the mark here.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the runner's context; a migration imports nothing of the package at run time
-    from nameplate._migrate import MigrationContext
+    from nameplate.backends.migrate import MigrationContext
 
 NAME = "application id"
 
-#: "NMPL"; the same constant as ``nameplate._sqlite.APPLICATION_ID`` (a migration never changes).
+#: "NMPL"; the same constant as ``nameplate.backends.sqlite.APPLICATION_ID`` (a migration never changes).
 APPLICATION_ID = 0x4E4D504C
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from ulid import ULID
 
 from nameplate import Registry
-from nameplate._sqlite import SqliteBackend
+from nameplate.backends.sqlite import SqliteBackend
 
 SPAWN = multiprocessing.get_context("spawn")
 

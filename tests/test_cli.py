@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from nameplate import NameplateError, Registry
 from nameplate import cli as cli_module
 from nameplate import errors as errors_module
-from nameplate._migrate import available, latest_version
+from nameplate.backends.migrate import available, latest_version
 from nameplate.cli import encode_document, main
 
 from conftest import table_snapshot

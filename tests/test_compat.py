@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nameplate import EntryNotFoundError, Registry, compat
+from nameplate.compat import cursus
 
 
 def test_step_functions(registry: Registry) -> None:
@@ -45,7 +46,7 @@ def test_hyperparameters_by_model_type(registry: Registry) -> None:
 
 def test_the_default_registry_uses_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NAMEPLATE_DB", str(tmp_path / "default.db"))
-    monkeypatch.setattr(compat, "_default", None)
+    monkeypatch.setattr(cursus, "_default", None)  # the module-wide registry lives in compat.cursus
     try:
         assert compat.get_available_steps() == []
         assert compat.default_registry().path == tmp_path / "default.db"

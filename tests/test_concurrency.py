@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nameplate import Registry
-from nameplate._migrate import latest_version
+from nameplate.backends.migrate import latest_version
 
 from conftest import run_processes
 

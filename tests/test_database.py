@@ -25,9 +25,9 @@ from nameplate import (
     SchemaTooNewError,
 )
 from nameplate import errors as errors_module
-from nameplate._migrate import latest_version
 from nameplate._models import ALL_MODELS
-from nameplate._sqlite import APPLICATION_ID
+from nameplate.backends.migrate import latest_version
+from nameplate.backends.sqlite import APPLICATION_ID
 
 from conftest import table_snapshot
 

@@ -16,7 +16,7 @@ import pytest
 
 from nameplate import Registry
 from nameplate._health import CHECKS, CheckReport, Finding
-from nameplate._migrate import available, latest_version
+from nameplate.backends.migrate import available, latest_version
 
 from conftest import SPAWN, wait_until
 

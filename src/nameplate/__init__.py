@@ -19,10 +19,10 @@ from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
-from ._migrate import MigrationStatus
 from ._paths import Location
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
+from .backends.migrate import MigrationStatus
 from .errors import (
     AmbiguousNameError,
     ConflictError,

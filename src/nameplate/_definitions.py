@@ -21,7 +21,6 @@ from typing import Any
 from ulid import ULID
 
 from . import _layers, _strategies
-from ._backend import Backend, Tx
 from ._kind_schema import (
     Kind,
     broken_by,
@@ -48,6 +47,7 @@ from ._validation import (
     check_workspace_name,
     encode_object,
 )
+from .backends.base import Backend, Tx
 from .errors import (
     ConflictError,
     EntryNotFoundError,

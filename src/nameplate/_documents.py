@@ -38,7 +38,6 @@ from typing import Any
 
 from ulid import ULID
 
-from ._backend import Backend, Tx
 from ._context import CORE
 from ._kind_schema import Kind, build_kind, candidate_kind, list_kinds, name_problems, save_kind, validate
 from ._layers import create_workspace
@@ -53,6 +52,7 @@ from ._validation import (
     check_workspace_name,
     encode_object,
 )
+from .backends.base import Backend, Tx
 from .errors import ConflictError, ImportFileError, InvalidInputError, NameplateError, UnknownWorkspaceError
 
 FORMAT = "nameplate-export"

@@ -13,12 +13,12 @@ from typing import TypeVar
 
 import peewee
 
-from ._backend import Backend
 from ._models import Event as EventRow
 from ._models import Session as SessionRow
 from ._records import Event, utc
 from ._store import Store
 from ._validation import check_seconds
+from .backends.base import Backend
 from .errors import InvalidInputError
 
 #: A follower re-reads the log at least this often even when ``data_version`` stands still: that
@@ -117,7 +117,4 @@ def _run(backend: Backend, query: Callable[[], T]) -> T:
     try:
         return query()
     except peewee.PeeweeException as error:
-        translate = getattr(backend, "_translate", None)
-        if translate is None:
-            raise
-        raise translate(error) from None
+        raise backend.translate(error) from None

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._backend import Backend, Tx
 from ._kind_schema import Kind, list_kinds, name_problems, validate
-from ._migrate import latest_version
 from ._session import list_sessions
+from .backends.base import Backend, Tx
+from .backends.migrate import latest_version
 from .errors import NameplateError
 
 #: The checks ``check()`` runs, in order; each finding names the one that found it.
@@ -59,8 +59,8 @@ class CheckReport:
 def check(backend: Backend) -> CheckReport:
     problems: list[Finding] = []
     warnings: list[Finding] = []
-    problems += [Finding("integrity", p) for p in backend.maintenance("integrity")["problems"]]
-    problems += [Finding("foreign_key", p) for p in backend.maintenance("foreign_keys")["problems"]]
+    problems += [Finding("integrity", p) for p in backend.integrity_problems()]
+    problems += [Finding("foreign_key", p) for p in backend.foreign_key_problems()]
     with backend.read() as tx:
         kinds = {k.name: k for k in list_kinds(tx)}
         definitions = _definitions(tx, kinds, problems)
@@ -222,5 +222,5 @@ def stats(backend: Backend) -> dict[str, Any]:
             "live_sessions": int(tx.execute("SELECT count(*) FROM session WHERE state = 'live'").fetchone()[0]),
             "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0]),
         }
-    result.update(backend.maintenance("sizes"))
+    result.update(backend.storage_sizes())
     return result

@@ -27,10 +27,10 @@ from typing import Any
 import regex
 
 from . import _patterns
-from ._backend import Tx
 from ._records import utc
 from ._store import Store, _suggest
 from ._validation import check_kind_name, check_target, encode_object
+from .backends.base import Tx
 from .errors import (
     InvalidInputError,
     InvalidNameError,

@@ -15,11 +15,11 @@ from typing import Any
 
 from ulid import ULID
 
-from ._backend import Tx
 from ._context import CORE
 from ._records import Entry, utc
 from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Guard, Store, decode_entry
 from ._validation import check_workspace_name
+from .backends.base import Tx
 from .errors import EntryNotFoundError, NameTakenError, WorkspaceError
 
 

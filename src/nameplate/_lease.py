@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._backend import Tx
 from ._liveness import Owner, delay_active, owner_columns
 from ._session import instant, reap_if_gone
+from .backends.base import Tx
 from .errors import LeaseLost
 
 if TYPE_CHECKING:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from ._backend import Backend, Tx
 from ._lease import Delayed, HeldByThread, Holder, Lease, ReapFirst, find_holder, reap_holder, try_acquire
 from ._records import Entry
 from ._session import (
@@ -25,6 +24,7 @@ from ._session import (
 from ._store import _PROBE_KIND as _PROBE_NAME
 from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, Store, decode_entry
 from ._validation import check_kind_name, check_name, check_seconds
+from .backends.base import Backend, Tx
 from .errors import (
     ConflictError,
     InvalidInputError,

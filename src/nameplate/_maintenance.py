@@ -7,15 +7,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import _documents, _eventlog, _health, _migrate
-from ._backend import Backend
+from . import _documents, _eventlog, _health
 from ._documents import ImportPlan
 from ._health import CheckReport
 from ._leasing import WorkspaceOf
 from ._paths import locate
 from ._records import Event
-from ._sqlite import SqliteBackend
 from ._store import Store
+from .backends import migrate as _migrate
+from .backends import open_backend
+from .backends.base import Backend
 from .errors import InvalidInputError
 
 _FORMATS = ("nameplate", "madsci")
@@ -91,20 +92,21 @@ class Maintenance:
 
     def vacuum(self) -> dict[str, Any]:
         self._ws(None)
-        result = self._backend.maintenance("vacuum")
+        before = self._backend.storage_sizes()
+        self._backend.vacuum()
         # In WAL mode VACUUM writes the rebuilt pages to the WAL; the file shrinks only when they are
         # checkpointed, so do that now (else "after" equals "before" and the WAL holds a full copy).
-        busy = self._backend.maintenance("checkpoint")["busy"]
-        return {"before": result["before"], "after": self._backend.maintenance("sizes"), "busy": busy}
+        busy = self._backend.checkpoint().busy
+        return {"before": before, "after": self._backend.storage_sizes(), "busy": busy}
 
     def checkpoint(self) -> dict[str, Any]:
         self._ws(None)
         # A TRUNCATE checkpoint that succeeds reports 0 frames in and 0 moved (the log it reports on is
         # already reset), so the WAL file's size before and after is what tells an operator anything.
-        before = self._backend.maintenance("sizes")["wal_bytes"]
-        result = self._backend.maintenance("checkpoint")
-        after = self._backend.maintenance("sizes")["wal_bytes"]
-        return {"busy": result["busy"], "wal_bytes_before": before, "wal_bytes_after": after}
+        before = self._backend.storage_sizes()["wal_bytes"]
+        result = self._backend.checkpoint()
+        after = self._backend.storage_sizes()["wal_bytes"]
+        return {"busy": result.busy, "wal_bytes_before": before, "wal_bytes_after": after}
 
     def migration_status(self) -> _migrate.MigrationStatus:
         self._ws(None)
@@ -113,12 +115,10 @@ class Maintenance:
     @staticmethod
     def schema_status(db: str | os.PathLike[str] | None = None) -> _migrate.MigrationStatus:
         location = locate(db)
-        if location.path is None:
-            raise InvalidInputError(f"{location.url}: only SQLite files can be inspected", url=location.url)
-        if not location.path.exists():
+        if location.path is not None and not location.path.exists():
             return _migrate.MigrationStatus(0, _migrate.latest_version(), [],
                                             [(m.version, m.name) for m in _migrate.available()])
-        backend = SqliteBackend(location)
+        backend = open_backend(location, timeout=10.0, synchronous="NORMAL")
         try:
             return _migrate.status(backend)
         finally:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
-from ._backend import Backend, Tx
 from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
 from ._records import utc_or_none
 from ._validation import encode_object
+from .backends.base import Backend, Tx
 from .errors import NameplateError, SessionClosedError
 
 if TYPE_CHECKING:

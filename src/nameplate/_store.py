@@ -23,9 +23,9 @@ from typing import Any
 from ulid import ULID
 
 from . import _patterns
-from ._backend import Backend, Tx
 from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
 from ._validation import check_name
+from .backends.base import Backend, Tx
 from .errors import (
     AmbiguousNameError,
     ConflictError,

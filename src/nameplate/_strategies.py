@@ -29,11 +29,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from ._backend import Tx
 from ._liveness import Owner, owner_columns, verdict
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import check_capabilities
+from .backends.base import Tx
 from .errors import NoMatchError, UnknownStrategyError
 
 #: Every strategy ``select`` implements, with the one-line description the errors and docs use.

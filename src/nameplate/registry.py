@@ -28,13 +28,13 @@ from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._lease import Lease
 from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
 from ._maintenance import Maintenance
-from ._migrate import MigrationStatus, migrate
-from ._paths import Location, locate, redacted
+from ._paths import Location, locate
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
-from ._sqlite import SqliteBackend
 from ._store import HOSTNAME, Store, entry_by_pk
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
+from .backends import open_backend
+from .backends.migrate import MigrationStatus, migrate
 from .errors import EntryNotFoundError, InvalidInputError, RegistryClosedError
 
 
@@ -74,12 +74,7 @@ class Registry:
         lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
         if label is not None and not isinstance(label, str):
             raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
-        location = locate(db)
-        if location.url is not None:
-            shown = redacted(location.url)
-            raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite "
-                                    "files only; pass a file path", url=shown)
-        self._backend = SqliteBackend(location, timeout=timeout, synchronous=synchronous)
+        self._backend = open_backend(locate(db), timeout=timeout, synchronous=synchronous)
         try:
             self.migrations_applied = migrate(self._backend)
         except BaseException:

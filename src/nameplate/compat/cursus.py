@@ -1,4 +1,4 @@
-"""Convenience functions with the names the seeds' step/builder/hyperparameter registries used.
+"""Cursus's step, builder and hyperparameter registry functions (seeds 000/001), on a Registry.
 
 Each takes an optional ``registry``; without one it uses a module-wide ``Registry()`` opened on first
 use (database by discovery: ``NAMEPLATE_DB``, the nearest ``.nameplate/``, the user data directory).
@@ -15,10 +15,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ._context import current_workspace
-from ._records import Entry
-from .errors import EntryNotFoundError
-from .registry import Registry
+from .._context import current_workspace
+from .._records import Entry
+from ..errors import EntryNotFoundError
+from ..registry import Registry
 
 _default: Registry | None = None
 _default_lock = threading.Lock()

@@ -12,11 +12,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import peewee
 
-from ._paths import Location
+from .._paths import Location
 
 
 class Cursor(Protocol):
@@ -34,6 +35,15 @@ class Tx(Protocol):
     """What the repository may do inside a transaction."""
 
     def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's outcome: ``busy`` when readers kept it from finishing."""
+
+    busy: bool
+    wal_frames: int
+    checkpointed_frames: int
 
 
 class Backend(ABC):
@@ -82,8 +92,30 @@ class Backend(ABC):
         """A number that changes whenever another connection commits (cheap; for followers and caches)."""
 
     @abstractmethod
-    def maintenance(self, action: str) -> dict[str, Any]:
-        """Backend housekeeping: ``integrity``, ``foreign_keys``, ``vacuum``, ``checkpoint``, ``sizes``."""
+    def translate(self, error: BaseException) -> Exception:
+        """The nameplate error for a driver's (or peewee's) exception: busy, corrupt, read-only, full..."""
+
+    # -- housekeeping ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def integrity_problems(self) -> list[str]:
+        """What the database's own integrity check reports (empty when it is sound)."""
+
+    @abstractmethod
+    def foreign_key_problems(self) -> list[str]:
+        """Rows that point at missing rows, one sentence each."""
+
+    @abstractmethod
+    def vacuum(self) -> None:
+        """Rebuild the database compactly (waits for other writers like a write does)."""
+
+    @abstractmethod
+    def checkpoint(self) -> Checkpoint:
+        """Move what the write-ahead log holds into the database and reset the log."""
+
+    @abstractmethod
+    def storage_sizes(self) -> dict[str, int]:
+        """Bytes on disk: ``file_bytes``, ``wal_bytes``, ``shm_bytes`` (0 where a backend has no such file)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -23,10 +23,8 @@ from typing import Any, TypeVar
 
 import peewee
 
-from . import _held_files
-from ._backend import Backend, Tx
-from ._paths import Location, location_error, prepare
-from .errors import (
+from .._paths import Location, location_error, prepare
+from ..errors import (
     DatabaseError,
     DatabaseLocationError,
     ForeignDatabaseError,
@@ -35,6 +33,8 @@ from .errors import (
     RegistryClosedError,
     StorageError,
 )
+from . import _held_files
+from .base import Backend, Checkpoint, Tx
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ class SqliteBackend(Backend):
             raise ValueError("SqliteBackend needs a file path")
         sync = synchronous.upper() if isinstance(synchronous, str) else None
         if sync not in SYNCHRONOUS_MODES:
-            from .errors import InvalidInputError
+            from ..errors import InvalidInputError
 
             raise InvalidInputError(f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
                                     f"not {synchronous!r}", synchronous=repr(synchronous))
@@ -173,9 +173,9 @@ class SqliteBackend(Backend):
             conn: sqlite3.Connection = self.peewee.connection()  # type: ignore[no-untyped-call]  # untyped in peewee
             return conn
         except peewee.PeeweeException as error:
-            raise self._translate(error) from None
+            raise self.translate(error) from None
         except sqlite3.Error as error:
-            raise self._translate(error) from None
+            raise self.translate(error) from None
 
     def _forget_connections(self) -> None:
         """In a forked child: drop inherited handles without closing them, reconnect lazily."""
@@ -250,7 +250,7 @@ class SqliteBackend(Backend):
         try:
             self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as error:
-            raise self._translate(error) from None
+            raise self.translate(error) from None
         try:
             yield conn
             self._retry(lambda: conn.execute("COMMIT"), what="the commit")
@@ -258,7 +258,7 @@ class SqliteBackend(Backend):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(error, sqlite3.Error):
-                raise self._translate(error) from error
+                raise self.translate(error) from error
             raise
 
     @contextmanager
@@ -271,7 +271,7 @@ class SqliteBackend(Backend):
             self._retry(lambda: conn.execute("BEGIN"), what="a read snapshot")
             yield conn
         except sqlite3.Error as error:
-            raise self._translate(error) from error
+            raise self.translate(error) from error
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -282,19 +282,19 @@ class SqliteBackend(Backend):
             return conn.execute(sql, params).fetchone()
         except sqlite3.OperationalError as error:
             if not is_busy(error):
-                raise self._translate(error) from error
+                raise self.translate(error) from error
             return self._retry(lambda: conn.execute(sql, params).fetchone(), what="a read")
         except sqlite3.Error as error:
-            raise self._translate(error) from error
+            raise self.translate(error) from error
 
     def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self.connection()
         try:
             return self._retry(lambda: conn.execute(sql, params).fetchall(), what="a read")
         except sqlite3.Error as error:
-            raise self._translate(error) from error
+            raise self.translate(error) from error
 
-    def _translate(self, error: BaseException) -> Exception:
+    def translate(self, error: BaseException) -> Exception:
         return translate_error(error, self.path, self.timeout)
 
     # -- schema bookkeeping -----------------------------------------------------------------------
@@ -324,25 +324,25 @@ class SqliteBackend(Backend):
     def change_counter(self) -> int:
         return int(self.query_one("PRAGMA data_version")[0])
 
-    def maintenance(self, action: str) -> dict[str, Any]:
+    def integrity_problems(self) -> list[str]:
+        return [r[0] for r in self.connection().execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+
+    def foreign_key_problems(self) -> list[str]:
+        return [f"{r[0]} row {r[1]} points at a missing {r[2]} row"
+                for r in self.connection().execute("PRAGMA foreign_key_check").fetchall()]
+
+    def vacuum(self) -> None:
         conn = self.connection()
-        if action == "integrity":
-            return {"problems": [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()
-                                 if r[0] != "ok"]}
-        if action == "foreign_keys":
-            return {"problems": [f"{r[0]} row {r[1]} points at a missing {r[2]} row"
-                                 for r in conn.execute("PRAGMA foreign_key_check").fetchall()]}
-        if action == "vacuum":
-            before = self._file_sizes()
-            self._retry(lambda: conn.execute("VACUUM"), what="an exclusive lock for VACUUM")
-            return {"before": before, "after": self._file_sizes()}
-        if action == "checkpoint":
-            busy, log, done = self._retry(
-                lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(), what="a checkpoint")
-            return {"busy": bool(busy), "wal_frames": log, "checkpointed_frames": done}
-        if action == "sizes":
-            return self._file_sizes()
-        raise ValueError(f"unknown maintenance action {action!r}")
+        self._retry(lambda: conn.execute("VACUUM"), what="an exclusive lock for VACUUM")
+
+    def checkpoint(self) -> Checkpoint:
+        conn = self.connection()
+        busy, log, done = self._retry(
+            lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(), what="a checkpoint")
+        return Checkpoint(bool(busy), int(log), int(done))
+
+    def storage_sizes(self) -> dict[str, int]:
+        return self._file_sizes()
 
     def _file_sizes(self) -> dict[str, int]:
         sizes = {}

@@ -17,8 +17,8 @@ from importlib import resources
 from types import ModuleType
 from typing import Any
 
-from ._backend import Backend, Tx
-from .errors import DatabaseError, SchemaTooNewError
+from ..errors import DatabaseError, SchemaTooNewError
+from .base import Backend, Tx
 
 _MODULE_NAME = re.compile(r"^v(\d{4})_\w+\.py$")
 _OUR_TABLES = frozenset({"workspace", "workspace_ancestor", "kind", "session", "entry", "entry_capability",
