@@ -20,8 +20,9 @@ from click.testing import CliRunner
 from nameplate import NameplateError, Registry
 from nameplate import cli as cli_module
 from nameplate import errors as errors_module
+from nameplate._export_file import encode_document
 from nameplate.backends.migrate import available, latest_version
-from nameplate.cli import encode_document, main
+from nameplate.cli import main
 
 from conftest import table_snapshot
 

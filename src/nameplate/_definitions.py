@@ -8,7 +8,6 @@ transaction that records its events. Reads resolve layers through the ``resolved
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 from ulid import ULID
 
 from . import _layers, _strategies
+from ._dotted import AttributeMissing, ImportFailed, load_dotted
 from ._kind_schema import (
     Kind,
     broken_by,
@@ -560,25 +560,20 @@ def _provenance(item: _Prepared, owner: str | None) -> dict[str, Any]:
 def _import_target(entry: Entry) -> Any:
     """Import ``entry.target``, turning every way it can fail into a :class:`TargetImportError`."""
     target = entry.target or ""
-    module_name, _, attribute = target.partition(":")
     facts = {"name": entry.name, "kind": entry.kind, "target": target, "entry_id": entry.id}
     try:
-        value: Any = importlib.import_module(module_name)
-    except ImportError as error:
-        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing {target!r} failed ({error}); "
-                                "check that its package is installed", **facts) from error
-    except Exception as error:  # the module itself raised while being imported
-        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing module {module_name!r} for "
-                                f"{target!r} raised {type(error).__name__}: {error}", **facts) from error
-    for depth, part in enumerate(attribute.split(".")):
-        try:
-            value = getattr(value, part)
-        except AttributeError as error:
-            where = ".".join([module_name, *attribute.split(".")[:depth]])
-            raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: {where!r} has no such attribute "
-                                    f"{part!r} (target {target!r}); fix the target with register(..., "
-                                    "on_conflict='replace')", **facts) from error
-    return value
+        return load_dotted(target)
+    except ImportFailed as error:
+        cause = error.cause
+        if isinstance(cause, ImportError):
+            raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing {target!r} failed ({cause}); "
+                                    "check that its package is installed", **facts) from cause
+        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: importing module {error.module!r} for "
+                                f"{target!r} raised {type(cause).__name__}: {cause}", **facts) from cause
+    except AttributeMissing as error:
+        raise TargetImportError(f"cannot load {entry.kind} {entry.name!r}: {error.where!r} has no such attribute "
+                                f"{error.part!r} (target {target!r}); fix the target with register(..., "
+                                "on_conflict='replace')", **facts) from error.__cause__
 
 
 def _loads(text: str | None) -> Any:

@@ -15,7 +15,6 @@ Definitions are stored as canonical JSON and come back as read-only mappings
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import regex
 
 from . import _patterns
+from ._dotted import AttributeMissing, ImportFailed, load_dotted
 from ._records import utc
 from ._store import Store, _suggest
 from ._validation import check_kind_name, check_target, encode_object
@@ -93,15 +93,6 @@ def get_kind(tx: Tx, name: str) -> Kind:
     return _decode(row)
 
 
-def load_callable(path: str) -> Any:
-    """Import ``"pkg.module:attr.sub"`` and return the attribute (errors are the caller's to wrap)."""
-    module_name, _, attribute = path.partition(":")
-    value: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], defaults: Mapping[str, Any] | None,
                name_pattern: str | None, validator: str | None, strict: bool, description: str) -> dict[str, Any]:
     """Check a kind definition; return its column values. Every problem is reported at once."""
@@ -150,15 +141,17 @@ def build_kind(name: str, *, required: Iterable[str], optional: Iterable[str], d
     if validator is not None:
         try:
             check_target(validator)
-            if not callable(load_callable(validator)):
+            if not callable(load_dotted(validator)):
                 problems.append(f"validator {validator!r} is not callable")
         except InvalidInputError as error:
             problems.append(str(error))
-        except (ImportError, AttributeError) as error:
+        except ImportFailed as error:
+            cause = error.cause
+            detail = str(cause) if isinstance(cause, ImportError) else \
+                f"its module raised {type(cause).__name__}: {cause}"
+            problems.append(f"validator {validator!r} cannot be imported: {detail}")
+        except AttributeMissing as error:
             problems.append(f"validator {validator!r} cannot be imported: {error}")
-        except Exception as error:  # the validator's module failed while importing: report, do not crash
-            problems.append(f"validator {validator!r} cannot be imported: its module raised "
-                            f"{type(error).__name__}: {error}")
     if not isinstance(description, str):
         problems.append("description must be a string")
     if problems:
@@ -309,8 +302,8 @@ def name_problems(kind: Kind, name: str) -> list[str]:
 
 def _run_validator(kind: Kind, definition: dict[str, Any]) -> list[str]:
     try:
-        function = load_callable(kind.validator or "")
-    except (ImportError, AttributeError) as error:
+        function = load_dotted(kind.validator or "")
+    except (ImportFailed, AttributeMissing) as error:
         raise TargetImportError(f"the validator {kind.validator!r} of kind {kind.name!r} cannot be imported "
                                 f"({error}); fix the kind with define_kind", kind=kind.name,
                                 target=kind.validator) from None

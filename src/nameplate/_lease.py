@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._liveness import Owner, delay_active, owner_columns
-from ._session import instant, reap_if_gone
+from ._records import utc
+from ._session import reap_if_gone
 from .backends.base import Tx
 from .errors import LeaseLost
 
@@ -86,7 +87,7 @@ class Lease:
         self.kind = kind
         self.workspace = workspace
         self.token = token
-        self.acquired_at = instant(acquired_at)
+        self.acquired_at = utc(acquired_at)
         self.on_lost = on_lost
         self.lost_event = threading.Event()
         self.lost_reason: str | None = None
@@ -165,7 +166,7 @@ class Lease:
             raise LeaseLost(f"lease on {self.kind} {self.name!r} (token {self.token}) was released; acquire again",
                             name=self.name, kind=self.kind, token=self.token, reason="released")
         if not self.lost:
-            row = self._session._backend.query_one(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token))
+            row = self._session.backend.query_one(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token))
             if row is None:
                 self.mark_lost("the database no longer shows this lease (expired, reaped or released by force)")
         if self.lost:
@@ -211,7 +212,7 @@ class Holder:
 
     def describe(self) -> dict[str, Any]:
         return {"session": self.session_id, "pid": self.owner.pid, "host": self.owner.hostname,
-                "label": self.label, "since": instant(self.acquired_at).isoformat(), "token": self.token}
+                "label": self.label, "since": utc(self.acquired_at).isoformat(), "token": self.token}
 
 
 @dataclass(frozen=True, slots=True)

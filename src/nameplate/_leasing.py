@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from . import _fork
 from ._lease import Delayed, HeldByThread, Holder, Lease, ReapFirst, find_holder, reap_holder, try_acquire
 from ._records import Entry
 from ._session import (
@@ -53,7 +54,7 @@ def _after_fork_in_child() -> None:
         leasing._session_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.in_child("locks", _after_fork_in_child)
 
 #: Picks the workspace of a call (the explicit one, else the active one) and refuses a closed
 #: registry: the Registry's rule, handed to each feature.

@@ -20,14 +20,15 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ulid import ULID
 
+from . import _fork
 from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
-from ._records import utc_or_none
+from ._records import utc, utc_or_none
 from ._validation import encode_object
 from .backends.base import Backend, Tx
 from .errors import NameplateError, SessionClosedError
@@ -49,11 +50,6 @@ _INSERT_SESSION = (
     " beat_at, beat_mono, beats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'live', ?, ?, ?, 0)")
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
-
-
-def instant(timestamp: float) -> datetime:
-    """A stored wall-clock timestamp (never NULL in these tables) as an aware UTC datetime."""
-    return datetime.fromtimestamp(float(timestamp), UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +110,7 @@ _LEASE_LIST = (
 def list_leases(tx: Tx, session_id: str | None = None) -> list[HeldLease]:
     sql = _LEASE_LIST + (" WHERE l.session_id = ?" if session_id else "") + " ORDER BY k.name, e.name"
     rows = tx.execute(sql, (session_id,) if session_id else ()).fetchall()
-    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], instant(r[6]), int(r[7]), r[8], r[9]) for r in rows]
+    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], utc(r[6]), int(r[7]), r[8], r[9]) for r in rows]
 
 
 def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
@@ -132,8 +128,8 @@ def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
             continue
         result.append(SessionInfo(
             id=r[0], pid=int(r[1]), hostname=r[2], label=r[9], ttl=float(r[5]), status=r[10],
-            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=instant(r[13]),
-            last_beat_at=instant(r[6]), beats=int(r[8]), ended_at=utc_or_none(r[14]), end_reason=r[15],
+            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=utc(r[13]),
+            last_beat_at=utc(r[6]), beats=int(r[8]), ended_at=utc_or_none(r[14]), end_reason=r[15],
             leases=tuple(leases.get(r[0], ()))))
     return result
 
@@ -277,6 +273,11 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def backend(self) -> Backend:
+        """The database this session lives in (its leases check their fence there)."""
+        return self._backend
 
     @property
     def usable(self) -> bool:
@@ -448,7 +449,7 @@ def _close_at_exit() -> None:
                 print(f"nameplate: could not close session {session.id} at exit: {error}", file=sys.stderr)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.in_child("sessions", _after_fork_in_child)
 atexit.register(_close_at_exit)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from typing import Any
 from ulid import ULID
 
 from . import _patterns
+from ._liveness import HOSTNAME
 from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
-from ._validation import check_name
+from ._validation import canonical_json, check_name
 from .backends.base import Backend, Tx
 from .errors import (
     AmbiguousNameError,
@@ -39,7 +39,6 @@ from .errors import (
 #: A resolve of an existing name writes ``last_seen_at`` only when it is older than this.
 LAST_SEEN_RESOLUTION = 60.0
 
-HOSTNAME = socket.gethostname()
 
 ENTRY_COLUMNS = ("r.pk, r.id, r.name, k.name, w.name, r.metadata, r.capabilities, r.definition, r.target, "
                  "r.created_at, r.updated_at, r.last_seen_at")
@@ -330,7 +329,7 @@ class Store:
     def _create(self, tx: Tx, workspace: str, workspace_id: int, kind_id: int, name: str, kind: str,
                 metadata: dict[str, Any], now: float, *, owner_session_id: str | None,
                 ephemeral: bool) -> tuple[str, int]:
-        metadata_text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        metadata_text = canonical_json(metadata)
         entry_id = str(ULID())
         inserted = tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
                                               owner_session_id, int(ephemeral))).fetchone()
@@ -353,7 +352,7 @@ class Store:
         if merge:
             merged = _merged(stored, metadata)
         else:
-            text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            text = canonical_json(metadata)
             merged = None if text == stored else text
         if merged is None:
             return False
@@ -437,7 +436,7 @@ def _merged(stored_text: str, metadata: dict[str, Any] | None) -> str | None:
     if all(key in stored and stored[key] == value for key, value in metadata.items()):
         return None
     stored.update(metadata)
-    return json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(stored)
 
 
 def _ambiguous(name: str, workspace: str, kinds: Iterable[str]) -> AmbiguousNameError:

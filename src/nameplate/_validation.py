@@ -142,6 +142,11 @@ def check_json_value(value: Any, what: str = "metadata") -> None:
                 pending.append((child, f"{path}[{index}]", depth + 1))
 
 
+def canonical_json(value: Any) -> str:
+    """The one text form of stored JSON: sorted keys, no spaces, UTF-8 as is (equal values, equal text)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_object(value: object, what: str = "metadata") -> str:
     """Serialise a JSON object (dict) to canonical text, or raise :class:`InvalidMetadataError`."""
     if not isinstance(value, Mapping):
@@ -149,7 +154,7 @@ def encode_object(value: object, what: str = "metadata") -> str:
                                    what=what)
     check_json_value(value, what)
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = canonical_json(value)
     except (TypeError, ValueError) as error:
         raise InvalidMetadataError(f"{what} is not JSON-serialisable: {error}; use strings, numbers, "
                                    "booleans, None, lists and dicts", what=what) from None

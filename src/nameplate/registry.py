@@ -27,11 +27,12 @@ from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._lease import Lease
 from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
+from ._liveness import HOSTNAME
 from ._maintenance import Maintenance
 from ._paths import Location, locate
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
-from ._store import HOSTNAME, Store, entry_by_pk
+from ._store import Store, entry_by_pk
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import peewee
 
+from .. import _fork
 from .._paths import Location, location_error, prepare
 from ..errors import (
     DatabaseError,
@@ -81,7 +82,7 @@ def _after_fork_in_child() -> None:
     _held_files.reset_after_fork([backend._file_key for backend in backends if not backend._closed])
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork.in_child("connections", _after_fork_in_child)
 
 
 def is_busy(error: sqlite3.Error) -> bool:
