@@ -138,8 +138,8 @@ class Definitions:
 
     def workspaces(self) -> list[WorkspaceInfo]:
         self._ws(None)
-        with self._backend.read() as tx:
-            return _layers.list_workspaces(tx)
+        with self._backend.read():
+            return _layers.list_workspaces(self._backend)
 
     def delete_workspace(self, name: str, force: bool = False) -> list[str]:
         self._ws(None)

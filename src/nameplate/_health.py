@@ -66,7 +66,7 @@ def check(backend: Backend) -> CheckReport:
         definitions = _definitions(tx, kinds, problems)
         _metadata(tx, problems)
         _capability_index(tx, problems)
-        _leases(tx, problems, warnings)
+        _leases(backend, problems, warnings)
         _layers(tx, problems)
         _ephemeral(tx, problems)
         checked = {"entries": int(tx.execute("SELECT count(*) FROM entry").fetchone()[0]),
@@ -164,8 +164,8 @@ def _capability_index(tx: Tx, problems: list[Finding]) -> None:
                                     f"index holds {indexed} (find() would disagree with list())"))
 
 
-def _leases(tx: Tx, problems: list[Finding], warnings: list[Finding]) -> None:
-    for session in list_sessions(tx, alive=False):
+def _leases(backend: Backend, problems: list[Finding], warnings: list[Finding]) -> None:
+    for session in list_sessions(backend, alive=False):
         for lease in session.leases:
             where = f"lease on {lease.workspace}/{lease.kind}/{lease.name}"
             if session.state != "live":

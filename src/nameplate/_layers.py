@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from peewee import JOIN, fn
 from ulid import ULID
 
 from ._context import CORE
+from ._models import Entry as EntryRow
+from ._models import Workspace as WorkspaceRow
+from ._models import WorkspaceAncestor as WorkspaceAncestorRow
 from ._records import Entry, utc
 from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Guard, Store, decode_entry
 from ._validation import check_workspace_name
-from .backends.base import Tx
+from .backends.base import Backend, Tx
 from .errors import EntryNotFoundError, NameTakenError, WorkspaceError
 
 
@@ -141,18 +145,27 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
     return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())
 
 
-def list_workspaces(tx: Tx) -> list[WorkspaceInfo]:
-    rows = tx.execute(
-        "SELECT w.name, p.name, w.description, (SELECT max(depth) FROM workspace_ancestor WHERE workspace_id = w.id),"
-        " w.created_at, (SELECT count(*) FROM entry WHERE workspace_id = w.id AND hidden = 0),"
-        " (SELECT count(*) FROM entry WHERE workspace_id = w.id AND hidden = 1)"
-        " FROM workspace AS w LEFT JOIN workspace AS p ON p.id = w.parent_id ORDER BY w.name").fetchall()
+def list_workspaces(backend: Backend) -> list[WorkspaceInfo]:
+    """Every workspace by name, with its depth, counts and children; inside the caller's read transaction."""
+    parent = WorkspaceRow.alias()
+    depth = (WorkspaceAncestorRow.select(fn.MAX(WorkspaceAncestorRow.depth))
+             .where(WorkspaceAncestorRow.workspace == WorkspaceRow.id))
+    entries = EntryRow.select(fn.COUNT(EntryRow.pk)).where((EntryRow.workspace == WorkspaceRow.id)
+                                                           & (EntryRow.hidden == 0))
+    tombstones = EntryRow.select(fn.COUNT(EntryRow.pk)).where((EntryRow.workspace == WorkspaceRow.id)
+                                                              & (EntryRow.hidden == 1))
+    query = (WorkspaceRow.select(WorkspaceRow.name, parent.name.alias("parent"), WorkspaceRow.description,
+                                 depth.alias("depth"), WorkspaceRow.created_at, entries.alias("entries"),
+                                 tombstones.alias("tombstones"))
+             .join(parent, JOIN.LEFT_OUTER, on=WorkspaceRow.parent == parent.id)
+             .order_by(WorkspaceRow.name))
+    rows = list(query.namedtuples().execute(backend.peewee))
     children: dict[str, list[str]] = {}
     for row in rows:
-        if row[1] is not None:
-            children.setdefault(row[1], []).append(row[0])
-    return [WorkspaceInfo(r[0], r[1], r[2], int(r[3]), utc(r[4]), int(r[5]), int(r[6]),
-                          tuple(children.get(r[0], ()))) for r in rows]
+        if row.parent is not None:
+            children.setdefault(row.parent, []).append(row.name)
+    return [WorkspaceInfo(row.name, row.parent, row.description, int(row.depth), utc(row.created_at),
+                          int(row.entries), int(row.tombstones), tuple(children.get(row.name, ()))) for row in rows]
 
 
 def delete_workspace(tx: Tx, store: Store, name: str, force: bool) -> list[str]:

@@ -118,8 +118,8 @@ class Leasing:
 
     def sessions(self, alive: bool = True) -> list[SessionInfo]:
         self._ws(None)
-        with self._backend.read() as tx:
-            return list_sessions(tx, alive=alive)
+        with self._backend.read():
+            return list_sessions(self._backend, alive=alive)
 
     def reap(self) -> list[str]:
         self._ws(None)
@@ -313,8 +313,8 @@ class Leasing:
 
     def locks(self) -> list[HeldLease]:
         self._ws(None)
-        with self._backend.read() as tx:
-            return list_leases(tx)
+        with self._backend.read():
+            return list_leases(self._backend)
 
     def guard(self, tx: Tx, entry_pk: int, entry_id: str, kind: str, lease: Lease | None = None) -> None:
         """The one lease guard of every write that changes an existing entry (see ``Store.Guard``).

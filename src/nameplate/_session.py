@@ -28,6 +28,11 @@ from ulid import ULID
 
 from . import _fork
 from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
+from ._models import Entry as EntryRow
+from ._models import Kind as KindRow
+from ._models import Lease as LeaseRow
+from ._models import Session as SessionRow
+from ._models import Workspace as WorkspaceRow
 from ._records import utc, utc_or_none
 from ._validation import encode_object
 from .backends.base import Backend, Tx
@@ -101,36 +106,45 @@ class SessionInfo:
                 "end_reason": self.end_reason, "leases": [lease.to_dict() for lease in self.leases]}
 
 
-_LEASE_LIST = (
-    "SELECT e.id, e.name, k.name, w.name, l.token, l.session_id, l.acquired_at, s.pid, s.hostname, s.label "
-    "FROM lease AS l JOIN entry AS e ON e.pk = l.entry_pk JOIN kind AS k ON k.id = e.kind_id "
-    "JOIN workspace AS w ON w.id = e.workspace_id JOIN session AS s ON s.id = l.session_id")
+def list_leases(backend: Backend, session_id: str | None = None) -> list[HeldLease]:
+    """Every held lease (or one session's), by kind and name; inside the caller's read transaction."""
+    query = (LeaseRow.select(EntryRow.id.alias("entry_id"), EntryRow.name, KindRow.name.alias("kind"),
+                             WorkspaceRow.name.alias("workspace"), LeaseRow.token, LeaseRow.session,
+                             LeaseRow.acquired_at, SessionRow.pid, SessionRow.hostname, SessionRow.label)
+             .join(EntryRow, on=LeaseRow.entry == EntryRow.pk)
+             .join(KindRow, on=EntryRow.kind == KindRow.id)
+             .join_from(EntryRow, WorkspaceRow, on=EntryRow.workspace == WorkspaceRow.id)
+             .join_from(LeaseRow, SessionRow, on=LeaseRow.session == SessionRow.id)
+             .order_by(KindRow.name, EntryRow.name))
+    if session_id is not None:
+        query = query.where(LeaseRow.session == session_id)
+    return [HeldLease(row.entry_id, row.name, row.kind, row.workspace, int(row.token), row.session,
+                      utc(row.acquired_at), int(row.pid), row.hostname, row.label)
+            for row in query.namedtuples().execute(backend.peewee)]
 
 
-def list_leases(tx: Tx, session_id: str | None = None) -> list[HeldLease]:
-    sql = _LEASE_LIST + (" WHERE l.session_id = ?" if session_id else "") + " ORDER BY k.name, e.name"
-    rows = tx.execute(sql, (session_id,) if session_id else ()).fetchall()
-    return [HeldLease(r[0], r[1], r[2], r[3], int(r[4]), r[5], utc(r[6]), int(r[7]), r[8], r[9]) for r in rows]
-
-
-def list_sessions(tx: Tx, *, alive: bool) -> list[SessionInfo]:
-    rows = tx.execute(
-        f"SELECT id, {owner_columns()}, beats, label, status, info, "
-        "state, started_at, ended_at, end_reason FROM session "
-        + ("WHERE state = 'live' " if alive else "") + "ORDER BY started_at").fetchall()
+def list_sessions(backend: Backend, *, alive: bool) -> list[SessionInfo]:
+    """Sessions on record (live ones judged now with ``alive``), oldest first, each with its leases;
+    inside the caller's read transaction."""
+    query = SessionRow.select().order_by(SessionRow.started_at)
+    if alive:
+        query = query.where(SessionRow.state == "live")
     leases: dict[str, list[HeldLease]] = {}
-    for lease in list_leases(tx):
+    for lease in list_leases(backend):
         leases.setdefault(lease.session_id, []).append(lease)
     result = []
-    for r in rows:
-        is_alive = r[12] == "live" and verdict(_owner(r)) is None
+    for row in query.execute(backend.peewee):
+        owner = Owner(pid=int(row.pid), hostname=row.hostname, boot_id=row.boot_id,
+                      process_start=float(row.process_start), ttl=float(row.ttl), beat_at=float(row.beat_at),
+                      beat_mono=float(row.beat_mono))
+        is_alive = row.state == "live" and verdict(owner) is None
         if alive and not is_alive:
             continue
         result.append(SessionInfo(
-            id=r[0], pid=int(r[1]), hostname=r[2], label=r[9], ttl=float(r[5]), status=r[10],
-            info=MappingProxyType(json.loads(r[11])), state=r[12], alive=is_alive, started_at=utc(r[13]),
-            last_beat_at=utc(r[6]), beats=int(r[8]), ended_at=utc_or_none(r[14]), end_reason=r[15],
-            leases=tuple(leases.get(r[0], ()))))
+            id=row.id, pid=int(row.pid), hostname=row.hostname, label=row.label, ttl=float(row.ttl),
+            status=row.status, info=MappingProxyType(json.loads(row.info)), state=row.state, alive=is_alive,
+            started_at=utc(row.started_at), last_beat_at=utc(row.beat_at), beats=int(row.beats),
+            ended_at=utc_or_none(row.ended_at), end_reason=row.end_reason, leases=tuple(leases.get(row.id, ()))))
     return result
 
 

@@ -271,7 +271,7 @@ class SqliteBackend(Backend):
         try:
             self._retry(lambda: conn.execute("BEGIN"), what="a read snapshot")
             yield conn
-        except sqlite3.Error as error:
+        except (sqlite3.Error, peewee.PeeweeException) as error:  # peewee wraps sqlite3's errors in the models
             raise self.translate(error) from error
         finally:
             if conn.in_transaction:
