@@ -36,11 +36,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from peewee import JOIN, fn
 from ulid import ULID
 
 from ._context import CORE
 from ._kind_schema import Kind, build_kind, candidate_kind, list_kinds, name_problems, save_kind, validate
 from ._layers import create_workspace
+from ._models import Entry as EntryRow
+from ._models import Kind as KindRow
+from ._models import Workspace as WorkspaceRow
+from ._models import WorkspaceAncestor as WorkspaceAncestorRow
 from ._records import utc
 from ._store import Store
 from ._validation import (
@@ -144,33 +149,43 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def export_document(backend: Backend) -> dict[str, Any]:
     """The registry's durable state as a ``nameplate-export`` document, from one read snapshot."""
+    parent = WorkspaceRow.alias()
+    workspaces_query = (WorkspaceRow.select(WorkspaceRow.name, parent.name.alias("parent"), WorkspaceRow.description,
+                                            WorkspaceRow.created_at)
+                        .join(parent, JOIN.LEFT_OUTER, on=WorkspaceRow.parent == parent.id)
+                        .join_from(WorkspaceRow, WorkspaceAncestorRow,
+                                   on=WorkspaceAncestorRow.workspace == WorkspaceRow.id)
+                        .group_by(WorkspaceRow.id)
+                        .order_by(fn.MAX(WorkspaceAncestorRow.depth), WorkspaceRow.name))  # parents first
+    entries_query = (EntryRow.select(EntryRow.id, WorkspaceRow.name.alias("workspace"), KindRow.name.alias("kind"),
+                                     EntryRow.name, EntryRow.hidden, EntryRow.metadata, EntryRow.capabilities,
+                                     EntryRow.definition, EntryRow.target, EntryRow.created_at, EntryRow.updated_at,
+                                     EntryRow.last_seen_at)
+                     .join(KindRow, on=EntryRow.kind == KindRow.id)
+                     .join_from(EntryRow, WorkspaceRow, on=EntryRow.workspace == WorkspaceRow.id)
+                     .where(EntryRow.ephemeral == 0)
+                     .order_by(WorkspaceRow.name, KindRow.name, EntryRow.name))
     with backend.read() as tx:
         revision = tx.execute(_REVISION).fetchone()[0]
-        workspaces = tx.execute(
-            "SELECT w.name, p.name, w.description, w.created_at FROM workspace AS w "
-            "LEFT JOIN workspace AS p ON p.id = w.parent_id JOIN workspace_ancestor AS a ON a.workspace_id = w.id "
-            "GROUP BY w.id ORDER BY max(a.depth), w.name").fetchall()
+        workspaces = list(workspaces_query.namedtuples().execute(backend.peewee))
         kinds = list_kinds(tx)
-        rows = tx.execute(
-            "SELECT e.id, w.name, k.name, e.name, e.hidden, e.metadata, e.capabilities, e.definition, e.target, "
-            "e.created_at, e.updated_at, e.last_seen_at FROM entry AS e JOIN kind AS k ON k.id = e.kind_id "
-            "JOIN workspace AS w ON w.id = e.workspace_id WHERE e.ephemeral = 0 "
-            "ORDER BY w.name, k.name, e.name").fetchall()
+        rows = list(entries_query.namedtuples().execute(backend.peewee))
         schema_version = backend.schema_version(tx)
     entries, tombstones = [], []
-    for r in rows:
-        if r[4]:
-            tombstones.append({"workspace": r[1], "kind": r[2], "name": r[3]})
+    for row in rows:
+        if row.hidden:
+            tombstones.append({"workspace": row.workspace, "kind": row.kind, "name": row.name})
             continue
-        entries.append({"id": r[0], "workspace": r[1], "kind": r[2], "name": r[3], "metadata": json.loads(r[5]),
-                        "capabilities": json.loads(r[6]), "definition": None if r[7] is None else json.loads(r[7]),
-                        "target": r[8], "created_at": iso(r[9]), "updated_at": iso(r[10]),
-                        "last_seen_at": iso(r[11])})
+        entries.append({"id": row.id, "workspace": row.workspace, "kind": row.kind, "name": row.name,
+                        "metadata": json.loads(row.metadata), "capabilities": json.loads(row.capabilities),
+                        "definition": None if row.definition is None else json.loads(row.definition),
+                        "target": row.target, "created_at": iso(row.created_at), "updated_at": iso(row.updated_at),
+                        "last_seen_at": iso(row.last_seen_at)})
     return {
         "format": FORMAT, "version": VERSION, "revision": int(revision), "exported_at": iso(time.time()),
         "schema_version": schema_version,
-        "workspaces": [{"name": w[0], "parent": w[1], "description": w[2], "created_at": iso(w[3])}
-                       for w in workspaces],
+        "workspaces": [{"name": w.name, "parent": w.parent, "description": w.description,
+                        "created_at": iso(w.created_at)} for w in workspaces],
         # Built-in kinds travel by name only: their schema belongs to the nameplate that reads the file.
         "kinds": [{"name": k.name, "builtin": True} if k.builtin else k.to_dict() for k in kinds],
         "entries": entries,
