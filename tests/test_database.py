@@ -67,13 +67,25 @@ def test_resolve_create_is_one_immediate_transaction(registry: Registry) -> None
     assert len(inside) <= 6, inside
 
 
-def test_resolve_of_an_existing_name_is_one_read_and_no_transaction(registry: Registry) -> None:
+def test_resolve_of_an_existing_name_is_one_read_and_no_transaction(db_path: Path) -> None:
+    with Registry(db_path, cache=False) as registry:
+        registry.resolve("existing", "node")
+        statements = _traced(registry)
+        registry.resolve("existing", "node")
+        registry.lookup("existing", "node")
+        assert len(statements) == 2
+        assert all(s.startswith("SELECT") for s in statements)
+
+
+def test_with_the_read_cache_a_repeated_resolve_or_lookup_reads_only_the_commit_signal(registry: Registry) -> None:
     registry.resolve("existing", "node")
+    registry.resolve("existing", "node")
+    registry.lookup("existing", "node")  # both answers are cached now
     statements = _traced(registry)
-    registry.resolve("existing", "node")
-    registry.lookup("existing", "node")
-    assert len(statements) == 2
-    assert all(s.startswith("SELECT") for s in statements)
+    for _ in range(3):
+        registry.resolve("existing", "node")
+        registry.lookup("existing", "node")
+    assert statements == ["PRAGMA data_version"] * 6
 
 
 def test_a_failed_write_rolls_back_and_leaves_no_transaction_open(registry: Registry, db_path: Path) -> None:

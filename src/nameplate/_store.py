@@ -17,12 +17,13 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ulid import ULID
 
 from . import _patterns
 from ._liveness import HOSTNAME
+from ._readcache import ReadCache
 from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
 from ._validation import canonical_json, check_name
 from .backends.base import Backend, Tx
@@ -74,6 +75,8 @@ _REVIVE_TOMBSTONE = (
     "UPDATE entry SET id = ?, hidden = 0, metadata = ?, capabilities = '[]', definition = NULL, target = NULL,"
     " created_at = ?, updated_at = ?, last_seen_at = ?, owner_session_id = ?, ephemeral = ?, fence = 0"
     " WHERE pk = ?")
+#: Marks a cache miss (None is a cached answer: the name does not exist).
+_MISSING = object()
 _TOUCH = "UPDATE entry SET last_seen_at = ? WHERE pk = ?"
 _SET_METADATA = "UPDATE entry SET metadata = ?, updated_at = ?, last_seen_at = ? WHERE pk = ?"
 _INSERT_EVENT = ("INSERT INTO event (at, action, workspace, kind, name, entry_id, session_id, actor, detail)"
@@ -131,9 +134,11 @@ class LocalRow:
 class Store:
     """Entry reads and writes for one backend. ``actor`` returns ``(session_id, "pid@host")``."""
 
-    def __init__(self, backend: Backend, actor: Callable[[], tuple[str | None, str]] | None = None) -> None:
+    def __init__(self, backend: Backend, actor: Callable[[], tuple[str | None, str]] | None = None,
+                 cache: ReadCache | None = None) -> None:
         self.backend = backend
         self._actor = actor or (lambda: (None, f"{os.getpid()}@{HOSTNAME}"))
+        self._cache = cache
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -188,6 +193,18 @@ class Store:
     # -- reads -----------------------------------------------------------------------------------
 
     def lookup(self, workspace: str, name: str, kind: str | None) -> str | None:
+        cache = self._cache
+        if cache is None:
+            return self._lookup(workspace, name, kind)
+        answers = cache.answers()
+        key = ("lookup", workspace, kind, name)
+        found = answers.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._lookup(workspace, name, kind)  # raises for unknown workspaces and kinds
+            cache.remember(answers, key, found)
+        return cast("str | None", found)
+
+    def _lookup(self, workspace: str, name: str, kind: str | None) -> str | None:
         if kind is not None:
             row = self.backend.query_one(_LOOKUP_KIND, (workspace, name, kind))
             if row is not None:
@@ -269,11 +286,22 @@ class Store:
         ``guard`` runs before a metadata merge changes an existing entry (it refuses entries leased
         by another session); the kind's name pattern is matched before the write lock is taken.
         """
-        row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
+        cache, key = self._cache, ("probe", workspace, kind, name)
+        if cache is None:
+            row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
+        else:
+            answers = cache.answers()
+            row = answers.get(key)
+            if row is None:
+                row = self.backend.query_one(_PROBE_KIND, (workspace, name, kind))
+                if row is not None:
+                    cache.remember(answers, key, row)
         now = time.time()
         if row is not None and not ephemeral and not _needs_write(row, metadata, now):
             existing: str = row[0]
             return existing
+        if cache is not None:
+            answers.pop(key, None)  # about to write: its usage stamp or metadata changes
         pattern = None if row is not None else self.checked_pattern(workspace, kind, name)
         for _ in range(_PATTERN_ATTEMPTS):
             with self.backend.write() as tx:

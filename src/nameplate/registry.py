@@ -30,6 +30,7 @@ from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
 from ._liveness import HOSTNAME
 from ._maintenance import Maintenance
 from ._paths import Location, locate
+from ._readcache import ReadCache
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
@@ -59,13 +60,16 @@ class Registry:
             hung, not dead); 0 disables. Consul's default, 15 s.
         label: how this process appears in ``sessions()`` and lease errors (default: the program's
             name and pid).
+        cache: answer repeated ``lookup``/``resolve`` of existing names from a per-thread cache that
+            is checked against the database's commit signal on every call, so it is never older than
+            the last commit a fresh read would see (see ``nameplate._readcache``). ``False`` turns it off.
 
     Any other keyword is refused with :class:`InvalidInputError` naming it, before the file is opened.
     """
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, timeout: float = 10.0,
                  synchronous: str = "NORMAL", ttl: float = DEFAULT_TTL, lock_delay: float = DEFAULT_LOCK_DELAY,
-                 label: str | None = None, **unknown: object) -> None:
+                 label: str | None = None, cache: bool = True, **unknown: object) -> None:
         self._closed = True
         if unknown:
             raise InvalidInputError(f"unknown Registry option(s): {', '.join(sorted(unknown))}",
@@ -73,6 +77,8 @@ class Registry:
         timeout = check_seconds(timeout, "timeout")
         ttl = check_seconds(ttl, "ttl")
         lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
+        if not isinstance(cache, bool):
+            raise InvalidInputError(f"cache must be True or False, not {cache!r}", cache=repr(cache))
         if label is not None and not isinstance(label, str):
             raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
         self._backend = open_backend(locate(db), timeout=timeout, synchronous=synchronous)
@@ -81,7 +87,7 @@ class Registry:
         except BaseException:
             self._backend.close()
             raise
-        self._store = Store(self._backend, self._actor)
+        self._store = Store(self._backend, self._actor, cache=ReadCache(self._backend) if cache else None)
         self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)

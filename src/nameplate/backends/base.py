@@ -10,7 +10,7 @@ behind the same contract without touching the Registry or the repository.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -90,6 +90,12 @@ class Backend(ABC):
     @abstractmethod
     def change_counter(self) -> int:
         """A number that changes whenever another connection commits (cheap; for followers and caches)."""
+
+    @abstractmethod
+    def commit_signal(self) -> Hashable:
+        """A value that differs from the one this thread got last time whenever anything committed in
+        between: another process, another thread of this one, or this very thread. Cheap (read caches
+        ask it on every hit); never a false "nothing changed"."""
 
     @abstractmethod
     def translate(self, error: BaseException) -> Exception:

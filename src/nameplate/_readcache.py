@@ -1,0 +1,82 @@
+"""The read cache: repeated lookups and resolves of existing names answered without a query.
+
+Guarantee (DESIGN's terms): an answer from the cache is never older than the last commit that a
+fresh read, made at the start of the call, would see. Before every hit the cache asks the backend's
+commit signal (``PRAGMA data_version`` plus this process's own commit count, about 2 us); when
+anything committed since, it reads the event log's newest revision, and empties itself only if that
+moved. Every change to which name maps to which id (create, rename, delete, hide, unhide, promote,
+import, a reaped session's ephemeral entries, kind and workspace changes) logs an event in its own
+transaction, so an unchanged revision means unchanged answers; heartbeats, lease renewals and usage
+stamps log none and leave the cache warm.
+
+What is cached: ids (``lookup``) and the probe row of ``resolve`` (id, stored metadata, usage stamp),
+never a full ``Entry`` (``get`` returns ``last_seen_at``, which changes without an event). Per
+process and per thread (each thread's connection has its own ``data_version``), bounded to
+``capacity`` answers per thread, emptied in a forked child, off with ``Registry(cache=False)``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Hashable
+from typing import Any
+
+from . import _fork
+from .backends.base import Backend
+
+#: The newest revision; an indexed max over the event table's primary key (one page read).
+_REVISION = "SELECT max(rev) FROM event"
+
+#: Answers kept per thread before the oldest are dropped.
+DEFAULT_CAPACITY = 4096
+
+_caches: weakref.WeakSet[ReadCache] = weakref.WeakSet()
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        self.answers: dict[Hashable, Any] = {}
+        self.signal: Hashable = None
+        self.revision: Any = -1
+
+
+class ReadCache:
+    """Answers of this process's threads, each checked against the commit signal before use."""
+
+    def __init__(self, backend: Backend, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._backend = backend
+        self._capacity = capacity
+        self._state = _ThreadState()
+        _caches.add(self)
+
+    def answers(self) -> dict[Hashable, Any]:
+        """This thread's answers, valid now: emptied first if an entry-changing commit happened."""
+        state = self._state
+        signal = self._backend.commit_signal()
+        if signal != state.signal:
+            # Revision after the signal: a commit in between makes the revision newer than the signal,
+            # so the next call looks again (and finds the revision unchanged), never the reverse.
+            revision = self._backend.query_one(_REVISION)[0]
+            if revision != state.revision:
+                state.answers.clear()
+                state.revision = revision
+            state.signal = signal
+        return state.answers
+
+    def remember(self, answers: dict[Hashable, Any], key: Hashable, value: Any) -> None:
+        """Keep ``value`` for ``key`` in ``answers`` (from :meth:`answers` of this same call)."""
+        if len(answers) >= self._capacity:
+            del answers[next(iter(answers))]  # the oldest: dicts keep insertion order
+        answers[key] = value
+
+    def _forget_after_fork(self) -> None:
+        self._state = _ThreadState()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_caches):
+        cache._forget_after_fork()
+
+
+_fork.in_child("connections", _after_fork_in_child)
