@@ -145,7 +145,7 @@ class Leasing:
         return lease
 
     def resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
-                        wait: float | None, ephemeral: bool) -> str:
+                        wait: float | None, ephemeral: bool, sole_name: bool = False) -> str:
         """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
         all in one transaction, so that a caller who cannot get the lease changes nothing."""
         _check_wait(wait)
@@ -157,7 +157,7 @@ class Leasing:
         def prepare(tx: Tx, session: Session) -> LocalRow | None:
             resolved = self._store.find_or_create(tx, ws, name, kind, metadata, pattern,
                                                   owner_session_id=session.id if ephemeral else None,
-                                                  ephemeral=ephemeral)
+                                                  ephemeral=ephemeral, sole_name=sole_name)
             if resolved is None:
                 return None
             found[:] = [resolved]
