@@ -343,9 +343,17 @@ class Registry:
         """Every lease currently held, in every workspace."""
         return self._leasing.locks()
 
-    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> builtins.list[Entry]:
-        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them."""
-        return self._leasing.clean_stale(older_than, dry_run)
+    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False, *,
+                    kinds: Iterable[str] | None = None) -> builtins.list[Entry]:
+        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them.
+
+        ``kinds`` limits the sweep to entries of those kinds (each must exist: :class:`UnknownKindError`).
+        """
+        chosen = None if kinds is None else [check_kind_name(k) for k in kinds]
+        if chosen is not None:
+            for kind in chosen:
+                self.kind(kind)
+        return self._leasing.clean_stale(older_than, dry_run, chosen)
 
     # -- definitions (see _definitions.py) -------------------------------------
 
