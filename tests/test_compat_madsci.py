@@ -213,9 +213,9 @@ def test_a_file_written_by_madsci_is_imported_once_under_concurrent_opens(json_p
 Step = Callable[[Any, Any], Any]
 
 
-def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+def _outcome(manager: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
     try:
-        return "ok", call()
+        return "ok", getattr(manager, method)(*args, **kwargs)
     except Exception as error:  # the differential compares which MADSci class each raised
         for name in ("RegistryLockError", "RegistryError"):
             if any(c.__name__ == name for c in type(error).__mro__):
@@ -251,7 +251,8 @@ SEQUENCES: dict[str, list[tuple[str, tuple[Any, ...], dict[str, Any]]]] = {
         ("a", ("refresh_lock", "arm"), {}), ("b", ("refresh_lock", "arm"), {}), ("a", ("refresh_lock", "none"), {})],
     "rename and force": [
         ("a", ("resolve", "old", "node"), {}), ("b", ("resolve", "taken", "node"), {"acquire_lock": False}),
-        ("b", ("rename", "missing", "x"), {}), ("b", ("rename", "old", "taken"), {}), ("b", ("rename", "old", "new"), {}),
+        ("b", ("rename", "missing", "x"), {}), ("b", ("rename", "old", "taken"), {}),
+        ("b", ("rename", "old", "new"), {}),
         ("b", ("rename", "old", "new", True), {}), ("b", ("lookup", "old"), {}), ("b", ("get_entry", "new"), {}),
         ("a", ("rename", "taken", "fresh"), {})],
     "clean_stale and dry_run": [
@@ -284,8 +285,8 @@ def test_differential_against_madsci(sequence: str, tmp_path: Path) -> None:
         for who, (method, *args), kwargs in SEQUENCES[sequence]:
             if method == "clean_stale":
                 time.sleep(0.01)
-            got_theirs = _outcome(lambda: getattr(theirs[who], method)(*args, **kwargs))
-            got_ours = _outcome(lambda: getattr(ours[who], method)(*args, **kwargs))
+            got_theirs = _outcome(theirs[who], method, tuple(args), kwargs)
+            got_ours = _outcome(ours[who], method, tuple(args), kwargs)
             assert _shape(got_ours, ids_ours) == _shape(got_theirs, ids_theirs), (who, method, args, kwargs)
     finally:
         for m in theirs.values():
