@@ -24,6 +24,7 @@ from nameplate import (
     NameplateError,
     NotLeaseHolderError,
     Registry,
+    UnknownKindError,
 )
 from nameplate._liveness import process_start
 
@@ -670,3 +671,17 @@ def test_a_write_that_reaps_the_dead_owner_of_an_ephemeral_entry_finds_that_entr
         conn.close()
     assert [action for action, _ in events(db_path, "lease.free", "delete", "session.reap")] == [
         "lease.free", "delete", "session.reap"]
+
+
+def test_clean_stale_limited_to_kinds_leaves_other_kinds(tmp_path: Path) -> None:
+    with Registry(tmp_path / "stale.db") as reg:
+        reg.resolve("old-node", "node")
+        reg.resolve("OldStep", "step")
+        time.sleep(0.05)
+        tiny = timedelta(milliseconds=10)
+        assert [e.name for e in reg.clean_stale(tiny, dry_run=True, kinds=["node"])] == ["old-node"]
+        assert [e.name for e in reg.clean_stale(tiny, kinds=["node"])] == ["old-node"]
+        assert [e.name for e in reg.list()] == ["OldStep"]
+        with pytest.raises(UnknownKindError):
+            reg.clean_stale(tiny, kinds=["no-such-kind"])
+        assert [e.name for e in reg.list()] == ["OldStep"]

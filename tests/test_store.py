@@ -269,3 +269,62 @@ def test_context_manager_closes(db_path: Path) -> None:
     assert registry.closed
     with Registry(db_path) as again:
         assert again.lookup("x", "node") is not None
+
+
+# -- any_kind: the name alone is the key (MADSci's rule) -------------------------------------------
+
+
+def test_any_kind_resolves_an_existing_name_under_its_own_kind(registry: Registry) -> None:
+    node_id = registry.resolve("robot", "node", {"a": 1})
+    assert registry.resolve("robot", "module", {"b": 2}, any_kind=True) == node_id
+    assert [(e.kind, dict(e.metadata)) for e in registry.list()] == [("node", {"a": 1, "b": 2})]
+    assert registry.resolve("robot", "module") != node_id  # without it, (kind, name) is the key
+
+
+def test_any_kind_creates_under_the_given_kind_when_the_name_is_new(registry: Registry) -> None:
+    new_id = registry.resolve("arm", "module", any_kind=True)
+    entry = registry.get("arm")
+    assert entry is not None and (entry.id, entry.kind) == (new_id, "module")
+
+
+def test_any_kind_with_lock_takes_the_lease_on_the_existing_entry(registry: Registry) -> None:
+    node_id = registry.resolve("robot", "node")
+    assert registry.resolve("robot", "workcell", lock=True, any_kind=True) == node_id
+    lease = registry.lease("robot", "node")
+    assert lease is not None and lease.entry_id == node_id
+    registry.release("robot", "node")
+
+
+def test_any_kind_refuses_a_name_already_under_several_kinds(registry: Registry, db_path: Path) -> None:
+    registry.resolve("twin", "node")
+    registry.resolve("twin", "module")
+    before = table_snapshot(db_path)
+    with pytest.raises(AmbiguousNameError):
+        registry.resolve("twin", "manager", any_kind=True)
+    assert table_snapshot(db_path) == before
+
+
+def _resolve_as(barrier: object, results: object, index: int, path: str, kind: str) -> None:
+    try:
+        with Registry(path, timeout=60) as reg:
+            barrier.wait(timeout=60)  # type: ignore[attr-defined]
+            ids = [reg.resolve(f"shared-{i}", kind, any_kind=True) for i in range(40)]
+        results.put((index, ids))  # type: ignore[attr-defined]
+    except BaseException as error:  # report every failure to the parent instead of dying silently
+        results.put((index, ("error", repr(error))))  # type: ignore[attr-defined]
+
+
+def test_any_kind_races_between_kinds_give_one_id_per_name(tmp_path: Path) -> None:
+    from conftest import run_processes
+
+    path = tmp_path / "race.db"
+    Registry(path).close()
+    kinds = ["node", "module", "manager", "workcell"]
+    outcomes = run_processes(_resolve_as, [(str(path), kind) for kind in kinds])
+    assert all(not isinstance(o, tuple) for o in outcomes), outcomes
+    assert all(o == outcomes[0] for o in outcomes)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*), count(DISTINCT name) FROM entry").fetchone() == (40, 40)
+    finally:
+        conn.close()

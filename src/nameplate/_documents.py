@@ -373,6 +373,7 @@ def _parse_madsci(data: Any, workspace: str, source: str) -> _Document:
         problems.append(f"MADSci registry version {version!r} is not supported (this nameplate reads version "
                         f"{MADSCI_VERSION})")
     entries, locks = [], 0
+    now = iso(time.time())
     for name, item in data["entries"].items():
         if not isinstance(item, Mapping):
             problems.append(f"entry {name!r}: not an object")
@@ -390,8 +391,9 @@ def _parse_madsci(data: Any, workspace: str, source: str) -> _Document:
         entries.append({"id": item.get("id"), "workspace": workspace, "kind": item.get("component_type"),
                         "name": name, "metadata": item.get("metadata", {}), "capabilities": [],
                         "definition": None if workcell is None else {"workcell_id": workcell}, "target": None,
-                        "created_at": item.get("created_at"), "updated_at": item.get("last_seen"),
-                        "last_seen_at": item.get("last_seen")})
+                        # MADSci's RegistryEntry defaults both times to now when a document omits them.
+                        "created_at": item.get("created_at") or now, "updated_at": item.get("last_seen") or now,
+                        "last_seen_at": item.get("last_seen") or now})
     if problems:
         raise _fail(problems, source)
     return _Document([], [], entries, [], "madsci", workspace, locks)

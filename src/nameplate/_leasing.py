@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -145,7 +145,7 @@ class Leasing:
         return lease
 
     def resolve_locked(self, ws: str, name: str, kind: str, metadata: dict[str, Any] | None,
-                        wait: float | None, ephemeral: bool) -> str:
+                        wait: float | None, ephemeral: bool, sole_name: bool = False) -> str:
         """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
         all in one transaction, so that a caller who cannot get the lease changes nothing."""
         _check_wait(wait)
@@ -157,7 +157,7 @@ class Leasing:
         def prepare(tx: Tx, session: Session) -> LocalRow | None:
             resolved = self._store.find_or_create(tx, ws, name, kind, metadata, pattern,
                                                   owner_session_id=session.id if ephemeral else None,
-                                                  ephemeral=ephemeral)
+                                                  ephemeral=ephemeral, sole_name=sole_name)
             if resolved is None:
                 return None
             found[:] = [resolved]
@@ -376,7 +376,8 @@ class Leasing:
 
     # -- stale entries ---------------------------------------------------------------------------
 
-    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> list[Entry]:
+    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False,
+                    kinds: Sequence[str] | None = None) -> list[Entry]:
         self._ws(None)
         if not isinstance(older_than, timedelta) or older_than.total_seconds() <= 0:
             raise InvalidInputError(f"older_than must be a positive timedelta, not {older_than!r}",
@@ -384,12 +385,17 @@ class Leasing:
         cutoff = time.time() - older_than.total_seconds()
         select = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
                   "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.hidden = 0 AND r.last_seen_at < ? "
-                  "AND NOT EXISTS (SELECT 1 FROM lease AS l WHERE l.entry_pk = r.pk) ORDER BY w.name, k.name, r.name")
+                  "AND NOT EXISTS (SELECT 1 FROM lease AS l WHERE l.entry_pk = r.pk)")
+        params: tuple[Any, ...] = (cutoff,)
+        if kinds is not None:
+            select += f" AND k.name IN ({','.join('?' * len(kinds))})"
+            params += tuple(kinds)
+        select += " ORDER BY w.name, k.name, r.name"
         if dry_run:
             with self._backend.read() as tx:
-                return [decode_entry(row) for row in tx.execute(select, (cutoff,)).fetchall()]
+                return [decode_entry(row) for row in tx.execute(select, params).fetchall()]
         with self._backend.write() as tx:
-            rows = tx.execute(select, (cutoff,)).fetchall()
+            rows = tx.execute(select, params).fetchall()
             for row in rows:
                 tx.execute("DELETE FROM entry WHERE pk = ?", (row[0],))
                 self._store.record(tx, "delete", workspace=row[4], kind=row[3], name=row[2], entry_id=row[1],

@@ -280,8 +280,13 @@ class Store:
     # -- writes ----------------------------------------------------------------------------------
 
     def resolve(self, workspace: str, name: str, kind: str, metadata: dict[str, Any] | None,
-                *, guard: Guard, owner_session_id: str | None = None, ephemeral: bool = False) -> str:
+                *, guard: Guard, owner_session_id: str | None = None, ephemeral: bool = False,
+                sole_name: bool = False) -> str:
         """The id of ``name``; created in ``workspace`` if no layer has it. See ``Registry.resolve``.
+
+        ``sole_name=True`` refuses (:class:`NameTakenError`, nothing written) to create ``name`` under
+        ``kind`` while it is visible under another kind: the check the caller made before the write
+        lock is made again under it.
 
         ``guard`` runs before a metadata merge changes an existing entry (it refuses entries leased
         by another session); the kind's name pattern is matched before the write lock is taken.
@@ -306,7 +311,8 @@ class Store:
         for _ in range(_PATTERN_ATTEMPTS):
             with self.backend.write() as tx:
                 found = self.find_or_create(tx, workspace, name, kind, metadata, pattern,
-                                            owner_session_id=owner_session_id, ephemeral=ephemeral)
+                                            owner_session_id=owner_session_id, ephemeral=ephemeral,
+                                            sole_name=sole_name)
                 if found is not None:
                     if not found.created:
                         self.refresh(tx, found, workspace, name, kind, metadata, guard)
@@ -316,7 +322,7 @@ class Store:
 
     def find_or_create(self, tx: Tx, workspace: str, name: str, kind: str, metadata: dict[str, Any] | None,
                        pattern: str | None, *, owner_session_id: str | None = None,
-                       ephemeral: bool = False) -> Resolved | None:
+                       ephemeral: bool = False, sole_name: bool = False) -> Resolved | None:
         """Inside a write transaction: the visible entry ``name``, or a new one in ``workspace``.
 
         Creating needs the name already checked against the kind's ``pattern`` (outside the lock,
@@ -333,6 +339,11 @@ class Store:
             self.kind_id(tx, kind)
         if pattern is None or (ids[2] or "") != pattern:
             return None
+        if sole_name:
+            other = tx.execute(_LOOKUP_ANY, (workspace, name)).fetchone()
+            if other is not None:
+                raise NameTakenError(f"{name!r} already exists as a {other[1]} in workspace {workspace!r}; "
+                                     f"resolve it as a {other[1]}", name=name, kind=other[1], workspace=workspace)
         entry_id, pk = self._create(tx, workspace, int(ids[0]), int(ids[1]), name, kind, metadata or {},
                                     time.time(), owner_session_id=owner_session_id, ephemeral=ephemeral)
         return Resolved(entry_id, pk, int(ids[0]), None, created=True)

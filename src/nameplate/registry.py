@@ -37,7 +37,7 @@ from ._store import Store, entry_by_pk
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
-from .errors import EntryNotFoundError, InvalidInputError, RegistryClosedError
+from .errors import EntryNotFoundError, InvalidInputError, NameTakenError, RegistryClosedError
 
 
 class Registry:
@@ -160,7 +160,7 @@ class Registry:
 
     def resolve(self, name: str, kind: str, metadata: Mapping[str, Any] | None = None, *,
                 workspace: str | None = None, lock: bool = False, wait: float | None = None,
-                ephemeral: bool = False) -> str:
+                ephemeral: bool = False, any_kind: bool = False) -> str:
         """Return the ULID of ``name``, creating the entry in the workspace if no layer has it.
 
         The same ``(workspace, kind, name)`` gives the same id forever after, from any process. A name
@@ -181,17 +181,37 @@ class Registry:
         :class:`Lease` with :meth:`lease` and give it up with :meth:`release`. ``ephemeral=True`` ties a
         newly created entry to this process's session: it is removed when the session ends.
 
+        ``any_kind=True`` makes the name alone the key, as MADSci's registry has it: a name visible
+        under another kind resolves to that entry (its id; ``kind`` is then only the kind a new entry
+        gets), and a create that races with another kind's create of the same name is refused under the
+        write lock, so one name never gets two ids. Several kinds already holding the name raise
+        :class:`AmbiguousNameError`.
+
         Names are compared in Unicode NFC: "café" in either spelling is one name.
         """
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
         meta = None if metadata is None else _validated(metadata)
+        if not any_kind:
+            return self._resolve(ws, name, kind, meta, lock, wait, ephemeral, sole_name=False)
+        try:
+            return self._resolve(ws, name, self._kind_of(ws, name, kind), meta, lock, wait, ephemeral, sole_name=True)
+        except NameTakenError:  # another process created the name under another kind meanwhile: take that one
+            return self._resolve(ws, name, self._kind_of(ws, name, kind), meta, lock, wait, ephemeral, sole_name=True)
+
+    def _kind_of(self, ws: str, name: str, default: str) -> str:
+        existing = self._store.get(ws, name, None)
+        return default if existing is None else existing.kind
+
+    def _resolve(self, ws: str, name: str, kind: str, meta: dict[str, Any] | None, lock: bool,
+                 wait: float | None, ephemeral: bool, *, sole_name: bool) -> str:
         if lock:
-            return self._leasing.resolve_locked(ws, name, kind, meta, wait, ephemeral)
+            return self._leasing.resolve_locked(ws, name, kind, meta, wait, ephemeral, sole_name)
         owner = self.session().id if ephemeral else None
         return self._leasing.reaping_first(lambda: self._store.resolve(ws, name, kind, meta, guard=self._leasing.guard,
-                                                                owner_session_id=owner, ephemeral=ephemeral))
+                                                                owner_session_id=owner, ephemeral=ephemeral,
+                                                                sole_name=sole_name))
 
     def lookup(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> str | None:
         """The id of ``name``, or ``None``. Never writes, never takes a lock.
@@ -329,9 +349,17 @@ class Registry:
         """Every lease currently held, in every workspace."""
         return self._leasing.locks()
 
-    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False) -> builtins.list[Entry]:
-        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them."""
-        return self._leasing.clean_stale(older_than, dry_run)
+    def clean_stale(self, older_than: timedelta = timedelta(days=7), dry_run: bool = False, *,
+                    kinds: Iterable[str] | None = None) -> builtins.list[Entry]:
+        """Remove entries (in every workspace) not seen for ``older_than`` and not leased; return them.
+
+        ``kinds`` limits the sweep to entries of those kinds (each must exist: :class:`UnknownKindError`).
+        """
+        chosen = None if kinds is None else [check_kind_name(k) for k in kinds]
+        if chosen is not None:
+            for kind in chosen:
+                self.kind(kind)
+        return self._leasing.clean_stale(older_than, dry_run, chosen)
 
     # -- definitions (see _definitions.py) -------------------------------------
 
