@@ -4,6 +4,8 @@ MADSci's own LocalRegistryManager (skipped, with the reason, when madsci-common 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +102,48 @@ def test_retry_timeout_raises_when_the_holder_keeps_it(json_path: Path) -> None:
         a.resolve("arm", "module")
         with pytest.raises(RegistryLockError):
             b.resolve("arm", "module", retry_timeout=0.2)
+
+
+def test_a_lost_lock_is_detected_not_only_logged(json_path: Path) -> None:
+    """MADSci only logs a failed heartbeat; here a lock broken by force makes refresh_lock raise."""
+    with LocalRegistryManager(json_path) as holder, LocalRegistryManager(json_path) as operator:
+        holder.resolve("arm", "node")
+        holder.refresh_lock("arm")  # held: no error
+        assert operator.registry.release("arm", "node", force=True)
+        with pytest.raises(RegistryLockError):
+            holder.refresh_lock("arm")
+
+
+_HOLD_THE_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_reads_never_wait_for_a_writer_and_a_timed_out_write_raises(json_path: Path) -> None:
+    """MADSci returns None or [] when its file lock times out; here reads go on under a writer (WAL)
+    and a write that cannot get the lock in FILE_LOCK_TIMEOUT raises RegistryTimeoutError."""
+
+    class QuickManager(LocalRegistryManager):
+        FILE_LOCK_TIMEOUT = 1
+
+    with QuickManager(json_path) as manager:
+        node_id = manager.resolve("arm", "node", acquire_lock=False)
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_THE_WRITE_LOCK, str(manager.database_path)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+            assert manager.lookup("arm") == node_id
+            assert [name for name, _ in manager.list_entries()] == ["arm"]
+            with pytest.raises(compat.RegistryTimeoutError):
+                manager.resolve("new_arm", "node", acquire_lock=False)
+            assert manager.lookup("new_arm") is None
+        finally:
+            holder.kill()
+            holder.wait(timeout=60)
 
 
 def test_rename_keeps_the_id_and_refuses_what_madsci_refuses(json_path: Path) -> None:
