@@ -148,4 +148,4 @@ def test_the_cache_is_bounded(db_path: Path) -> None:
         cache._capacity = 10
         for i in range(50):
             registry.lookup(f"n{i}", "node")
-        assert len(cache.answers()) == 10
+            assert len(cache.answers()) <= 10

@@ -68,7 +68,10 @@ class ReadCache:
     def remember(self, answers: dict[Hashable, Any], key: Hashable, value: Any) -> None:
         """Keep ``value`` for ``key`` in ``answers`` (from :meth:`answers` of this same call)."""
         if len(answers) >= self._capacity:
-            del answers[next(iter(answers))]  # the oldest: dicts keep insertion order
+            # Start over rather than evict one by one: deleting a dict's oldest keys leaves holes that
+            # the next search for the oldest walks again (over 10k names cycling through 4,096 slots a
+            # resolve cost 4x the floor); a working set that fits never gets here.
+            answers.clear()
         answers[key] = value
 
     def _forget_after_fork(self) -> None:
