@@ -67,21 +67,16 @@ class Leasing:
 
     def __init__(self, backend: Backend, store: Store, workspace_of: WorkspaceOf, *, ttl: float,
                  lock_delay: float, label: str | None) -> None:
+        # ttl, lock_delay and label arrive checked: Registry refuses bad ones before opening the file.
         self._backend = backend
         self._store = store
         self._ws = workspace_of
-        self._ttl = _positive(ttl, "ttl")
-        self._lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
-        if label is not None and not isinstance(label, str):
-            raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
+        self._ttl = ttl
+        self._lock_delay = lock_delay
         self._label = label or default_label()
         self._session_obj: Session | None = None
         self._session_lock = threading.Lock()
         _open_leasings.add(self)
-
-    @property
-    def lock_delay(self) -> float:
-        return self._lock_delay
 
     def close(self) -> None:
         """End this process's session (its leases and ephemeral entries go with it)."""
@@ -94,10 +89,6 @@ class Leasing:
         """The id of the open, usable session, if any (the actor of the event log)."""
         session = self._session_obj
         return session.id if session is not None and session.usable else None
-
-    @property
-    def current_session(self) -> Session | None:
-        return self._session_obj
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -112,7 +103,7 @@ class Leasing:
                 current.close()  # lost: end it cleanly (it frees nothing it no longer holds)
             self._session_obj = Session(
                 self._backend, self._store, label=label or self._label,
-                ttl=self._ttl if ttl is None else _positive(ttl, "ttl"), status=status, info=info or {},
+                ttl=self._ttl if ttl is None else check_seconds(ttl, "ttl"), status=status, info=info or {},
                 lock_delay=self._lock_delay)
             return self._session_obj
 
@@ -401,10 +392,6 @@ class Leasing:
                 self._store.record(tx, "delete", workspace=row[4], kind=row[3], name=row[2], entry_id=row[1],
                                    reason=f"stale: not seen for over {_human_duration(older_than)}")
         return [decode_entry(row) for row in rows]
-
-
-def _positive(value: Any, what: str) -> float:
-    return check_seconds(value, what)
 
 
 def _check_wait(wait: object) -> None:
