@@ -121,7 +121,21 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class RegistryLock:
+class _Dumped:
+    """What pydantic gives MADSci's models and their users call: JSON dumping and equality by fields
+    (each subclass says what its fields are in ``model_dump``)."""
+
+    def model_dump(self, mode: str = "python") -> dict[str, Any]:
+        raise NotImplementedError
+
+    def model_dump_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, type(self)) and self.model_dump() == other.model_dump()
+
+
+class RegistryLock(_Dumped):
     """MADSci's ``RegistryLock``: who holds an entry and until when (``holder_instance`` is the
     holder's nameplate session id)."""
 
@@ -141,17 +155,11 @@ class RegistryLock:
                 "holder_instance": self.holder_instance,
                 **({k: _iso(v) for k, v in times.items()} if mode == "json" else times)}
 
-    def model_dump_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RegistryLock) and self.model_dump() == other.model_dump()
-
     def __repr__(self) -> str:
         return f"RegistryLock(holder_pid={self.holder_pid}, holder_host={self.holder_host!r})"
 
 
-class RegistryEntry:
+class RegistryEntry(_Dumped):
     """MADSci's ``RegistryEntry``: one name's id, type, times, metadata and lock."""
 
     def __init__(self, *, id: str, component_type: str, created_at: datetime, last_seen: datetime,
@@ -181,12 +189,6 @@ class RegistryEntry:
                 "metadata": dict(self.metadata),
                 "lock": None if self.lock is None else self.lock.model_dump(mode),
                 "workcell_id": self.workcell_id}
-
-    def model_dump_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RegistryEntry) and self.model_dump() == other.model_dump()
 
     def __repr__(self) -> str:
         return f"RegistryEntry(id={self.id!r}, component_type={self.component_type!r})"
