@@ -183,6 +183,7 @@ class ApiCase:
     setup: Setup | None = None
     sessions: bool = False  # live sessions are involved: the session table is not compared
     absent: tuple[str, ...] = ()  # text that must not appear in the message (secrets)
+    records_load_error: bool = False  # a failed import is recorded on its entry: the one row it writes
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,9 @@ Case = ApiCase | CliCase
 
 
 def api(case_id: str, call: Callable[[World], object], error: type[NameplateError], message: str, *,
-        setup: Setup | None = None, sessions: bool = False, absent: tuple[str, ...] = ()) -> ApiCase:
-    return ApiCase(case_id, call, error, message, setup, sessions, absent)
+        setup: Setup | None = None, sessions: bool = False, absent: tuple[str, ...] = (),
+        records_load_error: bool = False) -> ApiCase:
+    return ApiCase(case_id, call, error, message, setup, sessions, absent, records_load_error)
 
 
 def cli(case_id: str, args: Sequence[str], exit_code: int, message: str, *, setup: Setup | None = None,
@@ -636,9 +638,9 @@ TARGET_CASES: list[Case] = [
     api("targets/non-string", lambda w: w.registry.register("enc", "builder", target=42),  # type: ignore[arg-type]
         ValidationError, "is not a dotted path"),
     api("targets/load-missing-module", lambda w: w.registry.load("missing_module_builder", "builder"),
-        TargetImportError, "importing 'nameplate_no_such_module:Builder' failed"),
+        TargetImportError, "importing 'nameplate_no_such_module:Builder' failed", records_load_error=True),
     api("targets/load-missing-attribute", lambda w: w.registry.load("missing_attribute_builder", "builder"),
-        TargetImportError, "has no such attribute 'NoSuchEncoder'"),
+        TargetImportError, "has no such attribute 'NoSuchEncoder'", records_load_error=True),
     api("targets/load-entry-without-target", lambda w: w.registry.load("lh1", "node"), TargetImportError,
         "has no target to load"),
 ]
@@ -1061,6 +1063,9 @@ def test_bad_input_raises_the_documented_error_and_changes_nothing(case: Case, w
     else:
         check_cli_case(case, world)
 
+    after = tables(world, case.sessions)
+    if isinstance(case, ApiCase) and case.records_load_error:
+        assert len(after.pop("entry_load_error")) == 1 + len(tables_before.pop("entry_load_error"))
     assert durable_export(world.registry) == export_before, "the export changed"
-    assert tables(world, case.sessions) == tables_before, "a table changed"
+    assert after == tables_before, "a table changed"
     assert file_tree(world.tmp_path) == files_before, "a file beside the registry changed"
