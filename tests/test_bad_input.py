@@ -45,6 +45,7 @@ from nameplate import (
     NameplateError,
     NameTakenError,
     NoMatchError,
+    NotImportableError,
     NotLeaseHolderError,
     Registry,
     SchemaTooNewError,
@@ -988,9 +989,41 @@ CLI_CASES: list[Case] = [
     cli("cli-process/remove-core", ["workspace", "rm", "core"], 4, "cannot be deleted", process=True),
 ]
 
+def registered_to_json(world: World) -> None:
+    world.registry.registrar("builder", "to_json")(json.dumps)
+
+
+PLUGIN_CASES: list[Case] = [
+    api("plugins/registrar-lambda", lambda w: w.registry.registrar("builder", "thing")(lambda: None),
+        NotImportableError, "is a lambda or is defined inside a function"),
+    api("plugins/registrar-unknown-kind", lambda w: w.registry.registrar("no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/registrar-bad-name", lambda w: w.registry.registrar("builder", "a\nb"), InvalidNameError,
+        "control character"),
+    api("plugins/registrar-name-taken", lambda w: w.registry.registrar("builder", "to_json")(json.loads),
+        NameTakenError, "already registered", setup=registered_to_json),
+    api("plugins/load-all-callback-not-callable",
+        lambda w: w.registry.load_all("builder", on_load_failure="print"),  # type: ignore[arg-type]
+        InvalidInputError, "on_load_failure must be callable"),
+    api("plugins/load-all-unknown-kind", lambda w: w.registry.load_all("no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/load-error-of-nothing", lambda w: w.registry.load_error("nothing_here", "builder"),
+        EntryNotFoundError, "no entry builder 'nothing_here'"),
+    api("plugins/discover-unknown-kind", lambda w: w.registry.discover(kind="no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/discover-empty-group", lambda w: w.registry.discover(""), InvalidInputError,
+        "group must be a non-empty string"),
+    api("plugins/discover-forget-not-bool",
+        lambda w: w.registry.discover(forget_missing="yes"),  # type: ignore[arg-type]
+        InvalidInputError, "forget_missing must be True or False"),
+    cli("plugins/cli-load-all-unknown-kind", ["load-all", "no_such_kind"], 3, "kind 'no_such_kind' is not defined"),
+    cli("plugins/cli-discover-unknown-kind", ["discover", "--kind", "no_such_kind"], 3,
+        "kind 'no_such_kind' is not defined"),
+]
+
 CASES: list[Case] = [*NAME_CASES, *KIND_CASES, *WORKSPACE_CASES, *METADATA_CASES, *DEFINITION_CASES,
                      *TARGET_CASES, *CAPABILITY_CASES, *ARGUMENT_CASES, *LEASE_CASES, *IMPORT_CASES,
-                     *DATABASE_FILE_CASES, *CLI_CASES]
+                     *DATABASE_FILE_CASES, *CLI_CASES, *PLUGIN_CASES]
 
 
 def test_the_table_is_well_formed() -> None:

@@ -529,4 +529,4 @@ def test_discover_on_the_command_line(site: Path, db_path: Path) -> None:
         "no longer declared"
     assert [e["name"] for e in forgot["registered"]] == ["fast"]
     bad = run("discover", "--kind", "no_such_kind")
-    assert bad.returncode == 1 and "kind 'no_such_kind' is not defined" in bad.stderr, bad.stderr
+    assert bad.returncode == 3 and bad.stderr.startswith("nameplate: error: kind 'no_such_kind' is not defined")

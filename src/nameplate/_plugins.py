@@ -200,7 +200,7 @@ class Plugins:
 
     def discover(self, group: str, *, kind: str, workspace: str | None, forget_missing: bool) -> Discovery:
         ws = self._ws(workspace)
-        check_kind_name(kind)
+        self._definitions.kind(kind)  # refused even when the group has no entry points yet
         if not isinstance(group, str) or not group:
             raise InvalidInputError(f"group must be a non-empty string, not {group!r}", group=repr(group))
         if not isinstance(forget_missing, bool):
@@ -245,7 +245,7 @@ class Plugins:
         with self._backend.read() as tx:
             row = tx.execute(_WORKSPACE, (ws,)).fetchone()
             rows = [] if row is None else tx.execute(_DISCOVERED, (row[0],)).fetchall()
-            found = [(entry_by_pk(tx, pk), json.loads(text)) for pk, text in rows]
+            found = [(entry_by_pk(tx, pk), meta) for pk, text in rows if (meta := _metadata(text)) is not None]
         distributions = _Distributions()
         missing = []
         for entry, meta in found:
@@ -268,7 +268,7 @@ class Plugins:
         row = None if pk is None else tx.execute(_STILL, (pk,)).fetchone()
         if pk is None or row is None or row[0] != stale.entry.id:
             return None
-        if json.loads(row[1]).get("entry_point") != stale.entry_point:
+        if (_metadata(row[1]) or {}).get("entry_point") != stale.entry_point:
             return None
         guard(tx, pk, stale.entry.id, stale.entry.kind)
         entry = entry_by_pk(tx, pk)
@@ -321,7 +321,8 @@ def stale_findings(backend: Backend) -> tuple[list[str], int]:
     """The ``plugin`` check: every discovered entry (any workspace) that no longer matches what is
     installed in this environment, as one-line messages; and how many discovered entries were judged."""
     with backend.read() as tx:
-        found = [(entry_by_pk(tx, pk), json.loads(text)) for pk, text in tx.execute(_ALL_DISCOVERED).fetchall()]
+        found = [(entry_by_pk(tx, pk), meta) for pk, text in tx.execute(_ALL_DISCOVERED).fetchall()
+                 if (meta := _metadata(text)) is not None]
     distributions = _Distributions()
     messages = []
     judged = 0
@@ -382,3 +383,12 @@ def _judged_here(meta: dict[str, Any]) -> bool:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _metadata(text: str) -> dict[str, Any] | None:
+    """A row's metadata object; ``None`` for a damaged one, which the ``metadata`` check reports."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

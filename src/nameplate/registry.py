@@ -488,7 +488,8 @@ class Registry:
         Layers decide as for every read: walking up from the workspace, the first layer that binds
         the name, defines it or hides it answers (a binding beats the row of its own layer). The
         import happens on first use and is cached for the process, per entry id and target. Import
-        failures raise :class:`TargetImportError` naming the entry and the dotted path.
+        failures raise :class:`TargetImportError` naming the entry and the dotted path, and are recorded
+        on the entry for every process to see (:meth:`load_error`); a successful import clears that.
         """
         return self._definitions.load(name, kind, workspace=workspace)
 
