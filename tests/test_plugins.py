@@ -288,6 +288,18 @@ def test_a_deleted_entry_takes_its_load_error_with_it(plugins: Registry, db_path
     assert plugins.check().ok
 
 
+def test_a_replaced_target_is_not_blamed_for_the_old_ones_error(plugins: Registry) -> None:
+    plugins.load_all("provider")
+    plugins.register("typo", "provider", target="np_good:Good", on_conflict="replace")
+    assert plugins.load_error("typo", "provider") is None
+    plugins.register("typo", "provider", target="np_good:Goood", on_conflict="replace")
+    assert plugins.load_error("typo", "provider") is not None  # the same target again: the same error
+    plugins.register("typo", "provider", target="np_good:Good", on_conflict="replace")
+    assert plugins.load("typo", "provider").__name__ == "Good"
+    plugins.register("typo", "provider", target="np_good:Goood", on_conflict="replace")
+    assert plugins.load_error("typo", "provider") is None  # the successful load cleared the row
+
+
 _CHILD_LOAD_ONE = """
 import sys
 from nameplate import Registry, TargetImportError

@@ -30,7 +30,7 @@ _PK_OF = "SELECT pk FROM entry WHERE id = ?"
 _HAS = "SELECT 1 FROM entry_load_error WHERE entry_pk = ? AND entry_id = ?"
 _CLEAR = "DELETE FROM entry_load_error WHERE entry_pk = ? AND entry_id = ?"
 _READ = ("SELECT l.target, l.error_type, l.message, l.failed_at, l.pid, l.hostname FROM entry_load_error AS l "
-         "JOIN entry AS e ON e.pk = l.entry_pk AND e.id = l.entry_id WHERE e.id = ?")
+         "JOIN entry AS e ON e.pk = l.entry_pk AND e.id = l.entry_id AND e.target = l.target WHERE e.id = ?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,9 @@ def clear_failure(backend: Backend, entry_pk: int, entry: Entry) -> bool:
 
 
 def read_failure(tx: Tx, entry: Entry) -> LoadFailure | None:
-    """The last load error on record for ``entry``, or ``None``."""
+    """The last load error on record for ``entry``'s current target, or ``None``: once the target is
+    replaced, an error about the old one no longer describes the entry (the next load overwrites or
+    clears the row)."""
     row = tx.execute(_READ, (entry.id,)).fetchone()
     if row is None:
         return None
