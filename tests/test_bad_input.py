@@ -1011,6 +1011,8 @@ PLUGIN_CASES: list[Case] = [
         EntryNotFoundError, "no entry builder 'nothing_here'"),
     api("plugins/discover-unknown-kind", lambda w: w.registry.discover(kind="no_such_kind"), UnknownKindError,
         "kind 'no_such_kind' is not defined"),
+    api("plugins/discover-unknown-workspace", lambda w: w.registry.discover(workspace="no_such_ws"),
+        UnknownWorkspaceError, "workspace 'no_such_ws' does not exist"),
     api("plugins/discover-empty-group", lambda w: w.registry.discover(""), InvalidInputError,
         "group must be a non-empty string"),
     api("plugins/discover-forget-not-bool",

@@ -49,7 +49,6 @@ _DISCOVERED = ("SELECT pk, metadata FROM entry WHERE workspace_id = ? AND hidden
                "AND metadata LIKE '%entry_point%'")
 _ALL_DISCOVERED = ("SELECT pk, metadata FROM entry WHERE hidden = 0 AND metadata LIKE '%entry_point%' "
                    "ORDER BY pk")
-_WORKSPACE = "SELECT id FROM workspace WHERE name = ?"
 _STILL = "SELECT id, metadata FROM entry WHERE pk = ? AND hidden = 0"
 _DELETE = "DELETE FROM entry WHERE pk = ?"
 
@@ -243,8 +242,7 @@ class Plugins:
         """Entries of this workspace discovered in ``group`` from this environment whose entry point is
         no longer declared by anything installed here (read first, judged outside any transaction)."""
         with self._backend.read() as tx:
-            row = tx.execute(_WORKSPACE, (ws,)).fetchone()
-            rows = [] if row is None else tx.execute(_DISCOVERED, (row[0],)).fetchall()
+            rows = tx.execute(_DISCOVERED, (self._store.workspace_id(tx, ws),)).fetchall()
             found = [(entry_by_pk(tx, pk), meta) for pk, text in rows if (meta := _metadata(text)) is not None]
         distributions = _Distributions()
         missing = []
