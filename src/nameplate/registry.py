@@ -3,8 +3,9 @@
 ``Registry.__init__`` opens the backend and builds the features, each given its collaborators
 explicitly: the :class:`~nameplate._store.Store` (entries and the event log's writer), :class:`Leasing`
 (sessions, leases, and the lease guard every entry write goes through), :class:`Definitions`
-(workspaces, kinds, registration, targets, selection) and :class:`Maintenance` (export and import,
-the event log, checks, housekeeping). Every public method here checks its input or picks the
+(workspaces, kinds, registration, targets, selection), :class:`Maintenance` (export and import,
+the event log, checks, housekeeping) and :class:`Plugins` (decorator registration, ``load_all``, load
+errors, entry-point discovery). Every public method here checks its input or picks the
 workspace and makes one call into a feature; the flat verbs (``registry.acquire``,
 ``registry.register``) stay, as users of MADSci and Cursus expect them.
 """
