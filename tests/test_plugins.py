@@ -31,7 +31,7 @@ from nameplate import (
 )
 from nameplate.cli import main
 
-from conftest import table_snapshot, wait_until
+from conftest import run_processes, table_snapshot, wait_until
 
 GROUP = "nameplate.components"
 
@@ -542,3 +542,29 @@ def test_discover_on_the_command_line(site: Path, db_path: Path) -> None:
     assert [e["name"] for e in forgot["registered"]] == ["fast"]
     bad = run("discover", "--kind", "no_such_kind")
     assert bad.returncode == 3 and bad.stderr.startswith("nameplate: error: kind 'no_such_kind' is not defined")
+
+
+def _discover_at_startup(barrier: Any, results: Any, index: int, path: str, site: str) -> None:
+    try:
+        sys.path.insert(0, site)
+        with Registry(path, timeout=60) as registry:
+            barrier.wait(timeout=60)
+            found = registry.discover(forget_missing=True)
+            results.put((index, (sorted(e.id for e in found), [e.id for e in found.forgotten])))
+    except BaseException as error:  # report every failure to the parent instead of dying silently
+        results.put((index, ("error", repr(error))))
+
+
+def test_processes_discovering_at_once_agree_and_forget_a_plugin_exactly_once(
+        site: Path, registry: Registry, db_path: Path) -> None:
+    module(site, "np_tools", "class Fast:\n    pass\n")
+    install(site, "np-tools", "1.0", {"fast": "np_tools:Fast", "slow": "np_tools:Fast"})
+    slow_id = {e.name: e.id for e in registry.discover()}["slow"]
+    install(site, "np-tools", "2.0", {"fast": "np_tools:Fast", "new": "np_tools:Fast"})
+    outcomes = run_processes(_discover_at_startup, [(str(db_path), str(site))] * 4, timeout=120)
+    assert all(outcome[0] != "error" for outcome in outcomes), outcomes
+    assert len({tuple(registered) for registered, _ in outcomes}) == 1  # one id per name, whoever created it
+    assert sorted(forgotten for _, forgotten in outcomes) == [[], [], [], [slow_id]]
+    assert [e.entry_id for e in registry.changes() if e.action == "delete"] == [slow_id]
+    assert sorted(e.name for e in registry.list("provider")) == ["fast", "new"]
+    assert registry.require("fast", "provider").metadata["version"] == "2.0"
