@@ -162,6 +162,7 @@ def _local_function() -> Any:
     (_local_function, "is a lambda or is defined inside a function"),
     (lambda: exec_defined(), "which is not an imported module"),
     (lambda: 42, "has no __module__ and __qualname__"),
+    (lambda: json, "is a module; a target is 'module:attribute'"),
 ])
 def test_registrar_refuses_what_other_processes_cannot_import(registry: Registry, db_path: Path, make: Any,
                                                              message: str) -> None:

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
+from types import ModuleType
 from typing import Any, TypeVar
 
 from ._definitions import Definitions, Registration
@@ -294,6 +295,10 @@ def importable_path(obj: Any) -> str:
     qualname = getattr(obj, "__qualname__", None)
     what = f"{obj!r}"
     advice = "define it at the top level of an importable module, or bind() it for this process only"
+    if isinstance(obj, ModuleType):
+        raise NotImportableError(f"module {obj.__name__!r} is a module; a target is 'module:attribute', so "
+                                 "register the class or function that stands for the plugin, or bind() it for "
+                                 "this process only", object=obj.__name__)
     if not isinstance(module, str) or not isinstance(qualname, str) or not qualname:
         raise NotImportableError(f"{what} has no __module__ and __qualname__ to import it by; {advice}",
                                  object=what)
