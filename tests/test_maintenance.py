@@ -41,7 +41,7 @@ def test_a_sound_registry_checks_ok(registry: Registry) -> None:
     report = registry.check()
     assert isinstance(report, CheckReport) and report.ok and report.problems == () and report.warnings == ()
     assert report.checked == {"entries": 3, "definitions": 1, "kinds": 10, "workspaces": 2, "leases": 1,
-                              "sessions": 1}
+                              "sessions": 1, "plugins": 0}
     assert report.to_dict()["ok"] is True
 
 

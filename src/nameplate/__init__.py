@@ -19,7 +19,9 @@ from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
+from ._load_errors import LoadFailure
 from ._paths import Location
+from ._plugins import Discovery, LoadResults, StalePlugin
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
 from .backends.migrate import MigrationStatus
@@ -43,6 +45,7 @@ from .errors import (
     NetworkFilesystemError,
     NoMatchError,
     NotFoundError,
+    NotImportableError,
     NotLeaseHolderError,
     RegistryBusyError,
     RegistryClosedError,
@@ -117,4 +120,9 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceInfo",
     "__version__",
+    "Discovery",
+    "LoadFailure",
+    "LoadResults",
+    "NotImportableError",
+    "StalePlugin",
 ]

@@ -41,6 +41,7 @@ from .errors import (
     InvalidMetadataError,
     NameplateError,
     StorageError,
+    TargetImportError,
 )
 from .registry import Registry
 
@@ -298,10 +299,13 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
     """Show one entry in full."""
     with settings.open() as registry:
         entry = registry.require(name, kind, workspace=settings.workspace)
+        failure = registry.load_error(entry.name, entry.kind, workspace=settings.workspace)
 
     def human() -> None:
         for label, value in (("id", entry.id), ("name", entry.name), ("kind", entry.kind),
                              ("workspace", entry.workspace), ("target", entry.target or "-"),
+                             ("load error", "-" if failure is None else
+                              f"{failure} (pid {failure.pid} on {failure.hostname}, {ago(failure.at)})"),
                              ("capabilities", ", ".join(sorted(entry.capabilities)) or "-"),
                              ("created", f"{entry.created_at.isoformat()} ({ago(entry.created_at)})"),
                              ("updated", f"{entry.updated_at.isoformat()} ({ago(entry.updated_at)})"),
@@ -311,7 +315,7 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
                               else json.dumps(dict(entry.definition), sort_keys=True))):
             click.echo(f"{label + ':':<14}{value}")
 
-    emit(settings, entry.to_dict(), human)
+    emit(settings, {**entry.to_dict(), "load_error": None if failure is None else failure.to_dict()}, human)
 
 
 @main.command()
@@ -960,3 +964,60 @@ def _add_json_option(group: click.Group) -> None:
 
 
 _add_json_option(main)
+
+
+# -- plugins ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("group", default="nameplate.components")
+@click.option("--kind", "-k", default="provider", show_default=True, shell_complete=complete_kind,
+              help="Kind of entry points named without a 'kind:' prefix.")
+@click.option("--forget-missing", is_flag=True,
+              help="Delete entries discovered earlier whose distribution is gone or no longer declares them.")
+@json_option
+@pass_settings
+@handle_errors
+def discover(settings: Settings, group: str, kind: str, forget_missing: bool) -> None:
+    """Register the entry points of GROUP installed in this Python environment.
+
+    Entries discovered earlier (in this environment) whose distribution was uninstalled or no longer
+    declares the entry point are listed as missing; --forget-missing deletes them.
+    """
+    with settings.open() as registry:
+        found = registry.discover(group, kind=kind, workspace=settings.workspace, forget_missing=forget_missing)
+
+    def human() -> None:
+        table(["kind", "name", "target", "distribution", "version"],
+              [[e.kind, e.name, e.target, e.metadata.get("distribution", "-"), e.metadata.get("version", "-")]
+               for e in found])
+        forgotten = {e.id for e in found.forgotten}
+        for stale in found.missing:
+            click.echo(f"{'forgot' if stale.entry.id in forgotten else 'missing'}  {stale}")
+        if found.missing and not found.forgotten:
+            click.echo(f"{len(found.missing)} missing; `nameplate discover --forget-missing` deletes them")
+
+    emit(settings, found.to_dict(), human)
+
+
+@main.command("load-all")
+@click.argument("kind", shell_complete=complete_kind)
+@json_option
+@pass_settings
+@handle_errors
+def load_all(settings: Settings, kind: str) -> None:
+    """Import the target of every KIND entry in this process; exit 1 if any fails.
+
+    Each failure is recorded on its entry (see `nameplate show NAME`); a success clears it. The
+    targets are imported in this Python environment, which may differ from your application's.
+    """
+    with settings.open() as registry:
+        results = registry.load_all(kind, workspace=settings.workspace)
+        targets = {e.name: e.target for e in registry.list(kind, workspace=settings.workspace)}
+    rows = [[name, targets.get(name) or "(bound)", "ok"] for name in sorted(results.loaded)]
+    rows += [[name, failure.target, str(failure)] for name, failure in sorted(results.failed.items())]
+    emit(settings, results.to_dict(), lambda: table(["name", "target", "result"], sorted(rows)))
+    if results.failed:
+        raise TargetImportError(f"{len(results.failed)} of {len(results.failed) + len(results.loaded)} {kind} "
+                                f"entries failed to load: {', '.join(sorted(results.failed))}",
+                                failed=sorted(results.failed))

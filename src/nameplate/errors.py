@@ -14,6 +14,7 @@ lease and stopped the command, 126/127 its command cannot be run (2 is click's u
     ├── InvalidInputError (ValueError)         bad arguments; nothing was written
     │   ├── InvalidNameError, InvalidMetadataError, ValidationError
     │   ├── UnknownStrategyError, ImportFileError
+    │   ├── NotImportableError                 registrar(): other processes could not import it
     │   └── CommandNotRunnableError            exit 127 (not found) or 126 (not executable)
     ├── NotFoundError (LookupError)            exit 3
     │   └── EntryNotFoundError (KeyError), UnknownKindError, UnknownWorkspaceError,
@@ -223,6 +224,11 @@ class TargetImportError(NameplateError, ImportError):
     """An entry's ``target`` could not be imported. Names the entry and the dotted path."""
 
 
+class NotImportableError(InvalidInputError):
+    """``registrar`` was given an object other processes cannot import by its dotted path (a lambda, a
+    function defined inside another, an object of a script run as ``__main__``). Nothing was written."""
+
+
 class IntegrityProblemError(NameplateError):
     """``check`` found problems. ``problems`` lists each one."""
 
@@ -264,4 +270,5 @@ __all__ = [
     "UnknownWorkspaceError",
     "ValidationError",
     "WorkspaceError",
+    "NotImportableError",
 ]

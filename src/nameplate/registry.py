@@ -3,8 +3,9 @@
 ``Registry.__init__`` opens the backend and builds the features, each given its collaborators
 explicitly: the :class:`~nameplate._store.Store` (entries and the event log's writer), :class:`Leasing`
 (sessions, leases, and the lease guard every entry write goes through), :class:`Definitions`
-(workspaces, kinds, registration, targets, selection) and :class:`Maintenance` (export and import,
-the event log, checks, housekeeping). Every public method here checks its input or picks the
+(workspaces, kinds, registration, targets, selection), :class:`Maintenance` (export and import,
+the event log, checks, housekeeping) and :class:`Plugins` (decorator registration, ``load_all``, load
+errors, entry-point discovery). Every public method here checks its input or picks the
 workspace and makes one call into a feature; the flat verbs (``registry.acquire``,
 ``registry.register``) stay, as users of MADSci and Cursus expect them.
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
@@ -28,8 +29,10 @@ from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._lease import Lease
 from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
 from ._liveness import HOSTNAME
+from ._load_errors import LoadFailure
 from ._maintenance import Maintenance
 from ._paths import Location, locate
+from ._plugins import Discovery, LoadResults, Plugins
 from ._readcache import ReadCache
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
@@ -38,6 +41,8 @@ from ._validation import check_kind_name, check_name, check_seconds, encode_obje
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
 from .errors import EntryNotFoundError, InvalidInputError, NameTakenError, RegistryClosedError
+
+T = TypeVar("T")
 
 
 class Registry:
@@ -91,6 +96,7 @@ class Registry:
         self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
+        self._plugins = Plugins(self._backend, self._store, self._ws, self._definitions, self._leasing)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -483,21 +489,30 @@ class Registry:
         Layers decide as for every read: walking up from the workspace, the first layer that binds
         the name, defines it or hides it answers (a binding beats the row of its own layer). The
         import happens on first use and is cached for the process, per entry id and target. Import
-        failures raise :class:`TargetImportError` naming the entry and the dotted path.
+        failures raise :class:`TargetImportError` naming the entry and the dotted path, and are recorded
+        on the entry for every process to see (:meth:`load_error`); a successful import clears that.
         """
         return self._definitions.load(name, kind, workspace=workspace)
 
     def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
-                 workspace: str | None = None) -> builtins.list[Entry]:
+                 workspace: str | None = None, forget_missing: bool = False) -> Discovery:
         """Register the installed entry points of ``group`` in one transaction; idempotent.
 
         An entry point named ``kind:name`` registers ``name`` under that kind; a plain ``name`` uses
-        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution`` and ``version``
-        go into the metadata. Running it again writes nothing unless a package changed; an entry
-        registered by hand under the same name is left as it is; an entry discovered before keeps
-        its definition and capabilities and gets the new target and version.
+        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution``, ``version`` and
+        ``environment`` (``sys.prefix``) go into the metadata. Running it again writes nothing unless a
+        package changed; an entry registered by hand under the same name is left as it is; an entry
+        discovered before keeps its definition and capabilities and gets the new target and version.
+
+        The result is the list of entries registered, as always, with ``.missing``: the entries of this
+        workspace discovered earlier from ``group`` in this Python environment whose distribution was
+        uninstalled or no longer declares the entry point (:class:`StalePlugin`, judged before the write).
+        They are only reported, unless ``forget_missing=True``: then they are deleted in the same
+        transaction (listed in ``.forgotten``); one leased by another live process stops the whole call
+        (:class:`LeaseHeldError`, nothing written). Entries discovered in another environment (another
+        virtualenv sharing the registry) are never judged here.
         """
-        return self._definitions.discover(group, kind=kind, workspace=workspace)
+        return self._plugins.discover(group, kind=kind, workspace=workspace, forget_missing=forget_missing)
 
     def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> builtins.list[Entry]:
         """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
@@ -628,6 +643,55 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+
+    # -- plugins: decorator registration, load_all, load errors (see _plugins.py) -----------------
+
+    def registrar(self, kind: str, name: str | None = None, *, definition: Mapping[str, Any] | None = None,
+                  capabilities: Iterable[str] = (), metadata: Mapping[str, Any] | None = None,
+                  on_conflict: str = "error", workspace: str | None = None) -> Callable[[T], T]:
+        """A decorator that registers a class or function under ``kind`` (catalogue's
+        ``@registry.register(name)``) and returns it unchanged.
+
+        ``name`` defaults to the object's ``__name__``. The entry's target is the object's dotted path
+        (``"module:Qualified.name"``), so every process can :meth:`load` it, and the object is also
+        bound here (:meth:`bind`), so :meth:`load` in this process returns that very object. The other
+        arguments are :meth:`register`'s (``on_conflict="error"``: a second object under the same name
+        is refused with :class:`NameTakenError`; registering the same object again writes nothing).
+
+        An object other processes cannot import by its path is refused with
+        :class:`NotImportableError` and nothing is written: a lambda, a function defined inside another
+        function, an object of a script run as ``__main__`` (run it with ``python -m`` instead), an
+        object of code run with ``exec``. For such objects use :meth:`bind` (this process only).
+        The workspace is chosen when ``registrar()`` is called.
+        """
+        return self._plugins.registrar(kind, name, definition=definition, capabilities=capabilities,
+                                       metadata=metadata, on_conflict=on_conflict, workspace=workspace)
+
+    def load_all(self, kind: str, *, workspace: str | None = None,
+                 on_load_failure: Callable[[Entry, str, BaseException], Any] | None = None) -> LoadResults:
+        """:meth:`load` every entry of ``kind`` visible in the workspace that has a target or a binding
+        (stevedore's ``ExtensionManager``).
+
+        ``results.loaded`` maps names to objects, ``results.failed`` names to :class:`LoadFailure`
+        records; one failure never stops the others. ``on_load_failure(entry, target, error)`` is called
+        for each failure (``error`` is the :class:`TargetImportError`, its ``__cause__`` what the import
+        raised); an exception it raises propagates, as with stevedore's ``on_load_failure_callback``.
+        Each failure is also recorded on its entry, as every failed :meth:`load` is (see
+        :meth:`load_error`).
+        """
+        return self._plugins.load_all(kind, workspace=workspace, on_load_failure=on_load_failure)
+
+    def load_error(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> LoadFailure | None:
+        """The last load error recorded for ``name`` by any process, or ``None``.
+
+        Every :meth:`load` (and :meth:`load_all`) whose import fails records what it raised, when, and in
+        which process, in a short transaction of its own after the import (never while user code runs
+        under a lock); the next successful import of the target, in any process, clears it. Only the
+        first :meth:`load` in a process imports; later ones answer from the process's cache and write
+        nothing. :class:`EntryNotFoundError` if there is no such entry.
+        """
+        return self._plugins.load_error(name, kind, workspace=workspace)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
