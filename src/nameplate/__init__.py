@@ -22,6 +22,7 @@ from ._lease import Lease
 from ._paths import Location
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
+from ._transaction import Pending, Transaction
 from .backends.migrate import MigrationStatus
 from .errors import (
     AmbiguousNameError,
@@ -46,11 +47,13 @@ from .errors import (
     NotLeaseHolderError,
     RegistryBusyError,
     RegistryClosedError,
+    RevisionMismatchError,
     SchemaTooNewError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
     TargetImportError,
+    TransactionStateError,
     UnknownKindError,
     UnknownStrategyError,
     UnknownWorkspaceError,
@@ -117,4 +120,8 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceInfo",
     "__version__",
+    "RevisionMismatchError",
+    "TransactionStateError",
+    "Transaction",
+    "Pending",
 ]

@@ -439,40 +439,51 @@ class Store:
                 checked: tuple[str, str] | None) -> str | tuple[str, str]:
         """One attempt: the id, or the (kind, pattern) to check ``new`` against before trying again."""
         with self.backend.write() as tx:
-            local = self.visible_local(tx, workspace, old, kind, "rename")
-            if guard is not None:
-                guard(tx, local.pk, local.id, local.kind)
-            if new == old:
-                return local.id
-            current = (local.kind, tx.execute(_KIND_ROW, (local.kind,)).fetchone()[1] or "")
-            if current != checked:
-                return current
-            taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
-                               "AND k.name = ?", (workspace, new, local.kind)).fetchone()
-            if taken is not None and not taken[2]:
-                raise NameTakenError(f"cannot rename {local.kind} {old!r} to {new!r}: {new!r} already exists "
-                                     f"(id {taken[0]}, workspace {taken[1]!r}); pick another name or delete it "
-                                     "first", name=new, kind=local.kind, existing_id=taken[0])
-            # Our own tombstone for the new name would collide with the unique key; the renamed entry
-            # now takes that name in this layer, which is what the tombstone was hiding it for.
-            tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ? AND hidden = 1",
-                       (local.workspace_id, local.kind_id, new))
-            now = time.time()
-            tx.execute("UPDATE entry SET name = ?, updated_at = ? WHERE pk = ?", (new, now, local.pk))
-            self.record(tx, "rename", workspace=workspace, kind=local.kind, name=new, entry_id=local.id, at=now,
-                        old_name=old, new_name=new)
+            return self.rename_in(tx, workspace, old, new, kind, guard, checked)
+
+    def rename_in(self, tx: Tx, workspace: str, old: str, new: str, kind: str | None, guard: Guard | None,
+                  checked: tuple[str, str] | None) -> str | tuple[str, str]:
+        """A rename inside the caller's write transaction, ``new`` having been matched outside it against
+        the kind and pattern ``checked``: the id, or the current (kind, pattern) when that changed (then
+        nothing was written; check ``new`` against it and try again)."""
+        local = self.visible_local(tx, workspace, old, kind, "rename")
+        if guard is not None:
+            guard(tx, local.pk, local.id, local.kind)
+        if new == old:
             return local.id
+        current = (local.kind, tx.execute(_KIND_ROW, (local.kind,)).fetchone()[1] or "")
+        if current != checked:
+            return current
+        taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
+                           "AND k.name = ?", (workspace, new, local.kind)).fetchone()
+        if taken is not None and not taken[2]:
+            raise NameTakenError(f"cannot rename {local.kind} {old!r} to {new!r}: {new!r} already exists "
+                                 f"(id {taken[0]}, workspace {taken[1]!r}); pick another name or delete it "
+                                 "first", name=new, kind=local.kind, existing_id=taken[0])
+        # Our own tombstone for the new name would collide with the unique key; the renamed entry
+        # now takes that name in this layer, which is what the tombstone was hiding it for.
+        tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ? AND hidden = 1",
+                   (local.workspace_id, local.kind_id, new))
+        now = time.time()
+        tx.execute("UPDATE entry SET name = ?, updated_at = ? WHERE pk = ?", (new, now, local.pk))
+        self.record(tx, "rename", workspace=workspace, kind=local.kind, name=new, entry_id=local.id, at=now,
+                    old_name=old, new_name=new)
+        return local.id
 
     def delete(self, workspace: str, name: str, kind: str | None, guard: Guard | None = None) -> Entry:
         with self.backend.write() as tx:
-            local = self.visible_local(tx, workspace, name, kind, "delete")
-            if guard is not None:
-                guard(tx, local.pk, local.id, local.kind)
-            entry = entry_by_pk(tx, local.pk)
-            tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
-            self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
-                        metadata=dict(entry.metadata))
-            return entry
+            return self.delete_in(tx, workspace, name, kind, guard)
+
+    def delete_in(self, tx: Tx, workspace: str, name: str, kind: str | None, guard: Guard | None = None) -> Entry:
+        """A delete inside the caller's write transaction; returns what the entry was."""
+        local = self.visible_local(tx, workspace, name, kind, "delete")
+        if guard is not None:
+            guard(tx, local.pk, local.id, local.kind)
+        entry = entry_by_pk(tx, local.pk)
+        tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
+        self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
+                    metadata=dict(entry.metadata))
+        return entry
 
 
 def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:

@@ -32,8 +32,10 @@ from ._maintenance import Maintenance
 from ._paths import Location, locate
 from ._readcache import ReadCache
 from ._records import Entry, Event
+from ._revisions import check_expected, require_revision, revision_guarded
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
+from ._transaction import Transaction, Transactions
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
@@ -91,6 +93,7 @@ class Registry:
         self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
+        self._transactions = Transactions(self._backend, self._store, self._leasing, self._definitions)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -249,24 +252,31 @@ class Registry:
         return self._store.list(ws, kind)
 
     def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
-               merge: bool = False, lease: Lease | None = None, workspace: str | None = None) -> Entry:
+               merge: bool = False, lease: Lease | None = None, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
         """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace.
 
         With ``lease=``, the write is fenced: inside its transaction the lease must still be this
         process's, with the same token, else :class:`LeaseLost` and nothing is written. An entry leased
         by another process cannot be changed (:class:`LeaseHeldError`).
+
+        With ``expected_revision=R`` (an :attr:`Entry.revision`), it is a compare-and-swap: the write
+        happens only if the entry is still at revision ``R``, else :class:`RevisionMismatchError` and
+        nothing is written (etcd's ``mod_revision`` compare, Consul's ``?cas=``).
         """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
-        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
+        expected = check_expected(expected_revision)
+        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease, expected))
 
     def _update(self, ws: str, name: str, kind: str | None, meta: dict[str, Any], merge: bool,
-                lease: Lease | None) -> Entry:
+                lease: Lease | None, expected: int | None = None) -> Entry:
         with self._backend.write() as tx:
             local = self._store.visible_local(tx, ws, name, kind, "update")
+            require_revision(tx, local.pk, expected, name=name, kind=local.kind, workspace=ws, verb="updated")
             if lease is not None:
                 if lease.entry_pk != local.pk:
                     raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
@@ -286,14 +296,22 @@ class Registry:
             check_kind_name(kind)
         return self._leasing.reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._leasing.guard))
 
-    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
-        """Remove an entry of this workspace and return what it was. The event log keeps its history."""
+    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
+        """Remove an entry of this workspace and return what it was. The event log keeps its history.
+
+        With ``expected_revision=R``, only if the entry is still at revision ``R``
+        (:class:`RevisionMismatchError` otherwise, and nothing is deleted).
+        """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
+        expected = check_expected(expected_revision)
         ended: builtins.list[Lease] = []
         removal_guard = self._leasing.guard_removal(ended)
+        if expected is not None:
+            removal_guard = revision_guarded(removal_guard, expected, name, ws)
         entry = self._leasing.reaping_first(lambda: self._store.delete(ws, name, kind, guard=removal_guard))
         self._leasing.finish_removal(ended)
         return entry
@@ -628,6 +646,30 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+    # -- coordination, as etcd and Consul give it (see _transaction.py, _watch.py) ---------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Group resolves, registers, updates, renames and deletes into one all-or-nothing write.
+
+        ``with registry.transaction() as tx:`` queues operations (``tx.resolve``, ``tx.register``,
+        ``tx.update``, ``tx.rename``, ``tx.delete``) and guards (``tx.require(name, kind, revision=R)``,
+        ``tx.require_absent(name, kind)``); each returns at once, having only checked its arguments.
+        When the block ends, names and definitions are validated outside any lock, then one write
+        transaction checks every guard and applies every operation in order (later ones see earlier
+        ones), or none: a failed guard raises :class:`RevisionMismatchError`, a failed operation its own
+        error, and nothing is written. Results are :class:`Pending` objects whose ``.value`` (and
+        ``.id``) is there after the block; ``tx.revision`` is the registry's revision after the commit.
+        An exception raised inside the block discards the queue. Like etcd's ``Txn(If(...).Then(...))``.
+        """
+        tx = Transaction(self._ws)
+        try:
+            yield tx
+        except BaseException:
+            self._transactions.discard(tx)
+            raise
+        self._transactions.commit(tx)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
