@@ -30,6 +30,7 @@ from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
 from ._liveness import HOSTNAME
 from ._maintenance import Maintenance
 from ._paths import Location, locate
+from ._query import check_metadata_filter, check_page, list_page, with_metadata
 from ._readcache import ReadCache
 from ._records import Entry, Event
 from ._revisions import check_expected, require_revision, revision_guarded
@@ -37,6 +38,10 @@ from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
 from ._transaction import Transaction, Transactions
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
+from ._watch import changes as watch_changes
+from ._watch import event_filter
+from ._watch import follow as watch_follow
+from ._watch import wait_for_change as watch_wait
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
 from .errors import EntryNotFoundError, InvalidInputError, NameTakenError, RegistryClosedError
@@ -244,12 +249,21 @@ class Registry:
             raise EntryNotFoundError(f"no entry {what} in workspace {ws!r}", name=name, kind=kind, workspace=ws)
         return entry
 
-    def list(self, kind: str | None = None, *, workspace: str | None = None) -> builtins.list[Entry]:
-        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name."""
+    def list(self, kind: str | None = None, *, workspace: str | None = None, prefix: str | None = None,
+             limit: int | None = None, after: str | Entry | None = None) -> builtins.list[Entry]:
+        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name.
+
+        ``prefix`` keeps names starting with it. ``limit`` and ``after`` page through the listing by
+        keyset (etcd's range with a start key): ``after`` is the last :class:`Entry` of the previous page,
+        or with ``kind=`` the last name; a page never repeats or skips entries that existed throughout.
+        """
         ws = self._ws(workspace)
         if kind is not None:
             check_kind_name(kind)
-        return self._store.list(ws, kind)
+        if prefix is None and limit is None and after is None:
+            return self._store.list(ws, kind)
+        checked_prefix, checked_limit, keyset = check_page(kind, prefix, limit, after)
+        return list_page(self._store, ws, kind, checked_prefix, checked_limit, keyset)
 
     def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
                merge: bool = False, lease: Lease | None = None, workspace: str | None = None,
@@ -517,13 +531,17 @@ class Registry:
         """
         return self._definitions.discover(group, kind=kind, workspace=workspace)
 
-    def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> builtins.list[Entry]:
+    def find(self, kind: str, requires: Iterable[str] = (), *, metadata: Mapping[str, Any] | None = None,
+             workspace: str | None = None) -> builtins.list[Entry]:
         """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
 
         With a requirement the query starts from the capability index, never from every entry of
-        the kind.
+        the kind. ``metadata={"room": "A"}`` keeps entries whose metadata has each of those keys with
+        that very JSON value (compared in Python over the kind's candidates: the SQL stays portable).
         """
-        return self._definitions.find(kind, requires, workspace=workspace)
+        wanted = check_metadata_filter(metadata)
+        found = self._definitions.find(kind, requires, workspace=workspace)
+        return found if wanted is None else with_metadata(found, wanted)
 
     def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
                workspace: str | None = None) -> Entry:
@@ -594,18 +612,34 @@ class Registry:
         """The newest revision in the event log (0 for a new registry)."""
         return self._maintenance.revision
 
-    def changes(self, since: int = 0, limit: int | None = None) -> builtins.list[Event]:
-        """Events with a revision above ``since``, oldest first (at most ``limit`` of them)."""
-        return self._maintenance.changes(since, limit)
+    def changes(self, since: int = 0, limit: int | None = None, *, name: str | None = None,
+                prefix: str | None = None, kind: str | None = None,
+                workspace: str | None = None) -> builtins.list[Event]:
+        """Events with a revision above ``since``, oldest first (at most ``limit`` of them).
 
-    def follow(self, since: int | None = None, *, interval: float = 0.25,
-               stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+        Filters, as for :meth:`follow`: ``name`` (a rename matches by its old or new name), ``prefix`` of
+        the name, ``kind``, and ``workspace`` (the workspace the event happened in; default: every one).
+        """
+        flt = event_filter(name, prefix, kind, workspace)
+        if flt.everything:
+            return self._maintenance.changes(since, limit)
+        self._ws(None)
+        return watch_changes(self._backend, since, limit, flt)
+
+    def follow(self, since: int | None = None, *, interval: float = 0.25, stop: Callable[[], bool] | None = None,
+               name: str | None = None, prefix: str | None = None, kind: str | None = None,
+               workspace: str | None = None) -> Iterator[Event]:
         """Yield events as they are committed, from ``since`` (default: now on), until ``stop()`` is true.
 
-        Between polls it reads SQLite's ``data_version`` (microseconds) and reads the log only when a
-        commit happened, so an idle follower costs next to nothing.
+        Every matching event once, in revision order, also after a past ``since`` (etcd's watch with
+        ``WithRev``). Filters: ``name``, name ``prefix``, ``kind``, and ``workspace`` (the workspace the
+        event happened in; default: every one). It sleeps until the backend signals a commit (on
+        SQLite: the WAL-index in shared memory, looked at every 1 to 5 ms) and reads the log only then,
+        so an idle follower costs next to nothing; ``stop()`` is asked at least every ``interval`` seconds.
         """
-        return self._maintenance.follow(since, interval=interval, stop=stop)
+        flt = event_filter(name, prefix, kind, workspace)
+        self._ws(None)
+        return watch_follow(self._backend, since, interval=interval, stop=stop, flt=flt)
 
     def gc_events(self, keep_days: float) -> dict[str, int]:
         """Prune events (and ended sessions) older than ``keep_days`` days. Revisions are never reused."""
@@ -670,6 +704,22 @@ class Registry:
             self._transactions.discard(tx)
             raise
         self._transactions.commit(tx)
+
+    def wait_for_change(self, name: str, kind: str, *, since: int | None = None, timeout: float | None = None,
+                        workspace: str | None = None) -> Event | None:
+        """Block until ``(kind, name)`` changes as this workspace sees it; return that event, or ``None``
+        after ``timeout`` seconds (``None``: no limit). Consul's blocking query.
+
+        ``since`` is a revision (an :attr:`Entry.revision`, an :attr:`Event.rev`, ``registry.revision``;
+        default: now): an event after it returns at once, so a loop that passes the last event's ``rev``
+        misses nothing. A change counts in this workspace or an ancestor it inherits from: a create,
+        update, register, rename to or from the name, promote, delete, hide, unhide, and lease events.
+        It wakes on the commit (see :meth:`follow`), not on a fixed poll interval.
+        """
+        ws = self._ws(workspace)
+        name = check_name(name)
+        check_kind_name(kind)
+        return watch_wait(self._backend, self._store, ws, name, kind, since, timeout)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
