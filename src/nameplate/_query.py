@@ -20,12 +20,12 @@ from typing import Any
 
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry
-from ._validation import check_name, encode_object
+from ._validation import check_kind_name, check_name, encode_object
 from .errors import InvalidInputError
 
 
 def check_page(kind: str | None, prefix: str | None, limit: int | None,
-               after: str | Entry | None) -> tuple[str | None, int | None, tuple[str, str] | None]:
+               after: str | Entry | tuple[str, str] | None) -> tuple[str | None, int | None, tuple[str, str] | None]:
     """The checked prefix (NFC), limit and keyset of a page request."""
     if prefix is not None:
         if not isinstance(prefix, str) or not prefix:
@@ -36,6 +36,10 @@ def check_page(kind: str | None, prefix: str | None, limit: int | None,
     keyset: tuple[str, str] | None = None
     if isinstance(after, Entry):
         keyset = (after.kind, after.name)
+    elif isinstance(after, tuple):
+        if len(after) != 2:
+            raise InvalidInputError(f"after= as a tuple is (kind, name), not {after!r}", after=repr(after))
+        keyset = (check_kind_name(after[0]), check_name(after[1], "after"))
     elif after is not None:
         if kind is None:
             raise InvalidInputError("after= a name needs kind= (names repeat across kinds); without kind=, pass "

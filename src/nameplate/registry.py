@@ -250,12 +250,13 @@ class Registry:
         return entry
 
     def list(self, kind: str | None = None, *, workspace: str | None = None, prefix: str | None = None,
-             limit: int | None = None, after: str | Entry | None = None) -> builtins.list[Entry]:
+             limit: int | None = None, after: str | Entry | tuple[str, str] | None = None) -> builtins.list[Entry]:
         """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name.
 
         ``prefix`` keeps names starting with it. ``limit`` and ``after`` page through the listing by
-        keyset (etcd's range with a start key): ``after`` is the last :class:`Entry` of the previous page,
-        or with ``kind=`` the last name; a page never repeats or skips entries that existed throughout.
+        keyset (etcd's range with a start key): ``after`` is the last :class:`Entry` of the previous page
+        (or its ``(kind, name)``, or with ``kind=`` its name); a page never repeats or skips entries that
+        existed throughout.
         """
         ws = self._ws(workspace)
         if kind is not None:
