@@ -411,3 +411,16 @@ def test_find_by_metadata_compares_exact_json_values(registry: Registry) -> None
     assert registry.find("node", metadata={"missing": None}) == []
     with pytest.raises(InvalidInputError):
         registry.find("node", metadata=["room"])  # type: ignore[arg-type]
+
+
+def test_a_cached_registry_reports_the_revision_another_writer_left(db_path: Path) -> None:
+    with Registry(db_path) as cached, Registry(db_path) as other:
+        cached.resolve("lh1", "node")
+        assert cached.resolve("lh1", "node") == cached.lookup("lh1", "node")  # warm: answered from the cache
+        before = cached.require("lh1", "node").revision
+        other.update("lh1", "node", metadata={"room": "A"})
+        after = cached.require("lh1", "node")
+        assert after.revision == other.revision > before and after.metadata == {"room": "A"}
+        cached.update("lh1", "node", metadata={"room": "B"}, expected_revision=after.revision)
+        with pytest.raises(RevisionMismatchError):
+            other.update("lh1", "node", metadata={"room": "C"}, expected_revision=after.revision)

@@ -8,7 +8,7 @@ SQLite and PostgreSQL (a range on the name would depend on the database's collat
 
 Metadata is a JSON text column and the SQL stays portable (no JSON1), so ``find(metadata=...)`` filters
 the kind's candidates in Python: one indexed select of the kind (narrowed first by the capability index
-when capabilities are required), then a comparison per entry (see README "Performance" for its cost).
+when capabilities are required), then a comparison per entry.
 """
 
 from __future__ import annotations
@@ -59,7 +59,10 @@ def list_page(store: Store, workspace: str, kind: str | None, prefix: str | None
     if prefix is not None:
         sql += " AND substr(r.name, 1, ?) = ?"
         params.extend([len(prefix), prefix])
-    if keyset is not None:
+    if keyset is not None and keyset[0] == kind:
+        sql += " AND r.name > ?"
+        params.append(keyset[1])
+    elif keyset is not None:
         sql += " AND (k.name > ? OR (k.name = ? AND r.name > ?))"
         params.extend([keyset[0], keyset[0], keyset[1]])
     sql += " ORDER BY k.name, r.name"
@@ -74,22 +77,33 @@ def list_page(store: Store, workspace: str, kind: str | None, prefix: str | None
     return [decode_entry(row) for row in rows]
 
 
-def check_metadata_filter(metadata: object) -> dict[str, str] | None:
-    """``None`` or a JSON object; returned as key -> canonical JSON of the wanted value."""
+def check_metadata_filter(metadata: object) -> dict[str, Any] | None:
+    """``None`` or a JSON object of wanted values (checked as metadata is)."""
     if metadata is None:
         return None
     if not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a mapping of keys to wanted values, not {metadata!r}",
                                 metadata=repr(metadata))
     encode_object(metadata)
-    return {key: _canonical(value) for key, value in metadata.items()}
+    return dict(metadata)
 
 
-def with_metadata(entries: Iterable[Entry], wanted: dict[str, str]) -> list[Entry]:
+def with_metadata(entries: Iterable[Entry], wanted: dict[str, Any]) -> list[Entry]:
     """The entries whose metadata holds every wanted key with that very JSON value (``1`` is not
     ``true`` and not ``1.0``)."""
-    return [e for e in entries
-            if all(key in e.metadata and _canonical(e.metadata[key]) == value for key, value in wanted.items())]
+    return [e for e in entries if all(_same(e.metadata.get(key, _ABSENT), value) for key, value in wanted.items())]
+
+
+_ABSENT = object()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    # Scalars compare by type and value (json.dumps of each would cost more than the whole select);
+    # objects and arrays by their canonical text.
+    if type(wanted) in _SCALARS:
+        return type(stored) is type(wanted) and stored == wanted
+    return stored is not _ABSENT and _canonical(stored) == _canonical(wanted)
 
 
 def _canonical(value: Any) -> str:
