@@ -132,7 +132,7 @@ def test_follow_polls_the_commit_signal_not_the_log(registry: Registry, monkeypa
 
 
 def test_follow_also_sees_writes_of_its_own_connection(registry: Registry) -> None:
-    # data_version does not move for this connection's own commits; the periodic full poll catches them
+    # data_version does not move for this connection's own commits; the commit signal counts them too
     seen: list[str] = []
     wrote = False
     started = time.monotonic()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ._definitions import Definitions, Registration
+from ._definitions import ON_CONFLICT, Definitions, Registration
 from ._lease import Lease
 from ._leasing import Leasing
 from ._records import Entry
@@ -174,8 +174,6 @@ class Transaction:
                  metadata: Mapping[str, Any] | None = None, on_conflict: str = "error",
                  workspace: str | None = None) -> Pending[Entry]:
         """Queue :meth:`Registry.register` (validated against its kind before the write lock)."""
-        from ._definitions import ON_CONFLICT
-
         ws = self._workspace_of(workspace)
         if on_conflict not in ON_CONFLICT:
             raise InvalidInputError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}",
