@@ -192,6 +192,12 @@ def test_bad_input_in_a_transaction_is_refused_at_the_call_and_before_the_lock(r
     with pytest.raises(ValidationError), registry.transaction() as tx:  # the kind's pattern, outside the lock
         tx.resolve("fine", "node")
         tx.register("not_pascal", "step", {"sagemaker_step_type": "Processing"})
+    with pytest.raises(InvalidInputError, match="pass kind= to tx.rename"), registry.transaction() as tx:
+        tx.resolve("Fresh", "step")
+        tx.rename("Fresh", "not_pascal")  # the pattern cannot be matched before the lock without kind=
+    with pytest.raises(InvalidNameError), registry.transaction() as tx:
+        tx.resolve("Fresh", "step")
+        tx.rename("Fresh", "not_pascal", "step")
     assert table_snapshot(db_path) == before
     with registry.transaction() as tx:
         pass

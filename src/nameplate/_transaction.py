@@ -179,7 +179,8 @@ class Transaction:
             raise InvalidInputError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}, not {on_conflict!r}",
                                     on_conflict=on_conflict)
         caps = capabilities if isinstance(capabilities, str) else list(capabilities)
-        registration = Registration(check_name(name), check_kind_name(kind), definition, target, caps, metadata)
+        registration = Registration(check_name(name), check_kind_name(kind), definition, target, caps,
+                                    _object(metadata))
         return self._queue(_Op("register", ws, registration.name, kind, Pending(f"register({name!r}, {kind!r})"),
                                registration=registration, on_conflict=on_conflict))
 
@@ -331,8 +332,11 @@ class Transactions:
         if op.verb == "rename":
             renamed = store.rename_in(tx, op.workspace, op.name, op.new_name, op.kind, guard, op.checked)
             if not isinstance(renamed, str):
-                if op.checked is None:
-                    check_pattern(renamed[1], op.new_name, renamed[0])  # raises before it starts over
+                if op.checked is None:  # its kind was unknown before the lock, and patterns never run under it
+                    raise InvalidInputError(
+                        f"cannot check {op.new_name!r} against the kind of {op.name!r} before the transaction "
+                        f"takes the write lock ({op.name!r} did not exist then); pass kind= to tx.rename",
+                        name=op.name, new_name=op.new_name)
                 raise _StartOver
             return renamed
         if op.verb == "delete":
