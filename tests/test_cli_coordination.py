@@ -52,6 +52,7 @@ def test_update_and_rm_with_if_revision_are_compare_and_swap(db_path: Path) -> N
     assert new > revision
     stale = run(db_path, "update", "lh1", "-k", "node", "-m", "room=B", "--if-revision", str(revision), code=4)
     assert "expected at revision" in stale.stderr and "Traceback" not in stale.stderr
+    assert "(nameplate show) and retry with --if-revision" in stale.stderr and "get()" not in stale.stderr
     assert "expected at revision" in run(db_path, "rm", "lh1", "--if-revision", str(revision), code=4).stderr
     shown = json.loads(run(db_path, "show", "lh1", "--json").stdout)
     assert shown["metadata"] == {"room": "A"} and shown["revision"] == new

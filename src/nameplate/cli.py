@@ -87,6 +87,8 @@ CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
     (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
      r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
+    (re.escape("read it again (get()) and retry with its new revision"),
+     "read it again (nameplate show) and retry with --if-revision set to its new revision"),
 ))
 
 
