@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nameplate import (
     EntryNotFoundError,
@@ -430,3 +432,48 @@ def test_a_cached_registry_reports_the_revision_another_writer_left(db_path: Pat
         cached.update("lh1", "node", metadata={"room": "B"}, expected_revision=after.revision)
         with pytest.raises(RevisionMismatchError):
             other.update("lh1", "node", metadata={"room": "C"}, expected_revision=after.revision)
+
+
+_NAMES = st.lists(st.text(alphabet="ab_é1", min_size=1, max_size=4), max_size=25, unique=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=_NAMES, page=st.integers(min_value=1, max_value=7), prefix=st.sampled_from(["a", "b_", "é", "1a"]))
+def test_pages_concatenate_to_the_listing_and_prefixes_match_startswith(registry: Registry, names: list[str],
+                                                                         page: int, prefix: str) -> None:
+    kind = f"k{registry.revision}"  # a fresh kind per example: the listing holds this example's names only
+    registry.define_kind(kind, strict=False)
+    for name in names:
+        registry.resolve(name, kind)
+    everything = registry.list(kind)
+    for start_with in (None, prefix):
+        wanted = [e for e in everything if start_with is None or e.name.startswith(start_with)]
+        collected: list[Any] = []
+        after: str | None = None
+        while True:
+            chunk = registry.list(kind, prefix=start_with, limit=page, after=after)
+            assert len(chunk) <= page
+            collected.extend(chunk)
+            if len(chunk) < page:
+                break
+            after = chunk[-1].name
+        assert collected == wanted
+
+
+def test_wait_for_change_sees_a_name_being_created_and_deleted(registry: Registry) -> None:
+    since = registry.revision
+
+    def create_then_delete() -> None:
+        with Registry(registry.path) as other:
+            time.sleep(0.1)
+            other.resolve("later", "node")
+            time.sleep(0.1)
+            other.delete("later", "node")
+
+    thread = threading.Thread(target=create_then_delete)
+    thread.start()
+    created = registry.wait_for_change("later", "node", since=since, timeout=10)
+    assert created is not None and created.action == "create"
+    deleted = registry.wait_for_change("later", "node", since=created.rev, timeout=10)
+    thread.join()
+    assert deleted is not None and deleted.action == "delete"
