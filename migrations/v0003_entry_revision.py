@@ -41,7 +41,8 @@ RESOLVED_ENTRY = """
 
 def upgrade(m: MigrationContext) -> None:
     m.ddl("DROP VIEW resolved_entry")
-    m.ddl("ALTER TABLE entry ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
+    # BIGINT: revisions are 64-bit (event.rev); SQLite reads the word as INTEGER affinity.
+    m.ddl("ALTER TABLE entry ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
     m.ddl(RESOLVED_ENTRY)
     placeholders = ", ".join("?" for _ in CHANGING)
     m.execute(
