@@ -272,6 +272,7 @@ def test_every_command_speaks_json(cli, db_path: Path, tmp_path: Path,  # type: 
         "workspace rm": ["workspace", "rm", "dev9"], "workspace tree": ["workspace", "tree"],
         "schema export": ["schema", "export"],
         "discover": ["discover", "np.no_such_group"], "load-all": ["load-all", "provider"],
+        "update": ["update", "a", "-m", "x=1"], "wait": ["wait", "a", "-k", "node", "--since", "0"],
     }
     # lock's standard output is its command's: it has no --json (tests/test_cli_lock.py covers it).
     assert sorted([*cases, "lock"]) == all_commands(), "a command has no --json case here"

@@ -24,6 +24,7 @@ from ._paths import Location
 from ._plugins import Discovery, LoadResults, StalePlugin
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
+from ._transaction import Pending, Transaction
 from .backends.migrate import MigrationStatus
 from .errors import (
     AmbiguousNameError,
@@ -49,11 +50,13 @@ from .errors import (
     NotLeaseHolderError,
     RegistryBusyError,
     RegistryClosedError,
+    RevisionMismatchError,
     SchemaTooNewError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
     TargetImportError,
+    TransactionStateError,
     UnknownKindError,
     UnknownStrategyError,
     UnknownWorkspaceError,
@@ -125,4 +128,8 @@ __all__ = [
     "LoadResults",
     "NotImportableError",
     "StalePlugin",
+    "RevisionMismatchError",
+    "TransactionStateError",
+    "Transaction",
+    "Pending",
 ]

@@ -501,6 +501,21 @@ class Definitions:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen
 
+    # -- registrations inside a Registry.transaction (see _transaction.py) -----------------------
+
+    def prepare_registrations(self, ws: str, registrations: list[Registration]) -> list[_Prepared]:
+        """Validate registrations for a transaction, outside any lock (every problem at once)."""
+        _check_metadata(registrations)
+        return self._prepare(ws, registrations, [None] * len(registrations))
+
+    def kinds_unchanged(self, tx: Tx, prepared: list[_Prepared]) -> bool:
+        """Inside the write: whether the kinds the registrations were validated against still stand."""
+        return _kinds_unchanged(tx, prepared)
+
+    def write_registration(self, tx: Tx, ws: str, item: _Prepared, on_conflict: str) -> Entry:
+        """Inside the caller's write transaction: one prepared (not owned) registration."""
+        return self._write_registration(tx, ws, item, on_conflict, None)
+
 
 def _check_metadata(registrations: list[Registration]) -> None:
     """Metadata is the caller's own JSON, not part of the definition the kind judges: refuse bad

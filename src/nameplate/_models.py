@@ -88,6 +88,7 @@ class Entry(_Model):
     fence = pw.IntegerField(default=0)
     selected_at = pw.FloatField(null=True)
     selected_count = pw.IntegerField(default=0)
+    revision = pw.IntegerField(default=0)
 
 
 class EntryCapability(_Model):

@@ -88,6 +88,8 @@ CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
     (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
      r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
+    (re.escape("read it again (get()) and retry with its new revision"),
+     "read it again (nameplate show) and retry with --if-revision set to its new revision"),
 ))
 
 
@@ -273,14 +275,39 @@ def entry_rows(entries: Iterable[Any]) -> list[list[Any]]:
 @kind_option()
 @click.option("--capability", "-c", "capabilities", multiple=True, help="Only entries offering this (repeatable).")
 @click.option("--stale", metavar="DURATION", help="Only entries not seen for this long (e.g. 7d).")
+@click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
+              help="Only entries whose metadata has KEY with this value (repeatable; JSON when valid JSON; "
+                   "needs --kind).")
+@click.option("--prefix", metavar="TEXT", help="Only names starting with TEXT.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="At most N entries; when more follow, stderr says which --after gives the next page.")
+@click.option("--after", metavar="[KIND:]NAME",
+              help="Start after this entry (the previous page's last; KIND:NAME without --kind).")
 @pass_settings
 @handle_errors
-def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, ...], stale: str | None) -> None:
-    """List the entries visible in the workspace."""
+def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, ...], stale: str | None,
+                 meta: tuple[str, ...], prefix: str | None, limit: int | None, after: str | None) -> None:
+    """List the entries visible in the workspace (by kind, then name)."""
     cutoff = None if stale is None else time.time() - parse_duration(stale).total_seconds()
+    metadata = parse_pairs(meta)
+    if metadata and kind is None:
+        raise click.UsageError("--meta needs --kind")
+    paged = prefix is not None or limit is not None or after is not None
+    if paged and (capabilities or metadata or stale):
+        raise click.UsageError("--prefix, --limit and --after page the plain listing; they do not combine with "
+                               "--capability, --meta or --stale")
+    start: str | tuple[str, str] | None = after
+    if after is not None and kind is None:
+        after_kind, sep, after_name = after.partition(":")
+        if not sep:
+            raise click.BadParameter("without --kind, give KIND:NAME (as the previous page printed it)",
+                                     param_hint="--after")
+        start = (after_kind, after_name)
     with settings.open() as registry:
-        if capabilities and kind:
-            entries = registry.find(kind, capabilities, workspace=settings.workspace)
+        if paged:
+            entries = registry.list(kind, workspace=settings.workspace, prefix=prefix, limit=limit, after=start)
+        elif (capabilities or metadata) and kind:
+            entries = registry.find(kind, capabilities, metadata=metadata or None, workspace=settings.workspace)
         else:
             entries = [e for e in registry.list(kind, workspace=settings.workspace)
                        if set(capabilities) <= e.capabilities]
@@ -288,6 +315,9 @@ def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, 
         entries = [e for e in entries if e.last_seen_at.timestamp() < cutoff]
     emit(settings, [e.to_dict() for e in entries],
          lambda: table(["kind", "name", "id", "workspace", "capabilities", "last seen"], entry_rows(entries)))
+    if limit is not None and len(entries) == limit:
+        last = entries[-1]
+        click.echo(f"more may follow: --after {last.name if kind else f'{last.kind}:{last.name}'}", err=True)
 
 
 @main.command()
@@ -310,6 +340,7 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
                              ("created", f"{entry.created_at.isoformat()} ({ago(entry.created_at)})"),
                              ("updated", f"{entry.updated_at.isoformat()} ({ago(entry.updated_at)})"),
                              ("last seen", f"{entry.last_seen_at.isoformat()} ({ago(entry.last_seen_at)})"),
+                             ("revision", entry.revision),
                              ("metadata", json.dumps(dict(entry.metadata), sort_keys=True)),
                              ("definition", "-" if entry.definition is None
                               else json.dumps(dict(entry.definition), sort_keys=True))):
@@ -375,12 +406,14 @@ def rename(settings: Settings, old: str, new: str, kind: str | None) -> None:
 @main.command("rm")
 @click.argument("name", shell_complete=complete_entry)
 @kind_option()
+@click.option("--if-revision", "if_revision", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Only if the entry is still at this revision (compare-and-swap; exit 4 otherwise).")
 @pass_settings
 @handle_errors
-def remove(settings: Settings, name: str, kind: str | None) -> None:
+def remove(settings: Settings, name: str, kind: str | None, if_revision: int | None) -> None:
     """Delete an entry (the event log keeps its history)."""
     with settings.open() as registry:
-        entry = registry.delete(name, kind, workspace=settings.workspace)
+        entry = registry.delete(name, kind, workspace=settings.workspace, expected_revision=if_revision)
     emit(settings, entry.to_dict(), lambda: click.echo(f"deleted {entry.kind} {entry.name} ({entry.id})"))
 
 
@@ -713,9 +746,15 @@ def _log_row(event: Any) -> list[str]:
               help="Show revisions after this one.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many events.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted (Ctrl-C).")
+@click.option("--name", "name", metavar="NAME", help="Only events of this name (a rename: old or new name).")
+@click.option("--prefix", metavar="TEXT", help="Only events of names starting with TEXT.")
+@kind_option()
+@click.option("--in-workspace", "in_workspace", metavar="NAME", shell_complete=complete_workspace,
+              help="Only events that happened in this workspace (default: every workspace).")
 @pass_settings
 @handle_errors
-def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None:
+def log(settings: Settings, since: int, limit: int | None, follow: bool, name: str | None, prefix: str | None,
+        kind: str | None, in_workspace: str | None) -> None:
     """Show the audit log: revision, time, session, action, kind, name, change.
 
     With --json, prints a JSON list; with --json --follow, one JSON object per line.
@@ -726,7 +765,7 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     with settings.open() as registry:
-        events = registry.changes(since, limit)
+        events = registry.changes(since, limit, name=name, prefix=prefix, kind=kind, workspace=in_workspace)
         if not follow:
             emit(settings, [e.to_dict() for e in events],
                  lambda: table(list(_LOG_COLUMNS), [_log_row(e) for e in events]))
@@ -741,7 +780,7 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
         # Not registry.revision: a commit between the read above and that one would be skipped.
         last = events[-1].rev if events else since
         try:
-            for event in registry.follow(last):
+            for event in registry.follow(last, name=name, prefix=prefix, kind=kind, workspace=in_workspace):
                 click.echo(json.dumps(event.to_dict(), sort_keys=True) if settings.as_json
                            else line(_log_row(event)))
         except KeyboardInterrupt:
@@ -950,6 +989,55 @@ def export_schema_text() -> str:
 
 #: The export document's JSON Schema, a file of the package (``nameplate/export.schema.json``).
 EXPORT_SCHEMA = "export.schema.json"
+
+# -- coordination, as etcd and Consul give it ---------------------------------------------------------
+
+
+@main.command()
+@click.argument("name", shell_complete=complete_entry)
+@kind_option()
+@click.option("--meta", "-m", "meta", multiple=True, required=True, metavar="KEY=VALUE",
+              help="Metadata to set (repeatable; VALUE is parsed as JSON when it is valid JSON).")
+@click.option("--merge", is_flag=True, help="Merge over the stored metadata instead of replacing it.")
+@click.option("--if-revision", "if_revision", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Only if the entry is still at this revision (compare-and-swap; exit 4 otherwise).")
+@pass_settings
+@handle_errors
+def update(settings: Settings, name: str, kind: str | None, meta: tuple[str, ...], merge: bool,
+           if_revision: int | None) -> None:
+    """Set the metadata of an entry of this workspace; prints its new revision."""
+    metadata = parse_pairs(meta)
+    with settings.open() as registry:
+        entry = registry.update(name, kind, metadata=metadata, merge=merge, workspace=settings.workspace,
+                                expected_revision=if_revision)
+    emit(settings, entry.to_dict(), lambda: click.echo(entry.revision))
+
+
+@main.command()
+@click.argument("name", shell_complete=complete_entry)
+@kind_option(required=True)
+@click.option("--since", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Wake on a change after this revision (default: from now; a past one returns at once).")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up after this long (exit 1); default: wait until a change comes.")
+@pass_settings
+@handle_errors
+def wait(settings: Settings, name: str, kind: str, since: int | None, wait_timeout: float | None) -> None:
+    """Block until NAME changes as this workspace sees it, then print that event (Consul's blocking query).
+
+    Loop on it with --since set to the printed revision to miss nothing.
+    """
+    with settings.open() as registry:
+        try:
+            event = registry.wait_for_change(name, kind, since=since, timeout=wait_timeout,
+                                             workspace=settings.workspace)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    if event is None:
+        fail(f"no change of {kind} {name!r} within {wait_timeout:g} s", 1)
+        return
+    emit(settings, event.to_dict(), lambda: click.echo("  ".join(_log_row(event))))
+
 
 #: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
 WITHOUT_JSON = frozenset({"lock"})

@@ -30,7 +30,9 @@ lease and stopped the command, 126/127 its command cannot be run (2 is click's u
     │   │   └── NetworkFilesystemError
     │   └── StorageError                       exit 7
     ├── TargetImportError (ImportError)
-    └── IntegrityProblemError                  exit 5
+    ├── IntegrityProblemError                  exit 5
+    ├── RevisionMismatchError (ConflictError)  exit 4: a compare-and-swap or transaction guard failed
+    └── TransactionStateError (RuntimeError)   a transaction used outside its block, or a result read early
 """
 
 from __future__ import annotations
@@ -235,6 +237,18 @@ class IntegrityProblemError(NameplateError):
     exit_code = 5
 
 
+class RevisionMismatchError(ConflictError):
+    """A compare-and-swap or a transaction guard found the entry changed (or absent, or present) since
+    the revision the caller expected; nothing was written. ``name``, ``kind``, ``expected`` (a revision,
+    or ``None`` for a guard on existence: ``require`` or ``require_absent``) and ``actual`` (the entry's
+    revision now, ``None`` when there is none)."""
+
+
+class TransactionStateError(NameplateError, RuntimeError):
+    """A :meth:`Registry.transaction` was used wrongly: an operation queued after its block ended, or a
+    result read before the block committed."""
+
+
 __all__ = [
     "AmbiguousNameError",
     "CommandLeaseLostError",
@@ -260,11 +274,13 @@ __all__ = [
     "NotLeaseHolderError",
     "RegistryBusyError",
     "RegistryClosedError",
+    "RevisionMismatchError",
     "SchemaTooNewError",
     "SessionClosedError",
     "SessionNotFoundError",
     "StorageError",
     "TargetImportError",
+    "TransactionStateError",
     "UnknownKindError",
     "UnknownStrategyError",
     "UnknownWorkspaceError",

@@ -33,11 +33,18 @@ from ._load_errors import LoadFailure
 from ._maintenance import Maintenance
 from ._paths import Location, locate
 from ._plugins import Discovery, LoadResults, Plugins
+from ._query import check_metadata_filter, check_page, list_page, with_metadata
 from ._readcache import ReadCache
 from ._records import Entry, Event
+from ._revisions import check_expected, require_revision, revision_guarded
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
+from ._transaction import Transaction, Transactions
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
+from ._watch import changes as watch_changes
+from ._watch import event_filter
+from ._watch import follow as watch_follow
+from ._watch import wait_for_change as watch_wait
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
 from .errors import EntryNotFoundError, InvalidInputError, NameTakenError, RegistryClosedError
@@ -97,6 +104,7 @@ class Registry:
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
         self._plugins = Plugins(self._backend, self._store, self._ws, self._definitions, self._leasing)
+        self._transactions = Transactions(self._backend, self._store, self._leasing, self._definitions)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -247,32 +255,49 @@ class Registry:
             raise EntryNotFoundError(f"no entry {what} in workspace {ws!r}", name=name, kind=kind, workspace=ws)
         return entry
 
-    def list(self, kind: str | None = None, *, workspace: str | None = None) -> builtins.list[Entry]:
-        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name."""
+    def list(self, kind: str | None = None, *, workspace: str | None = None, prefix: str | None = None,
+             limit: int | None = None, after: str | Entry | tuple[str, str] | None = None) -> builtins.list[Entry]:
+        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name.
+
+        ``prefix`` keeps names starting with it. ``limit`` and ``after`` page through the listing by
+        keyset (etcd's range with a start key): ``after`` is the last :class:`Entry` of the previous page
+        (or its ``(kind, name)``, or with ``kind=`` its name); a page never repeats or skips entries that
+        existed throughout.
+        """
         ws = self._ws(workspace)
         if kind is not None:
             check_kind_name(kind)
-        return self._store.list(ws, kind)
+        if prefix is None and limit is None and after is None:
+            return self._store.list(ws, kind)
+        checked_prefix, checked_limit, keyset = check_page(kind, prefix, limit, after)
+        return list_page(self._store, ws, kind, checked_prefix, checked_limit, keyset)
 
     def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
-               merge: bool = False, lease: Lease | None = None, workspace: str | None = None) -> Entry:
+               merge: bool = False, lease: Lease | None = None, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
         """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace.
 
         With ``lease=``, the write is fenced: inside its transaction the lease must still be this
         process's, with the same token, else :class:`LeaseLost` and nothing is written. An entry leased
         by another process cannot be changed (:class:`LeaseHeldError`).
+
+        With ``expected_revision=R`` (an :attr:`Entry.revision`), it is a compare-and-swap: the write
+        happens only if the entry is still at revision ``R``, else :class:`RevisionMismatchError` and
+        nothing is written (etcd's ``mod_revision`` compare, Consul's ``?cas=``).
         """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
-        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
+        expected = check_expected(expected_revision)
+        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease, expected))
 
     def _update(self, ws: str, name: str, kind: str | None, meta: dict[str, Any], merge: bool,
-                lease: Lease | None) -> Entry:
+                lease: Lease | None, expected: int | None = None) -> Entry:
         with self._backend.write() as tx:
             local = self._store.visible_local(tx, ws, name, kind, "update")
+            require_revision(tx, local.pk, expected, name=name, kind=local.kind, workspace=ws, verb="updated")
             if lease is not None:
                 if lease.entry_pk != local.pk:
                     raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
@@ -292,14 +317,22 @@ class Registry:
             check_kind_name(kind)
         return self._leasing.reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._leasing.guard))
 
-    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
-        """Remove an entry of this workspace and return what it was. The event log keeps its history."""
+    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
+        """Remove an entry of this workspace and return what it was. The event log keeps its history.
+
+        With ``expected_revision=R``, only if the entry is still at revision ``R``
+        (:class:`RevisionMismatchError` otherwise, and nothing is deleted).
+        """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
+        expected = check_expected(expected_revision)
         ended: builtins.list[Lease] = []
         removal_guard = self._leasing.guard_removal(ended)
+        if expected is not None:
+            removal_guard = revision_guarded(removal_guard, expected, name, ws)
         entry = self._leasing.reaping_first(lambda: self._store.delete(ws, name, kind, guard=removal_guard))
         self._leasing.finish_removal(ended)
         return entry
@@ -514,13 +547,17 @@ class Registry:
         """
         return self._plugins.discover(group, kind=kind, workspace=workspace, forget_missing=forget_missing)
 
-    def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> builtins.list[Entry]:
+    def find(self, kind: str, requires: Iterable[str] = (), *, metadata: Mapping[str, Any] | None = None,
+             workspace: str | None = None) -> builtins.list[Entry]:
         """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
 
         With a requirement the query starts from the capability index, never from every entry of
-        the kind.
+        the kind. ``metadata={"room": "A"}`` keeps entries whose metadata has each of those keys with
+        that very JSON value (compared in Python over the kind's candidates: the SQL stays portable).
         """
-        return self._definitions.find(kind, requires, workspace=workspace)
+        wanted = check_metadata_filter(metadata)
+        found = self._definitions.find(kind, requires, workspace=workspace)
+        return found if wanted is None else with_metadata(found, wanted)
 
     def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
                workspace: str | None = None) -> Entry:
@@ -591,18 +628,34 @@ class Registry:
         """The newest revision in the event log (0 for a new registry)."""
         return self._maintenance.revision
 
-    def changes(self, since: int = 0, limit: int | None = None) -> builtins.list[Event]:
-        """Events with a revision above ``since``, oldest first (at most ``limit`` of them)."""
-        return self._maintenance.changes(since, limit)
+    def changes(self, since: int = 0, limit: int | None = None, *, name: str | None = None,
+                prefix: str | None = None, kind: str | None = None,
+                workspace: str | None = None) -> builtins.list[Event]:
+        """Events with a revision above ``since``, oldest first (at most ``limit`` of them).
 
-    def follow(self, since: int | None = None, *, interval: float = 0.25,
-               stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+        Filters, as for :meth:`follow`: ``name`` (a rename matches by its old or new name), ``prefix`` of
+        the name, ``kind``, and ``workspace`` (the workspace the event happened in; default: every one).
+        """
+        flt = event_filter(name, prefix, kind, workspace)
+        if flt.everything:
+            return self._maintenance.changes(since, limit)
+        self._ws(None)
+        return watch_changes(self._backend, since, limit, flt)
+
+    def follow(self, since: int | None = None, *, interval: float = 0.25, stop: Callable[[], bool] | None = None,
+               name: str | None = None, prefix: str | None = None, kind: str | None = None,
+               workspace: str | None = None) -> Iterator[Event]:
         """Yield events as they are committed, from ``since`` (default: now on), until ``stop()`` is true.
 
-        Between polls it reads SQLite's ``data_version`` (microseconds) and reads the log only when a
-        commit happened, so an idle follower costs next to nothing.
+        Every matching event once, in revision order, also after a past ``since`` (etcd's watch with
+        ``WithRev``). Filters: ``name``, name ``prefix``, ``kind``, and ``workspace`` (the workspace the
+        event happened in; default: every one). It sleeps until the backend signals a commit (on
+        SQLite: the WAL-index in shared memory, looked at every 1 to 5 ms) and reads the log only then,
+        so an idle follower costs next to nothing; ``stop()`` is asked at least every ``interval`` seconds.
         """
-        return self._maintenance.follow(since, interval=interval, stop=stop)
+        flt = event_filter(name, prefix, kind, workspace)
+        self._ws(None)
+        return watch_follow(self._backend, since, interval=interval, stop=stop, flt=flt)
 
     def gc_events(self, keep_days: float) -> dict[str, int]:
         """Prune events (and ended sessions) older than ``keep_days`` days. Revisions are never reused."""
@@ -643,6 +696,46 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+    # -- coordination, as etcd and Consul give it (see _transaction.py, _watch.py) ---------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Group resolves, registers, updates, renames and deletes into one all-or-nothing write.
+
+        ``with registry.transaction() as tx:`` queues operations (``tx.resolve``, ``tx.register``,
+        ``tx.update``, ``tx.rename``, ``tx.delete``) and guards (``tx.require(name, kind, revision=R)``,
+        ``tx.require_absent(name, kind)``); each returns at once, having only checked its arguments.
+        When the block ends, names and definitions are validated outside any lock, then one write
+        transaction checks every guard and applies every operation in order (later ones see earlier
+        ones), or none: a failed guard raises :class:`RevisionMismatchError`, a failed operation its own
+        error, and nothing is written. Results are :class:`Pending` objects whose ``.value`` (and
+        ``.id``) is there after the block; ``tx.revision`` is the registry's revision after the commit.
+        An exception raised inside the block discards the queue. Like etcd's ``Txn(If(...).Then(...))``.
+        """
+        tx = Transaction(self._ws)
+        try:
+            yield tx
+        except BaseException:
+            self._transactions.discard(tx)
+            raise
+        self._transactions.commit(tx)
+
+    def wait_for_change(self, name: str, kind: str, *, since: int | None = None, timeout: float | None = None,
+                        workspace: str | None = None) -> Event | None:
+        """Block until ``(kind, name)`` changes as this workspace sees it; return that event, or ``None``
+        after ``timeout`` seconds (``None``: no limit). Consul's blocking query.
+
+        ``since`` is a revision (an :attr:`Entry.revision`, an :attr:`Event.rev`, ``registry.revision``;
+        default: now): an event after it returns at once, so a loop that passes the last event's ``rev``
+        misses nothing. A change counts in this workspace or an ancestor it inherits from: a create,
+        update, register, rename to or from the name, promote, delete, hide, unhide, and lease events.
+        It wakes on the commit (see :meth:`follow`), not on a fixed poll interval.
+        """
+        ws = self._ws(workspace)
+        name = check_name(name)
+        check_kind_name(kind)
+        return watch_wait(self._backend, self._store, ws, name, kind, since, timeout)
 
 
     # -- plugins: decorator registration, load_all, load errors (see _plugins.py) -----------------
