@@ -366,6 +366,8 @@ def test_discovery_scans_a_package_and_entry_points(cursus_db: Path, tmp_path: P
     assert sorted(found) == ["Plugin", "XGBoostTraining"]
     assert builders.get_builder_for_config(XGBoostTrainingConfig()).__module__ == "np_cursus_steps.training.xgb"
     assert sorted(builders.discover_entry_points()) == ["PluginStep"]       # Bad is not a class: skipped
+    with pytest.raises(BuilderClassError, match="does not import"):
+        builders.discover_builders("no_such_package_xyz")
     entry = cursus.default_registry().get("PluginStep", "builder")
     assert entry is not None and entry.target == "np_cursus_steps.plugin:PluginStepBuilder"
 
@@ -403,6 +405,10 @@ def test_unified_registry_manager(cursus_db: Path, tmp_path: Path) -> None:
         assert context.workspace_id == "developer_2" == manager.get_workspace_context()
         assert manager.has_step("MyStep") and manager.get_step_count() == 2
     assert manager.remove_workspace_registry("developer_2") and not manager.remove_workspace_registry("developer_2")
+    broken = tmp_path / "broken_step_names.py"
+    broken.write_text("STEP_NAMES = 1 / 0\n")
+    with pytest.raises(RegistryError, match="ZeroDivisionError"):
+        UnifiedRegistryManager(str(broken))
 
 
 # -- the names nameplate.compat exported before (kept) -------------------------------------------------
@@ -537,3 +543,28 @@ def test_two_processes_see_each_others_steps_and_builders(tmp_path: Path) -> Non
     finally:
         conn.close()
     assert count == 4
+
+
+def test_seed_step_names_registry(cursus_db: Path) -> None:
+    from nameplate.compat.cursus import StepNamesRegistry
+
+    registry = StepNamesRegistry()
+    assert registry.add_step("CustomStep", {"sagemaker_step_type": "Processing"})
+    assert registry.get_step("CustomStep") == {"sagemaker_step_type": "Processing", "config_class": "CustomStepConfig",
+                                               "builder_step_name": "CustomStepStepBuilder",
+                                               "spec_type": "CustomStep", "description": ""}
+    assert registry.has_step("CustomStep") and not registry.has_step("my_custom_step")
+    assert registry.list_steps() == ["CustomStep"] and registry.list_steps(category="Training") == []
+
+
+def test_the_cursus_context_is_the_registrys_context(registry: Registry) -> None:
+    registry.create_workspace("dev1")
+    set_workspace_context("dev1")
+    try:
+        assert registry.current_workspace == "dev1"  # Registry calls without workspace= act there too
+        with registry.workspace("core"):
+            assert get_workspace_context() == "core"
+        assert get_workspace_context() == "dev1"
+    finally:
+        clear_workspace_context()
+    assert registry.current_workspace == "core"

@@ -93,7 +93,7 @@ class StepBuilderRegistry:
         install_legacy_aliases(self.registry)
 
     @property
-    def LEGACY_ALIASES(self) -> Mapping[str, str]:  # noqa: N802 - Cursus's attribute name
+    def LEGACY_ALIASES(self) -> Mapping[str, str]:  # Cursus's attribute name
         """The step aliases in the current workspace (a live, read-only view)."""
         return LiveMapping("LEGACY_ALIASES", lambda: get_legacy_aliases(registry=self.registry))
 
@@ -332,13 +332,18 @@ class StepBuilderRegistry:
         subclass of ``base_class`` (without one: a class whose name ends with ``StepBuilder``). Its step
         type is the step whose ``builder_step_name`` is the class name, else the name without
         ``StepBuilder``. Returns step type → class; modules that fail to import are logged and skipped."""
-        module = importlib.import_module(package) if isinstance(package, str) else package
+        try:
+            module = importlib.import_module(package) if isinstance(package, str) else package
+        except ImportError as error:
+            raise BuilderClassError(f"package {package!r} to scan for builders does not import: {error}",
+                                    package=str(package)) from None
         modules = [module]
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=module.__name__ + "."):
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=module.__name__ + ".",
+                                          onerror=lambda name: logger.warning("builder discovery skipped %s", name)):
             try:
                 modules.append(importlib.import_module(info.name))
-            except ImportError as error:
-                logger.warning("builder discovery skipped module %s: %s", info.name, error)
+            except Exception as error:  # a broken module of the package: Cursus skips it too, we log it
+                logger.warning("builder discovery skipped module %s: %s: %s", info.name, type(error).__name__, error)
         reverse = {builder: step for step, builder in get_builder_step_names(workspace, registry=self.registry).items()}
         found: dict[str, tuple[type, str]] = {}
         for mod in modules:

@@ -85,8 +85,8 @@ def _load_file(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except (ImportError, SyntaxError, OSError) as error:
-        raise RegistryError(f"{path} cannot be loaded: {error}", path=str(path)) from None
+    except Exception as error:  # the file is the user's code: whatever it raised, it did not load
+        raise RegistryError(f"{path} cannot be loaded: {type(error).__name__}: {error}", path=str(path)) from error
     return module
 
 

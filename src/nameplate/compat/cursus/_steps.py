@@ -309,6 +309,35 @@ def register_step(step_name: str, definition: Mapping[str, Any], workspace: str 
     return entry
 
 
+class StepNamesRegistry:
+    """Cursus's ``StepNamesRegistry`` (seed 001): the steps seen from one workspace (default: the
+    caller's at each call). It holds nothing itself."""
+
+    def __init__(self, workspace_id: str | None = None, *, registry: Registry | None = None) -> None:
+        self.workspace_id = workspace_id
+        self.registry = registry_or_default(registry)
+
+    def get_step(self, step_name: str) -> dict[str, Any] | None:
+        """The step's definition (an alias answers for its step), or ``None``."""
+        reg = self.registry
+        entry = read(reg, self.workspace_id, lambda w: _step_entry(reg, step_name, w))
+        return None if entry is None else dict(entry.definition or {})
+
+    def has_step(self, step_name: str) -> bool:
+        return self.get_step(step_name) is not None
+
+    def list_steps(self, category: str | None = None) -> list[str]:
+        """The step names, sorted; ``category`` keeps those of that ``sagemaker_step_type``."""
+        steps = get_step_names(self.workspace_id, registry=self.registry)
+        return sorted(n for n, d in steps.items() if category is None or d.get("sagemaker_step_type") == category)
+
+    def add_step(self, step_name: str, definition: Mapping[str, Any], validation_mode: str = "warn") -> bool:
+        """:func:`register_step` in this registry's workspace; True once it is registered."""
+        register_step(step_name, definition, self.workspace_id, validation_mode=validation_mode,
+                      registry=self.registry)
+        return True
+
+
 # -- hyperparameters ---------------------------------------------------------------------------------
 
 def get_hyperparameter_class_by_model_type(model_type: str, workspace: str | None = None, *,
@@ -443,6 +472,3 @@ def validate_registry_integrity(workspace: str | None = None, *,
     read(reg, workspace, view)
     return not issues, issues
 
-
-__all__ = ["BUILDER_STEP_NAMES", "CONFIG_STEP_REGISTRY", "LEGACY_ALIASES",
-           "PASCAL_CASE_PATTERN", "SAGEMAKER_STEP_TYPES", "SPEC_STEP_TYPES", "STEP_NAMES", "LiveMapping"]
