@@ -484,10 +484,17 @@ def test_a_workspace_context_is_per_asyncio_task(cursus_db: Path) -> None:
         await ready.wait()  # both tasks have set theirs before either reads again
         return get_workspace_context(), get_workspace_context()
 
+    async def read_later() -> str | None:
+        await asyncio.sleep(0)
+        return get_workspace_context()
+
     async def main() -> list[tuple[str | None, str | None]]:
         ready = asyncio.Barrier(2)
         results = await asyncio.gather(worker("dev1", ready), worker("dev2", ready))
         assert get_workspace_context() is None  # the tasks' sets stayed in the tasks
+        set_workspace_context("dev3")            # what this task starts afterwards starts with it
+        assert await asyncio.create_task(read_later()) == "dev3"
+        assert await asyncio.to_thread(get_workspace_context) == "dev3"
         return list(results)
 
     assert asyncio.run(main()) == [("dev1", "dev1"), ("dev2", "dev2")]

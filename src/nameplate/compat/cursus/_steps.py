@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from ..._context import active_workspace, set_context_workspace
+from ..._context import ENV_WORKSPACE, active_workspace, set_context_workspace
 from ..._records import Entry
 from ...errors import ConflictError, InvalidInputError, NameTakenError, TargetImportError
 from ...registry import Registry
@@ -45,12 +45,14 @@ _STEP = "step"
 # -- workspace context -------------------------------------------------------------------------------
 
 def set_workspace_context(workspace_id: str) -> None:
-    """Make ``workspace_id`` the workspace of this thread or asyncio task (and of the tasks it creates
-    afterwards) until it is set again or cleared.
+    """Make ``workspace_id`` the workspace of this thread or asyncio task until it is set again or
+    cleared; what it starts afterwards through the context (asyncio tasks, ``asyncio.to_thread``,
+    ``contextvars.copy_context().run``) starts with it.
 
-    Never process-wide, unlike Cursus: a context variable, so another thread, a thread pool's workers
-    and other processes keep their own (a plain ``threading.Thread`` starts with none). One thread
-    switching workspaces must not make another thread's lookups answer from the wrong layer.
+    Never process-wide, unlike Cursus: it is a context variable, so other threads (a plain
+    ``threading.Thread`` and a pool's workers start with none), other tasks and other processes keep
+    their own. One thread switching workspaces must not make another thread's lookups answer from the
+    wrong layer, and a request handled in a pool must not inherit whatever the last request set.
     """
     set_context_workspace(workspace_id)
 
@@ -63,7 +65,7 @@ def clear_workspace_context() -> None:
 def get_workspace_context() -> str | None:
     """The workspace set for this thread or task, else ``CURSUS_WORKSPACE_ID``, else
     ``NAMEPLATE_WORKSPACE``; ``None`` when nothing is set (calls then act in core)."""
-    return chosen_workspace(None) or os.environ.get("NAMEPLATE_WORKSPACE") or None
+    return chosen_workspace(None) or os.environ.get(ENV_WORKSPACE) or None
 
 
 @contextmanager
