@@ -575,3 +575,20 @@ def test_the_cursus_context_is_the_registrys_context(registry: Registry) -> None
     finally:
         clear_workspace_context()
     assert registry.current_workspace == "core"
+
+
+def test_finding_a_builder_imports_only_that_builder(cursus_db: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "heavy-imported"
+    (tmp_path / "np_heavy_builder.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n\nclass HeavyStepBuilder:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_step("XGBoostTraining", {"sagemaker_step_type": "Training"})
+    reg = cursus.default_registry()
+    reg.register("Heavy", "builder", {"step_name": "Heavy"}, target="np_heavy_builder:HeavyStepBuilder")
+    builders = get_global_registry()
+    builders.register_builder("XGBoostTraining", XGBoostTrainingStepBuilder)
+    assert builders.get_builder_for_config(XGBoostTrainingConfig("training")) is XGBoostTrainingStepBuilder
+    assert builders.is_step_type_supported("XGBoostTraining")
+    assert not marker.exists()                      # a pipeline of one step type does not import the others
+    assert builders.get_builder_for_step_type("Heavy").__name__ == "HeavyStepBuilder" and marker.exists()

@@ -77,6 +77,19 @@ def _load_target(target: str) -> type:
     return found
 
 
+def _find(step_type: str, builders: dict[str, type], aliases: dict[str, str]) -> type | None:
+    """``step_type``'s builder among loaded ones: its own, its alias target's, or one registered under an
+    alias of it."""
+    if step_type in builders:
+        return builders[step_type]
+    if aliases.get(step_type) in builders:
+        return builders[aliases[step_type]]
+    for alias, name in sorted(aliases.items()):
+        if name == step_type and alias in builders:
+            return builders[alias]
+    return None
+
+
 class StepBuilderRegistry:
     """Cursus's builder registry: step type → builder class, kept in the Registry (persistent, shared
     by every process on the database, layered by workspace). It holds no builders itself.
@@ -190,24 +203,43 @@ class StepBuilderRegistry:
 
         return read(reg, workspace, load_all)
 
-    def _find(self, step_type: str, builders: dict[str, type], aliases: dict[str, str]) -> type | None:
-        if step_type in builders:
-            return builders[step_type]
-        if aliases.get(step_type) in builders:
-            return builders[aliases[step_type]]
-        for alias, name in aliases.items():  # a builder registered under the old spelling of the step
-            if name == step_type and alias in builders:
-                return builders[alias]
+    def _load(self, name: str, workspace: str | None) -> type | None:
+        reg = self.registry
+        try:
+            loaded = read(reg, workspace, lambda w: reg.load(name, _BUILDER, workspace=w))
+        except (EntryNotFoundError, TargetImportError):
+            return None
+        return loaded if inspect.isclass(loaded) else None
+
+    def _builder_of(self, step_type: str, workspace: str | None) -> type | None:
+        """Point reads first (the name, then what it is an alias of); the alias table only on a miss, for a
+        builder registered under a step's old spelling. Never imports the other builders' modules."""
+        found = self._load(step_type, workspace)
+        if found is not None:
+            return found
+        aliases = self._aliases(workspace)
+        if step_type in aliases:
+            found = self._load(aliases[step_type], workspace)
+            if found is not None:
+                return found
+        for alias, name in sorted(aliases.items()):
+            if name == step_type:
+                found = self._load(alias, workspace)
+                if found is not None:
+                    return found
         return None
+
+    def _builder_names(self, workspace: str | None) -> list[str]:
+        reg = self.registry
+        return [e.name for e in read(reg, workspace, lambda w: reg.list(_BUILDER, workspace=w))]
 
     def get_builder_for_step_type(self, step_type: str, workspace: str | None = None) -> type:
         """The builder class of ``step_type`` (aliases resolved), else :class:`BuilderNotFoundError`."""
-        builders = self.get_builder_map(workspace)
-        found = self._find(step_type, builders, self._aliases(workspace))
+        found = self._builder_of(step_type, workspace)
         if found is None:
             raise BuilderNotFoundError(f"No step builder found for step type {step_type!r}; register one with "
                                        "register_builder()", unresolvable_types=[step_type],
-                                       available_builders=sorted(builders))
+                                       available_builders=self._builder_names(workspace))
         return found
 
     def _config_class_to_step_type(self, config_class_name: str, node_name: str | None, job_type: str | None,
@@ -215,14 +247,20 @@ class StepBuilderRegistry:
         if node_name and not job_type:
             match = _NODE_JOB_TYPE.match(node_name)
             job_type = match.group(2) if match else None
-        steps = get_config_step_registry(workspace, registry=self.registry)
-        if config_class_name in steps:
-            base = steps[config_class_name]
+        guess = config_class_name.removesuffix("Config")
+        reg = self.registry
+        entry = read(reg, workspace, lambda w: reg.get(guess, "step", workspace=w)) if guess else None
+        if entry is not None and (entry.definition or {}).get("config_class") == config_class_name:
+            base = guess  # the usual <Step>Config: one point read instead of the whole CONFIG_STEP_REGISTRY
         else:
-            logger.warning("config class %r not found in CONFIG_STEP_REGISTRY, using fallback logic",
-                           config_class_name)
-            base = config_class_name.removesuffix("Config").removesuffix("Step")
-            base = "CradleDataLoading" if base == "CradleDataLoad" else base
+            steps = get_config_step_registry(workspace, registry=reg)
+            if config_class_name in steps:
+                base = steps[config_class_name]
+            else:
+                logger.warning("config class %r not found in CONFIG_STEP_REGISTRY, using fallback logic",
+                               config_class_name)
+                base = guess.removesuffix("Step")
+                base = "CradleDataLoading" if base == "CradleDataLoad" else base
         return f"{base}_{job_type}" if job_type else base
 
     def get_builder_for_config(self, config: Any, node_name: str | None = None, workspace: str | None = None) -> type:
@@ -230,32 +268,32 @@ class StepBuilderRegistry:
         → step (``CONFIG_STEP_REGISTRY``, else the name without ``Config``/``Step``), suffixed with
         ``_<job_type>`` (the config's ``job_type``, else the node name's ``Base_jobtype``); that step
         type's builder, else the builder of the type without the suffix."""
-        if node_name and self.is_step_type_supported(node_name, workspace):
-            return self.get_builder_for_step_type(node_name, workspace)
+        if node_name:
+            found = self._builder_of(node_name, workspace)
+            if found is not None:
+                return found
         config_class_name = type(config).__name__
         job_type = getattr(config, "job_type", None)
         step_type = self._config_class_to_step_type(config_class_name, node_name,
                                                     job_type if isinstance(job_type, str) else None, workspace)
-        builders = self.get_builder_map(workspace)
-        aliases = self._aliases(workspace)
         candidates = [step_type] + ([step_type.rsplit("_", 1)[0]] if "_" in step_type else [])
         for candidate in candidates:
-            found = self._find(candidate, builders, aliases)
+            found = self._builder_of(candidate, workspace)
             if found is not None:
                 return found
         raise BuilderNotFoundError(f"No step builder found for config type {config_class_name!r} (step type: "
                                    f"{step_type!r})", unresolvable_types=[step_type],
-                                   available_builders=sorted(builders))
+                                   available_builders=self._builder_names(workspace))
 
     def list_supported_step_types(self, workspace: str | None = None) -> list[str]:
         """Every step type with a loadable builder, and every alias of one, sorted."""
         builders = self.get_builder_map(workspace)
         aliases = self._aliases(workspace)
-        return sorted(set(builders) | {a for a in aliases if self._find(a, builders, aliases) is not None})
+        return sorted(set(builders) | {a for a in aliases if _find(a, builders, aliases) is not None})
 
     def is_step_type_supported(self, step_type: str, workspace: str | None = None) -> bool:
         """Whether :meth:`get_builder_for_step_type` would find a builder."""
-        return self._find(step_type, self.get_builder_map(workspace), self._aliases(workspace)) is not None
+        return self._builder_of(step_type, workspace) is not None
 
     def get_config_types_for_step_type(self, step_type: str, workspace: str | None = None) -> list[str]:
         """The config class names of ``step_type`` (its registered one, else Cursus's two guesses)."""
@@ -290,7 +328,7 @@ class StepBuilderRegistry:
                     results["valid"].append(f"{entry.name} -> {loaded.__name__}")
             aliases = {**reg.aliases("step", workspace=w), **reg.aliases(_BUILDER, workspace=w)}
             for step in get_step_names(w, registry=reg):
-                if self._find(step, builders, aliases) is None and not any(
+                if _find(step, builders, aliases) is None and not any(
                         e.startswith(f"{step}:") for e in results["invalid"]):
                     results["missing"].append(f"{step}: No builder registered")
 
