@@ -37,6 +37,7 @@ from nameplate.compat.cursus import (
     StepNotFoundError,
     StepValidationError,
     UnifiedRegistryManager,
+    WorkspaceRegistryManager,
     clear_workspace_context,
     debug_step_resolution,
     export_registry_to_json,
@@ -205,6 +206,16 @@ def test_seed_tutorial_use_cases(cursus_db: Path, tmp_path: Path, monkeypatch: p
     assert saved["steps"]["CustomStep"]["spec_type"] == "custom"
     assert saved["legacy_aliases"]["custom_step"] == "CustomStep"
     assert saved["revision"] == cursus.default_registry().revision
+
+    # 4. Workspace-Aware Operations
+    workspace = tmp_path / "developer_3"
+    (workspace / "src" / "cursus_dev" / "registry").mkdir(parents=True)
+    (workspace / "src" / "cursus_dev" / "registry" / "workspace_registry.py").write_text(
+        "LOCAL_STEPS = {'DevStep': {'sagemaker_step_type': 'Processing'}}\n")
+    ws_manager = WorkspaceRegistryManager(str(workspace))
+    ws_steps = ws_manager.get_workspace_steps()
+    assert sorted(ws_steps) == ["DevStep"]
+    assert sorted(ws_manager.get_all_steps()) == ["CustomStep", "DevStep"]
 
     # Debug step resolution
     debug_info = debug_step_resolution('custom_step')

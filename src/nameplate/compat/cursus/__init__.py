@@ -59,6 +59,7 @@ from ._manager import (
     StepDefinition,
     StepResolutionResult,
     UnifiedRegistryManager,
+    WorkspaceRegistryManager,
 )
 from ._steps import (
     BUILDER_STEP_NAMES,
@@ -121,6 +122,7 @@ __all__ = [
     "StepResolutionResult",
     "StepValidationError",
     "UnifiedRegistryManager",
+    "WorkspaceRegistryManager",
     "clear_workspace_context",
     "debug_step_resolution",
     "default_registry",

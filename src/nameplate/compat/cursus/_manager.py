@@ -248,6 +248,33 @@ class UnifiedRegistryManager:
             yield ResolutionContext(workspace_id)
 
 
+class WorkspaceRegistryManager:
+    """Cursus's ``WorkspaceRegistryManager`` (seed 001): one developer workspace, given by its directory.
+
+    The workspace is named after the directory (or ``workspace_id``) and made a layer over core; its
+    ``src/cursus_dev/registry/workspace_registry.py``, if there, is imported into it (see
+    :meth:`UnifiedRegistryManager.add_workspace_registry`).
+    """
+
+    def __init__(self, workspace_path: str, workspace_id: str | None = None, *,
+                 registry: Registry | None = None) -> None:
+        self.workspace_path = Path(workspace_path)
+        self.workspace_id = workspace_id or self.workspace_path.name
+        self.registry = registry_or_default(registry)
+        UnifiedRegistryManager(registry=self.registry).add_workspace_registry(self.workspace_id,
+                                                                              str(self.workspace_path))
+
+    def get_workspace_steps(self) -> dict[str, dict[str, Any]]:
+        """The steps this workspace defines itself (not the ones it inherits from core)."""
+        reg = self.registry
+        return {e.name: dict(e.definition or {}) for e in reg.list(_STEP, workspace=self.workspace_id)
+                if e.workspace == self.workspace_id}
+
+    def get_all_steps(self) -> dict[str, dict[str, Any]]:
+        """Every step the workspace sees: its own over core's (Cursus's ``STEP_NAMES`` there)."""
+        return get_step_names(self.workspace_id, registry=self.registry)
+
+
 # Cursus's names for the managers it merged into this one.
 CoreStepRegistry = UnifiedRegistryManager
 LocalStepRegistry = UnifiedRegistryManager
