@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -603,3 +604,27 @@ def test_finding_a_builder_imports_only_that_builder(cursus_db: Path, tmp_path: 
     assert builders.is_step_type_supported("XGBoostTraining")
     assert not marker.exists()                      # a pipeline of one step type does not import the others
     assert builders.get_builder_for_step_type("Heavy").__name__ == "HeavyStepBuilder" and marker.exists()
+
+
+def _register_the_tutorial_step(barrier: Any, results: Any, index: int, db: str) -> None:
+    try:
+        os.environ["NAMEPLATE_DB"] = db
+        barrier.wait()  # all open the fresh file at once: the alias kind and the legacy aliases race too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StepDefinitionWarning)
+            entry = register_step("custom_step", {"sagemaker_step_type": "Processing"})
+        results.put((index, (entry.id, get_config_class_name("custom_step"))))
+    except Exception as error:  # reported to the parent, which fails the test with it
+        results.put((index, ("error", repr(error))))
+
+
+def test_processes_registering_the_same_step_at_once_get_one_step_and_one_alias(tmp_path: Path) -> None:
+    db = str(tmp_path / "race.db")
+    results = run_processes(_register_the_tutorial_step, [(db,)] * 4, timeout=120)
+    assert len({entry_id for entry_id, _ in results}) == 1, results
+    assert {config for _, config in results} == {"CustomStepConfig"}
+    with Registry(db) as reg:
+        assert [e.name for e in reg.list("step")] == ["CustomStep"]
+        assert reg.aliases("step")["custom_step"] == "CustomStep"
+        assert set(cursus.CURSUS_LEGACY_ALIASES) <= set(reg.aliases("step"))
+        assert reg.check().ok
