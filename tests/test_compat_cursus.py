@@ -628,3 +628,21 @@ def test_processes_registering_the_same_step_at_once_get_one_step_and_one_alias(
         assert reg.aliases("step")["custom_step"] == "CustomStep"
         assert set(cursus.CURSUS_LEGACY_ALIASES) <= set(reg.aliases("step"))
         assert reg.check().ok
+
+
+def test_register_steps_is_one_transaction(cursus_db: Path) -> None:
+    from nameplate.compat.cursus import register_steps
+
+    register_step("Anchor", {"sagemaker_step_type": "Processing"})
+    before = table_snapshot(cursus_db)
+    with pytest.raises(ValidationError):  # the second item misses its required field: neither is written
+        register_steps({"First": {"sagemaker_step_type": "Processing"}, "Second": {"spec_type": "x"}})
+    with pytest.raises(StepValidationError):
+        register_steps({"Third": {"sagemaker_step_type": "Processing"}, "bad_one": {"sagemaker_step_type": "Training"}},
+                       validation_mode="strict")
+    assert table_snapshot(cursus_db) == before
+    with pytest.warns(StepDefinitionWarning, match="'batch_step' is kept as an alias"):
+        entries = register_steps({"First": {"sagemaker_step_type": "Processing"},
+                                  "batch_step": {"sagemaker_step_type": "Training"}})
+    assert [e.name for e in entries] == ["First", "BatchStep"]
+    assert get_config_class_name("batch_step") == "BatchStepConfig"

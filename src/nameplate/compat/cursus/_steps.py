@@ -265,6 +265,50 @@ def corrected_name(name: str, problems: list[str], fixes: dict[str, str], valida
     return stored
 
 
+def _prepared(step_name: str, definition: Mapping[str, Any], validation_mode: str,
+              ) -> tuple[str, dict[str, Any], list[str], dict[str, str]]:
+    """The name and definition to store under a validation mode, the problems and the fixes."""
+    if not isinstance(definition, Mapping):
+        raise StepValidationError(f"the definition of step {step_name!r} must be a dict, not "
+                                  f"{type(definition).__name__}", problems=["definition is not a dict"],
+                                  suggestions={}, name=step_name)
+    problems, fixes = naming_problems(step_name, definition)
+    stored_name = corrected_name(step_name, problems, fixes, validation_mode, "step")
+    stored = dict(definition)
+    if validation_mode == "auto_correct":
+        stored.update({k: v for k, v in fixes.items() if k != "name"})
+    return stored_name, stored, problems, fixes
+
+
+def _alias_reader(reg: Registry, alias: str) -> Callable[[str | None], str | None]:
+    return lambda w: reg.resolve_alias(alias, _STEP, workspace=w)
+
+
+def _alias_writer(reg: Registry, alias: str, name: str) -> Callable[[str], Entry]:
+    return lambda w: reg.add_alias(alias, name, _STEP, replace=True, workspace=w)
+
+
+def _check_aliases_free(reg: Registry, workspace: str | None, aliases: dict[str, str], on_conflict: str) -> None:
+    """Refuse, before anything is written, a kept spelling that is already an alias of another step."""
+    if on_conflict != "error":
+        return
+    for alias, stored_name in aliases.items():
+        pointed = read(reg, workspace, _alias_reader(reg, alias))
+        if pointed not in (None, stored_name):
+            raise NameTakenError(f"{alias!r} is already an alias of step {pointed!r}; pass on_conflict='replace' to "
+                                 "point it at the new step", name=alias, kind=_STEP)
+
+
+def _report(step_name: str, stored_name: str, problems: list[str], fixes: dict[str, str], validation_mode: str,
+            kept_alias: bool, stacklevel: int) -> None:
+    if validation_mode == "warn" and problems:
+        kept = f"; {step_name!r} is kept as an alias of it" if kept_alias else ""
+        warnings.warn(StepDefinitionWarning(f"step registered as {stored_name!r}{kept}, but it breaks Cursus's "
+                                            "naming rules: " + "; ".join(problems)), stacklevel=stacklevel)
+    elif validation_mode == "auto_correct" and fixes:
+        logger.info("step %r auto-corrected: %s", step_name, "; ".join(problems))
+
+
 def register_step(step_name: str, definition: Mapping[str, Any], workspace: str | None = None, *,
                   validation_mode: str = "warn", on_conflict: str = "error",
                   registry: Registry | None = None) -> Entry:
@@ -281,34 +325,32 @@ def register_step(step_name: str, definition: Mapping[str, Any], workspace: str 
     the workspace is created over core. Re-registering the same definition writes nothing; a different
     one raises :class:`~nameplate.NameTakenError` unless ``on_conflict="replace"`` (or ``"keep"``).
     """
+    return _register_steps({step_name: definition}, workspace, validation_mode, on_conflict, registry, stacklevel=4)[0]
+
+
+def register_steps(steps: Mapping[str, Mapping[str, Any]], workspace: str | None = None, *,
+                   validation_mode: str = "warn", on_conflict: str = "error",
+                   registry: Registry | None = None) -> list[Entry]:
+    """Register several steps in one transaction (all or none), each as :func:`register_step` would:
+    in ``strict`` mode the first step that breaks a rule refuses the batch before anything is written."""
+    return _register_steps(steps, workspace, validation_mode, on_conflict, registry, stacklevel=4)
+
+
+def _register_steps(steps: Mapping[str, Mapping[str, Any]], workspace: str | None, validation_mode: str,
+                    on_conflict: str, registry: Registry | None, *, stacklevel: int) -> list[Entry]:
     _check_mode(validation_mode)
     reg = registry_or_default(registry)
-    if not isinstance(definition, Mapping):
-        raise StepValidationError(f"the definition of step {step_name!r} must be a dict, not "
-                                  f"{type(definition).__name__}", problems=["definition is not a dict"],
-                                  suggestions={}, name=step_name)
-    problems, fixes = naming_problems(step_name, definition)
-    stored_name = corrected_name(step_name, problems, fixes, validation_mode, "step")
-    stored = dict(definition)
-    if validation_mode == "auto_correct":
-        stored.update({k: v for k, v in fixes.items() if k != "name"})
-    keep_alias = validation_mode == "warn" and stored_name != step_name
-    if keep_alias:
-        pointed = read(reg, workspace, lambda w: reg.resolve_alias(step_name, _STEP, workspace=w))
-        if pointed not in (None, stored_name) and on_conflict == "error":
-            raise NameTakenError(f"{step_name!r} is already an alias of step {pointed!r}; pass on_conflict='replace' "
-                                 "to point it at the new step", name=step_name, kind=_STEP)
-    entry = write(reg, workspace, lambda w: reg.register(stored_name, _STEP, stored, on_conflict=on_conflict,
-                                                         workspace=w))
-    if keep_alias:
-        write(reg, workspace, lambda w: reg.add_alias(step_name, stored_name, _STEP, replace=True, workspace=w))
-    if validation_mode == "warn" and problems:
-        kept = f"; {step_name!r} is kept as an alias of it" if keep_alias else ""
-        warnings.warn(StepDefinitionWarning(f"step registered as {stored_name!r}{kept}, but it breaks Cursus's "
-                                            "naming rules: " + "; ".join(problems)), stacklevel=2)
-    elif validation_mode == "auto_correct" and fixes:
-        logger.info("step %r auto-corrected: %s", step_name, "; ".join(problems))
-    return entry
+    prepared = [(name, *_prepared(name, definition, validation_mode)) for name, definition in steps.items()]
+    aliases = {name: stored_name for name, stored_name, *_ in prepared
+               if validation_mode == "warn" and stored_name != name}
+    _check_aliases_free(reg, workspace, aliases, on_conflict)
+    items = [{"name": stored_name, "kind": _STEP, "definition": stored} for _, stored_name, stored, _, _ in prepared]
+    entries = write(reg, workspace, lambda w: reg.register_many(items, on_conflict=on_conflict, workspace=w))
+    for alias, stored_name in aliases.items():
+        write(reg, workspace, _alias_writer(reg, alias, stored_name))
+    for name, stored_name, _, problems, fixes in prepared:
+        _report(name, stored_name, problems, fixes, validation_mode, name in aliases, stacklevel)
+    return entries
 
 
 class StepNamesRegistry:
