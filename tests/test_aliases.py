@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nameplate import InvalidInputError, NameTakenError, Registry, UnknownKindError
+from nameplate import InvalidInputError, InvalidNameError, NameTakenError, Registry, UnknownKindError
 
 from conftest import table_snapshot
 
@@ -51,6 +51,9 @@ def test_aliases_that_could_not_answer_are_refused_and_change_nothing(registry: 
         registry.add_alias("PytorchModel", "Elsewhere", "step")
     with pytest.raises(UnknownKindError):
         registry.add_alias("x", "y", "no-such-kind")
+    for alias, name, kind in (("", "A", "step"), ("a\x00", "A", "step"), ("a", "A", "Bad Kind")):
+        with pytest.raises(InvalidNameError):
+            registry.add_alias(alias, name, kind)
     assert table_snapshot(db_path) == before
     registry.add_alias("PytorchModel", "Elsewhere", "step", replace=True)
     assert registry.resolve_alias("PytorchModel", "step") == "Elsewhere"

@@ -646,3 +646,18 @@ def test_register_steps_is_one_transaction(cursus_db: Path) -> None:
                                   "batch_step": {"sagemaker_step_type": "Training"}})
     assert [e.name for e in entries] == ["First", "BatchStep"]
     assert get_config_class_name("batch_step") == "BatchStepConfig"
+
+
+def test_unregistering_a_builder_deletes_it_here_and_hides_an_inherited_one(cursus_db: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    builders = get_global_registry()
+    builders.register_builder("XGBoostTraining", XGBoostTrainingStepBuilder)
+    builders.register_builder("TabularPreprocessing", TabularPreprocessingStepBuilder, workspace="dev1")
+    builders.unregister_builder("XGBoostTraining", workspace="dev1")         # core's: hidden in dev1 only
+    assert builders.list_supported_step_types("dev1") == ["TabularPreprocessing"]
+    assert builders.list_supported_step_types() == ["XGBoostTraining"]
+    builders.unregister_builder("TabularPreprocessing", workspace="dev1")   # dev1's own: deleted
+    assert cursus.default_registry().get("TabularPreprocessing", "builder", workspace="dev1") is None
+    with caplog.at_level(logging.WARNING, logger="nameplate.compat.cursus"):
+        builders.unregister_builder("Nope")
+    assert "non-existent builder: Nope" in caplog.text

@@ -21,6 +21,7 @@ from ._base import (
     BuilderClassError,
     BuilderNotFoundError,
     StepDefinitionWarning,
+    chosen_workspace,
     default_registry,
     install_legacy_aliases,
     logger,
@@ -165,14 +166,20 @@ class StepBuilderRegistry:
         return problems
 
     def unregister_builder(self, step_type: str, *, workspace: str | None = None) -> None:
-        """Remove the builder of ``step_type`` (of this workspace); a missing one is logged, as in Cursus."""
+        """Remove the builder of ``step_type``: this workspace's is deleted, an inherited one is hidden
+        here only (its own layer keeps it); a missing one is logged, as in Cursus."""
         reg = self.registry
         name = self._canonical(step_type, workspace)
-        try:
-            write(reg, workspace, lambda w: reg.delete(name, _BUILDER, workspace=w))
-        except EntryNotFoundError:
+        ws = chosen_workspace(workspace) or reg.current_workspace
+        entry = read(reg, ws, lambda w: reg.get(name, _BUILDER, workspace=w))
+        if entry is None:
             logger.warning("attempted to unregister non-existent builder: %s", step_type)
-        write(reg, workspace, lambda w: reg.unbind(name, _BUILDER, workspace=w))
+        elif entry.workspace == ws:
+            reg.delete(name, _BUILDER, workspace=ws)
+        else:
+            write(reg, ws, lambda w: reg.hide(name, _BUILDER, workspace=w))
+        if entry is not None:
+            reg.unbind(name, _BUILDER, workspace=entry.workspace)
 
     # -- lookups ------------------------------------------------------------------------------------
 
