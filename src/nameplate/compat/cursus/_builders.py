@@ -138,10 +138,14 @@ class StepBuilderRegistry:
         ``validation_mode`` as in :func:`register_step`: the step type must be PascalCase and the class
         name end with ``StepBuilder``.
         """
+        return self._register(step_type, builder_class, validation_mode, on_conflict, workspace, stacklevel=3)
+
+    def _register(self, step_type: str, builder_class: type | str, validation_mode: str, on_conflict: str,
+                  workspace: str | None, *, stacklevel: int) -> list[str]:
         _check_mode(validation_mode)
         cls, target = self._checked(builder_class)
-        problems = []
-        fixes = {}
+        problems: list[str] = []
+        fixes: dict[str, str] = {}
         if not PASCAL_CASE_PATTERN.match(step_type):
             fixes["name"] = to_pascal_case(step_type)
             problems.append(f"step type {step_type!r} must be PascalCase; corrected: {fixes['name']!r}")
@@ -161,7 +165,7 @@ class StepBuilderRegistry:
                         cls.__qualname__, stored_name)
         if validation_mode == "warn" and problems:
             warnings.warn(StepDefinitionWarning(f"builder registered for {stored_name!r}: " + "; ".join(problems)),
-                          stacklevel=2)
+                          stacklevel=stacklevel)
         logger.info("registered builder: %s -> %s", stored_name, cls.__name__)
         return problems
 
@@ -434,7 +438,7 @@ def get_global_registry() -> StepBuilderRegistry:
 
 def register_global_builder(step_type: str, builder_class: type | str) -> list[str]:
     """Register a builder through :func:`get_global_registry` (every process sees it)."""
-    return get_global_registry().register_builder(step_type, builder_class)
+    return get_global_registry()._register(step_type, builder_class, "warn", "error", None, stacklevel=3)
 
 
 def list_global_step_types() -> list[str]:
