@@ -125,6 +125,8 @@ def test_seed_workspace_aware_operations(cursus_db: Path, caplog: pytest.LogCapt
     assert current_workspace == "developer_1"
     workspace_steps = get_step_names("developer_1")
     assert sorted(workspace_steps) == ["DevOnlyStep", "XGBoostTraining"]
+    assert get_step_names(workspace_id="developer_1") == workspace_steps == get_step_names(workspace="developer_1")
+    assert validate_step_name("DevOnlyStep", workspace_id="developer_1")
     with caplog.at_level(logging.WARNING, logger="nameplate.compat.cursus"):
         with workspace_context("developer_2"):          # never created: Cursus reads core, so do we
             temp_steps = get_step_names()

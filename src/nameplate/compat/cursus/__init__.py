@@ -8,7 +8,8 @@ Switch by changing imports::
     from nameplate.compat.cursus import (get_config_class_name, register_step, set_workspace_context,
                                          StepBuilderRegistry, get_global_registry, UnifiedRegistryManager)
 
-Every function takes an optional ``registry=``; without one it uses :func:`default_registry`
+Functions name their workspace argument ``workspace_id`` as Cursus does (``workspace=``, nameplate's
+spelling, works too). Every function takes an optional ``registry=``; without one it uses :func:`default_registry`
 (nameplate's discovery). Everything lives in the Registry: steps, builders (entries of the ``builder``
 kind, their class's import path as target), hyperparameters and aliases are rows every process sees
 at once; nothing here holds registry data in memory. Workspaces are the Registry's layers. The

@@ -147,24 +147,32 @@ def _require_step(reg: Registry, name: str, ws: str | None) -> Entry:
 
 # -- lookups -----------------------------------------------------------------------------------------
 
-def get_step_names(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
+def get_step_names(workspace_id: str | None = None, *,
+                   workspace: str | None = None, registry: Registry | None = None) -> dict[str, dict[str, Any]]:
     """Cursus's ``STEP_NAMES`` for the workspace: step name → definition (its own steps over core's)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     return {e.name: dict(e.definition or {}) for e in read(reg, workspace, lambda w: reg.list(_STEP, workspace=w))}
 
 
-def get_available_steps(workspace: str | None = None, *, registry: Registry | None = None) -> list[str]:
+def get_available_steps(workspace_id: str | None = None, *,
+                        workspace: str | None = None, registry: Registry | None = None) -> list[str]:
     """The names of the steps visible in the workspace, sorted."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return sorted(get_step_names(workspace, registry=registry))
 
 
-def get_all_step_names(workspace: str | None = None, *, registry: Registry | None = None) -> list[str]:
+def get_all_step_names(workspace_id: str | None = None, *,
+                       workspace: str | None = None, registry: Registry | None = None) -> list[str]:
     """Cursus's ``get_all_step_names``: the same as :func:`get_available_steps`."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return get_available_steps(workspace, registry=registry)
 
 
-def validate_step_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> bool:
+def validate_step_name(step_name: str, workspace_id: str | None = None, *,
+                       workspace: str | None = None, registry: Registry | None = None) -> bool:
     """Whether a step of that name, or an alias of one, is visible in the workspace."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     return read(reg, workspace, lambda w: _step_entry(reg, step_name, w)) is not None
 
@@ -174,50 +182,66 @@ def _field(step_name: str, field: str, workspace: str | None, registry: Registry
     return str(definition[field])
 
 
-def get_config_class_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+def get_config_class_name(step_name: str, workspace_id: str | None = None, *,
+                          workspace: str | None = None, registry: Registry | None = None) -> str:
     """The step's ``config_class`` (``<Name>Config`` unless registered otherwise); an unknown step raises
     :class:`StepNotFoundError` (a ``ValueError``, as in Cursus)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _field(step_name, "config_class", workspace, registry)
 
 
-def get_builder_step_name(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+def get_builder_step_name(step_name: str, workspace_id: str | None = None, *,
+                          workspace: str | None = None, registry: Registry | None = None) -> str:
     """The step's ``builder_step_name`` (``<Name>StepBuilder`` unless registered otherwise)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _field(step_name, "builder_step_name", workspace, registry)
 
 
-def get_spec_step_type(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+def get_spec_step_type(step_name: str, workspace_id: str | None = None, *,
+                       workspace: str | None = None, registry: Registry | None = None) -> str:
     """The step's ``spec_type`` (``<Name>`` unless registered otherwise)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _field(step_name, "spec_type", workspace, registry)
 
 
 get_spec_type = get_spec_step_type  # the name nameplate.compat had before it followed Cursus's
 
 
-def get_sagemaker_step_type(step_name: str, workspace: str | None = None, *, registry: Registry | None = None) -> str:
+def get_sagemaker_step_type(step_name: str, workspace_id: str | None = None, *,
+                            workspace: str | None = None, registry: Registry | None = None) -> str:
     """The step's ``sagemaker_step_type``."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _field(step_name, "sagemaker_step_type", workspace, registry)
 
 
-def get_config_step_registry(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, str]:
+def get_config_step_registry(workspace_id: str | None = None, *,
+                             workspace: str | None = None, registry: Registry | None = None) -> dict[str, str]:
     """Cursus's ``CONFIG_STEP_REGISTRY``: config class → step name."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return {d["config_class"]: name for name, d in get_step_names(workspace, registry=registry).items()
             if "config_class" in d}
 
 
-def get_builder_step_names(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, str]:
+def get_builder_step_names(workspace_id: str | None = None, *,
+                           workspace: str | None = None, registry: Registry | None = None) -> dict[str, str]:
     """Cursus's ``BUILDER_STEP_NAMES``: step name → builder class name."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return {name: d["builder_step_name"] for name, d in get_step_names(workspace, registry=registry).items()
             if "builder_step_name" in d}
 
 
-def get_spec_step_types(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, str]:
+def get_spec_step_types(workspace_id: str | None = None, *,
+                        workspace: str | None = None, registry: Registry | None = None) -> dict[str, str]:
     """Cursus's ``SPEC_STEP_TYPES``: step name → spec type."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return {name: d["spec_type"] for name, d in get_step_names(workspace, registry=registry).items()
             if "spec_type" in d}
 
 
-def get_legacy_aliases(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, str]:
+def get_legacy_aliases(workspace_id: str | None = None, *,
+                       workspace: str | None = None, registry: Registry | None = None) -> dict[str, str]:
     """The step aliases visible in the workspace (Cursus's ``LEGACY_ALIASES`` and any added since)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     return read(reg, workspace, lambda w: reg.aliases(_STEP, workspace=w))
 
@@ -309,7 +333,8 @@ def _report(step_name: str, stored_name: str, problems: list[str], fixes: dict[s
         logger.info("step %r auto-corrected: %s", step_name, "; ".join(problems))
 
 
-def register_step(step_name: str, definition: Mapping[str, Any], workspace: str | None = None, *,
+def register_step(step_name: str, definition: Mapping[str, Any], workspace_id: str | None = None, *,
+                  workspace: str | None = None,
                   validation_mode: str = "warn", on_conflict: str = "error",
                   registry: Registry | None = None) -> Entry:
     """Register (persistently, for every process) a step definition, with Cursus's validation modes.
@@ -325,14 +350,17 @@ def register_step(step_name: str, definition: Mapping[str, Any], workspace: str 
     the workspace is created over core. Re-registering the same definition writes nothing; a different
     one raises :class:`~nameplate.NameTakenError` unless ``on_conflict="replace"`` (or ``"keep"``).
     """
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _register_steps({step_name: definition}, workspace, validation_mode, on_conflict, registry, stacklevel=4)[0]
 
 
-def register_steps(steps: Mapping[str, Mapping[str, Any]], workspace: str | None = None, *,
+def register_steps(steps: Mapping[str, Mapping[str, Any]], workspace_id: str | None = None, *,
+                   workspace: str | None = None,
                    validation_mode: str = "warn", on_conflict: str = "error",
                    registry: Registry | None = None) -> list[Entry]:
     """Register several steps in one transaction (all or none), each as :func:`register_step` would:
     in ``strict`` mode the first step that breaks a rule refuses the batch before anything is written."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     return _register_steps(steps, workspace, validation_mode, on_conflict, registry, stacklevel=4)
 
 
@@ -384,10 +412,12 @@ class StepNamesRegistry:
 
 # -- hyperparameters ---------------------------------------------------------------------------------
 
-def get_hyperparameter_class_by_model_type(model_type: str, workspace: str | None = None, *,
+def get_hyperparameter_class_by_model_type(model_type: str, workspace_id: str | None = None, *,
+                                           workspace: str | None = None,
                                            registry: Registry | None = None) -> Any:
     """The hyperparameter entry whose definition has this ``model_type``: its loaded target if it has
     one, else its name; ``None`` if no entry has that model type."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
 
     def find(w: str | None) -> Any:
@@ -399,16 +429,19 @@ def get_hyperparameter_class_by_model_type(model_type: str, workspace: str | Non
     return read(reg, workspace, find)
 
 
-def get_all_hyperparameter_classes(workspace: str | None = None, *, registry: Registry | None = None) -> list[str]:
+def get_all_hyperparameter_classes(workspace_id: str | None = None, *,
+                                   workspace: str | None = None, registry: Registry | None = None) -> list[str]:
     """The names of the hyperparameter entries visible in the workspace, sorted."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     return [e.name for e in read(reg, workspace, lambda w: reg.list("hyperparameter", workspace=w))]
 
 
-def validate_hyperparameter_class(class_name: str, workspace: str | None = None, *,
+def validate_hyperparameter_class(class_name: str, workspace_id: str | None = None, *, workspace: str | None = None,
                                   registry: Registry | None = None) -> bool:
     """Whether ``class_name`` is a hyperparameter entry visible in the workspace and, if it has a target,
     whether that imports and is a class (why not is logged)."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
 
     def check(w: str | None) -> bool:
@@ -432,13 +465,15 @@ def validate_hyperparameter_class(class_name: str, workspace: str | None = None,
 
 # -- export, debugging, integrity --------------------------------------------------------------------
 
-def export_registry_to_json(workspace: str | None = None, *, registry: Registry | None = None) -> dict[str, Any]:
+def export_registry_to_json(workspace_id: str | None = None, *,
+                            workspace: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """The workspace's view as a JSON-ready dict: steps (Cursus's STEP_NAMES), builders, hyperparameters
     and step aliases, stamped with the registry ``revision`` it reflects.
 
     Point in time: the revision is read before and after, and the reads start over if a change was
     committed in between. The nameplate export (``registry.export()``) is the one to back up and import.
     """
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
 
     def snapshot(w: str | None) -> dict[str, Any]:
@@ -460,7 +495,7 @@ def export_registry_to_json(workspace: str | None = None, *, registry: Registry 
     return read(reg, workspace, snapshot)
 
 
-def debug_step_resolution(step_name: str, workspace: str | None = None, *,
+def debug_step_resolution(step_name: str, workspace_id: str | None = None, *, workspace: str | None = None,
                           registry: Registry | None = None) -> dict[str, Any]:
     """How ``step_name`` resolves: the layer chain, every row met, which layer answered (from
     :meth:`~nameplate.Registry.explain`), and the alias it went through, if any.
@@ -468,6 +503,7 @@ def debug_step_resolution(step_name: str, workspace: str | None = None, *,
     Keys: those of ``Explanation.to_dict()`` plus ``step_name``, ``alias_of`` (the name the alias stands
     for, or ``None``), ``found``, ``fell_back_to_core`` (the workspace did not exist) and ``text``.
     """
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     asked = chosen_workspace(workspace) or reg.current_workspace
     explanation = read(reg, workspace, lambda w: reg.explain(step_name, _STEP, workspace=w))
@@ -482,11 +518,12 @@ def debug_step_resolution(step_name: str, workspace: str | None = None, *,
             "text": text}
 
 
-def validate_registry_integrity(workspace: str | None = None, *,
+def validate_registry_integrity(workspace_id: str | None = None, *, workspace: str | None = None,
                                 registry: Registry | None = None) -> tuple[bool, list[str]]:
     """``(is_valid, issues)``: the database's own check (:meth:`~nameplate.Registry.check` problems),
     then the workspace's view against Cursus's rules: step naming, a config class claimed by two
     steps, aliases whose step is missing, builders that do not import or are not classes."""
+    workspace = workspace or workspace_id  # Cursus's name, or nameplate's
     reg = registry_or_default(registry)
     issues = [f"database: {finding}" for finding in reg.check().problems]
 
