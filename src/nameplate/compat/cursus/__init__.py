@@ -9,10 +9,12 @@ Switch by changing imports::
                                          StepBuilderRegistry, get_global_registry, UnifiedRegistryManager)
 
 Functions name their workspace argument ``workspace_id`` as Cursus does (``workspace=``, nameplate's
-spelling, works too). Every function takes an optional ``registry=``; without one it uses :func:`default_registry`
-(nameplate's discovery). Everything lives in the Registry: steps, builders (entries of the ``builder``
-kind, their class's import path as target), hyperparameters and aliases are rows every process sees
-at once; nothing here holds registry data in memory. Workspaces are the Registry's layers. The
+spelling, works too) and take an optional ``registry=``; without one they use
+:func:`default_registry` (nameplate's discovery).
+
+Everything lives in the Registry: steps, builders (entries of the ``builder`` kind, their class's
+import path as target), hyperparameters and aliases are rows every process sees at once; nothing here
+holds registry data in memory. Workspaces are the Registry's layers. The
 current workspace is per thread or asyncio task (a context variable), never process-wide.
 
 Where Cursus reads an unknown workspace as core, so does this module (logged as a warning); the
