@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import _aliases
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
 from ._documents import ImportPlan
@@ -737,7 +738,6 @@ class Registry:
         check_kind_name(kind)
         return watch_wait(self._backend, self._store, ws, name, kind, since, timeout)
 
-
     # -- plugins: decorator registration, load_all, load errors (see _plugins.py) -----------------
 
     def registrar(self, kind: str, name: str | None = None, *, definition: Mapping[str, Any] | None = None,
@@ -785,6 +785,36 @@ class Registry:
         nothing. :class:`EntryNotFoundError` if there is no such entry.
         """
         return self._plugins.load_error(name, kind, workspace=workspace)
+
+    # -- aliases: other names of an entry, resolved by the registry (see _aliases.py) -------------
+
+    def add_alias(self, alias: str, name: str, kind: str, *, replace: bool = False,
+                  workspace: str | None = None) -> Entry:
+        """Make ``alias`` another name of ``kind`` ``name`` in this workspace (and the ones below it).
+
+        Stored as an entry of the kind ``alias`` (logged, exported, seen by every process). Refused:
+        an alias that is the name itself, one whose target is an alias (one hop only), one named like
+        a visible entry of the kind (:class:`NameTakenError`), one pointing elsewhere already
+        (:class:`NameTakenError` unless ``replace=True``). The target need not exist yet.
+        """
+        return _aliases.add(self._definitions, self._store, self._ws(workspace), alias, name, kind, replace)
+
+    def remove_alias(self, alias: str, kind: str, *, workspace: str | None = None) -> bool:
+        """Forget an alias of this workspace (an inherited one is hidden here); False if there was none."""
+        return _aliases.remove(self._store, self._ws(workspace), alias, kind,
+                               delete=lambda n, k, w: self.delete(n, k, workspace=w),
+                               hide=lambda n, k, w: self.hide(n, k, workspace=w))
+
+    def resolve_alias(self, name: str, kind: str, *, workspace: str | None = None) -> str | None:
+        """The name ``name`` is an alias of (for ``kind``, as seen in the workspace), or ``None``.
+
+        ``lookup``/``get`` stay exact; callers that accept aliases ask this after a miss.
+        """
+        return _aliases.resolve(self._store, self._ws(workspace), name, kind)
+
+    def aliases(self, kind: str, *, workspace: str | None = None) -> dict[str, str]:
+        """Every alias of ``kind`` visible in the workspace: alias → the name it stands for."""
+        return _aliases.aliases(self._store, self._ws(workspace), kind)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
