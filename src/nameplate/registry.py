@@ -319,18 +319,24 @@ class Registry:
         return self._leasing.reap()
 
     def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
-                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None,
+                ttl: float | None = None) -> Lease:
         """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
 
-        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
-        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
-        lock-delay for ``lock_delay`` seconds.
+        ``wait=None`` fails at once; ``wait=seconds`` retries until then. Waiters are served in arrival
+        order (a free lease goes to the oldest live waiter; a newcomer, waiting or not, never overtakes
+        one). A holder whose process is gone is reaped on the spot (no waiting for its ttl); one whose
+        ttl ran out leaves the entry in lock-delay for ``lock_delay`` seconds.
+
+        ``ttl=seconds`` gives this lease a ttl of its own: it ends that long after it was taken unless
+        :meth:`Lease.refresh` renews it (the heartbeat does not), or with the session if that ends
+        first; :meth:`Lease.remaining` says how long is left.
 
         Leases are exclusive between the threads of a process too, re-entrant like
         ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
         one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
         """
-        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost)
+        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost, ttl=ttl)
 
     def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
         """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
