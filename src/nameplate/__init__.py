@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._definitions import Registration
 from ._documents import ImportPlan
+from ._election import Leader, Leadership
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
@@ -47,6 +48,7 @@ from .errors import (
     RegistryBusyError,
     RegistryClosedError,
     SchemaTooNewError,
+    SemaphoreLimitError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
@@ -117,4 +119,7 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceInfo",
     "__version__",
+    "Leader",
+    "Leadership",
+    "SemaphoreLimitError",
 ]

@@ -143,7 +143,7 @@ class Leasing:
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        _check_wait(wait)
+        check_wait(wait)
         if ttl is not None:
             ttl = check_seconds(ttl, "ttl")
         current = self._session_obj
@@ -160,7 +160,7 @@ class Leasing:
                         wait: float | None, ephemeral: bool, sole_name: bool = False) -> str:
         """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
         all in one transaction, so that a caller who cannot get the lease changes nothing."""
-        _check_wait(wait)
+        check_wait(wait)
         pattern = None
         if self._store.backend.query_one(_PROBE_NAME, (ws, name, kind)) is None:
             pattern = self._store.checked_pattern(ws, kind, name)  # user input: outside the lock
@@ -313,6 +313,15 @@ class Leasing:
                 leave(tx, ticket)
         except NameplateError as error:
             log.warning("nameplate: could not leave the queue of entry %d: %s", ticket.entry_pk, error)
+
+    def hold(self, name: str, wait: float | None, prepare: Callable[[Tx, Session], LocalRow | Slots], *,
+             after: Callable[[Tx, Lease], None] | None = None, ttl: float | None = None,
+             on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """The acquire loop for the features built on leases (semaphores, elections): fenced, fair, and
+        freed with dead holders, as every lease."""
+        lease = self._acquire(name, wait, on_lost, prepare, after, ttl)
+        assert lease is not None, "prepare never gives up here"
+        return lease
 
     def _reap_first(self, first: ReapFirst) -> None:
         reap(self._backend, self._store, lock_delay=self._lock_delay, only=first.session_id)
@@ -490,7 +499,7 @@ class Leasing:
         return [decode_entry(row) for row in rows]
 
 
-def _check_wait(wait: object) -> None:
+def check_wait(wait: object) -> None:
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0):
         raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
 

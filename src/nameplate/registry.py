@@ -22,6 +22,7 @@ from typing import Any
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
 from ._documents import ImportPlan
+from ._election import Elections, Leader, Leadership
 from ._health import CheckReport
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
@@ -32,6 +33,7 @@ from ._maintenance import Maintenance
 from ._paths import Location, locate
 from ._readcache import ReadCache
 from ._records import Entry, Event
+from ._semaphore import Semaphores
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
@@ -91,6 +93,8 @@ class Registry:
         self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
+        self._semaphores = Semaphores(self._backend, self._store, self._leasing, self._ws)
+        self._elections = Elections(self._backend, self._store, self._leasing, self._ws)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -634,6 +638,47 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+    # -- coordination on leases: semaphores and leader election (see _semaphore.py, _election.py) --
+
+    def semaphore(self, name: str, limit: int, wait: float | None = None, *, workspace: str | None = None,
+                  ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """Take one of the ``limit`` slots of semaphore ``name``: at most ``limit`` holders at once, from
+        any processes. Returns the slot's :class:`Lease` (``lease.name`` is ``NAME#k``, its token fences
+        that slot), a context manager like any lease; :class:`LeaseHeldError` when all are taken
+        (``wait=seconds`` to wait, served in arrival order).
+
+        A slot is freed as a lease is: released, its holder's process gone (at once), hung (after the
+        session's ttl and the lock-delay), or its own ``ttl=`` run out. The first call fixes the limit;
+        another limit raises :class:`SemaphoreLimitError`. Slots held by this process are not free to it:
+        each call takes another.
+        """
+        return self._semaphores.acquire(name, limit, wait, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def campaign(self, name: str, value: Any, *, timeout: float | None = None, workspace: str | None = None,
+                 ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Leadership:
+        """Block until this process leads election ``name`` and return the :class:`Leadership`, whose
+        ``term`` (the lease's fencing token) grows at every new leader. ``value`` (JSON) is what
+        :meth:`leader` and :meth:`observe` report. Campaigners are served in arrival order;
+        ``timeout=seconds`` gives up with :class:`LeaseHeldError`. ``ttl=`` bounds the leadership by a
+        ttl of its own, kept by ``leadership.lease.refresh()``.
+
+        One leader at a time: a leader whose process dies is replaced at once, a hung one after its
+        session's ttl and the lock-delay, and it learns of its loss (``lost``, ``on_lost``, ``LeaseLost``).
+        """
+        return self._elections.campaign(name, value, timeout=timeout, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def leader(self, name: str, *, workspace: str | None = None) -> Leader | None:
+        """The current leader of election ``name`` (value, term, process), or None: nobody leads, or the
+        holder's process is gone."""
+        return self._elections.leader(name, workspace=workspace)
+
+    def observe(self, name: str, *, workspace: str | None = None, stop: Callable[[], bool] | None = None,
+                timeout: float | None = None) -> Iterator[Leader]:
+        """Yield the leader of election ``name`` now (if any) and each new leader after it (a new term),
+        until ``stop()`` is true or ``timeout`` seconds passed. Between looks it waits for a commit (the
+        commit signal, microseconds) or a quarter second at most."""
+        return self._elections.observe(name, workspace=workspace, stop=stop, timeout=timeout)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
