@@ -356,14 +356,15 @@ def find_holder(tx: Tx, entry_pk: int) -> Holder | None:
 def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_id: str, name: str, kind: str,
                 workspace: str, lock_delay: float, releaser: Callable[[Lease], bool],
                 on_lost: Callable[[Lease], Any] | None, ttl: float | None = None,
-                waiter_ahead: Callable[[], bool] | None = None) -> Lease | Holder | Delayed | Queued | None:
+                waiter_ahead: Callable[[], bool] | None = None,
+                ticket: int | None = None) -> Lease | Holder | Delayed | Queued | None:
     """One attempt inside a write transaction. ``None`` means our own session is no longer live.
 
     A holder whose process is gone is reaped right here, so its lease is ours in this same
     transaction; one whose ttl ran out is reaped too, leaving the entry in lock-delay, and so is a
     lease whose own ttl ran out (ours included: this session forgot to refresh it). ``ttl`` gives the
     new lease a ttl of its own. A free entry is refused (:class:`Queued`) while ``waiter_ahead()`` says
-    an earlier waiter is owed it.
+    an earlier waiter is owed it; ``ticket`` is the caller's place in that queue, logged with the grant.
     """
     if tx.execute(_SESSION_LIVE, (session.id,)).fetchone() is None:
         return None
@@ -387,7 +388,8 @@ def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_
     tx.execute(_INSERT_LEASE, (entry_pk, session.id, token, now, ttl, expires_wall, expires_mono))
     tx.execute(_CLEAR_DELAY, (entry_pk,))
     store.record(tx, "lease.acquire", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
-                 token=token, session=session.id, **({} if ttl is None else {"ttl": ttl}))
+                 token=token, session=session.id, **({} if ttl is None else {"ttl": ttl}),
+                 **({} if ticket is None else {"ticket": ticket}))
     return Lease(session, entry_pk=entry_pk, entry_id=entry_id, name=name, kind=kind, workspace=workspace,
                  token=token, acquired_at=now, releaser=releaser, on_lost=on_lost, ttl=ttl,
                  expires_mono=expires_mono)

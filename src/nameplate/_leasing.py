@@ -210,11 +210,12 @@ class Leasing:
                         if target is None:
                             return None
                         anchor = target.anchor if isinstance(target, Slots) else target
-                        ahead = self._queue_check(tx, anchor.pk, NO_TICKET if ticket is None else ticket.seq)
+                        seq = None if ticket is None else ticket.seq
+                        ahead = self._queue_check(tx, anchor.pk, NO_TICKET if seq is None else seq)
                         if isinstance(target, Slots):
-                            outcome, mine = self._attempt_slots(tx, session, name, target, on_lost, ttl, ahead)
+                            outcome, mine = self._attempt_slots(tx, session, name, target, on_lost, ttl, ahead, seq)
                         else:
-                            outcome, mine = self._attempt_one(tx, session, name, target, on_lost, ttl, ahead)
+                            outcome, mine = self._attempt_one(tx, session, name, target, on_lost, ttl, ahead, seq)
                         if isinstance(outcome, Lease):
                             if after is not None:
                                 try:
@@ -258,7 +259,7 @@ class Leasing:
 
     def _attempt_one(self, tx: Tx, session: Session, name: str, row: LocalRow,
                      on_lost: Callable[[Lease], Any] | None, ttl: float | None,
-                     ahead: Callable[[], bool]) -> tuple[Attempt, Lease | None]:
+                     ahead: Callable[[], bool], ticket: int | None) -> tuple[Attempt, Lease | None]:
         """One attempt on one entry's lease, inside the write transaction; also returns this session's own
         lease on it, if any (a re-entry returns that very object)."""
         mine = session.held(row.pk)
@@ -271,11 +272,12 @@ class Leasing:
             self._end_abandoned(tx, session, mine)
         return try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id, name=name,
                            kind=row.kind, workspace=row.workspace, lock_delay=self._lock_delay,
-                           releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead), mine
+                           releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead,
+                           ticket=ticket), mine
 
     def _attempt_slots(self, tx: Tx, session: Session, name: str, slots: Slots,
                        on_lost: Callable[[Lease], Any] | None, ttl: float | None,
-                       ahead: Callable[[], bool]) -> tuple[Attempt, Lease | None]:
+                       ahead: Callable[[], bool], ticket: int | None) -> tuple[Attempt, Lease | None]:
         """One attempt at any free slot of a semaphore. A slot this process holds is not free to it (a
         thread may hold several slots; each acquisition takes a new one)."""
         first: Attempt = None
@@ -288,7 +290,8 @@ class Leasing:
                 self._end_abandoned(tx, session, mine)
             outcome = try_acquire(tx, self._store, session, entry_pk=slot.pk, entry_id=slot.id, name=slot_name,
                                   kind=slot.kind, workspace=slot.workspace, lock_delay=self._lock_delay,
-                                  releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead)
+                                  releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead,
+                                  ticket=ticket)
             if outcome is None or isinstance(outcome, (Lease, Queued)):
                 return outcome, None
             first = first or outcome
