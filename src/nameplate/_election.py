@@ -29,10 +29,10 @@ from ._liveness import verdict
 from ._records import utc
 from ._session import Session
 from ._store import LocalRow, Store
-from ._validation import check_json_value, check_name, check_seconds
+from ._validation import canonical_json, check_json_value, check_name, check_seconds, encode_object
 from ._waiting import pause
 from .backends.base import Backend, Tx
-from .errors import EntryNotFoundError, InvalidInputError
+from .errors import EntryNotFoundError, InvalidInputError, InvalidMetadataError
 
 KIND = "election"
 _METADATA = "SELECT metadata FROM entry WHERE pk = ?"
@@ -92,7 +92,7 @@ class Leadership:
     def proclaim(self, value: Any) -> None:
         """Change the leader's value without a new election (etcd's Proclaim); fenced: :class:`LeaseLost`
         if the leadership is gone, and then nothing is written."""
-        check_json_value(value, "value")
+        check_value(value)
         self._elections.proclaim(self, value)
         self.value = value
 
@@ -124,7 +124,7 @@ class Elections:
                  ttl: float | None, on_lost: Callable[[Lease], Any] | None) -> Leadership:
         ws = self._ws(workspace)
         name = check_name(name)
-        check_json_value(value, "value")
+        check_value(value)
         check_wait(timeout)
         if ttl is not None:
             ttl = check_seconds(ttl, "ttl")
@@ -184,6 +184,17 @@ class Elections:
             # A new leader commits its term; a dead one commits nothing, so look again at least every
             # quarter second (the next campaigner's attempt reaps it and commits then).
             pause(self._backend, left)
+
+
+def check_value(value: Any) -> None:
+    """A leader's value is any JSON value (stored in the election entry's metadata, within its size limit)."""
+    check_json_value(value, "value")
+    try:
+        canonical_json(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidMetadataError(f"value is not JSON-serialisable: {error}; use strings, numbers, booleans, "
+                                   "None, lists and dicts", what="value") from None
+    encode_object({"leader": value, "term": 0}, "value")
 
 
 def _current(tx: Tx, store: Store, ws: str, name: str) -> Leader | None:
