@@ -32,7 +32,7 @@ from ._store import LocalRow, Store
 from ._validation import canonical_json, check_json_value, check_name, check_seconds, encode_object
 from ._waiting import pause
 from .backends.base import Backend, Tx
-from .errors import EntryNotFoundError, InvalidInputError, InvalidMetadataError
+from .errors import EntryNotFoundError, InvalidInputError, InvalidMetadataError, LeaseHeldError
 
 KIND = "election"
 _METADATA = "SELECT metadata FROM entry WHERE pk = ?"
@@ -140,8 +140,17 @@ class Elections:
             self._store.update_metadata(tx, rows[0], rows[0].workspace, name, {"leader": value, "term": lease.token},
                                         merge=False, token=lease.token)
 
-        lease = self._leasing.hold(name, math.inf if timeout is None else timeout, prepare, after=announce, ttl=ttl,
-                                   on_lost=on_lost)
+        try:
+            lease = self._leasing.hold(name, math.inf if timeout is None else timeout, prepare, after=announce,
+                                       ttl=ttl, on_lost=on_lost)
+        except LeaseHeldError as error:
+            current = self.leader(name, workspace=ws)
+            led = ("nobody leads it right now (a leader just left, or earlier campaigners are taking over)"
+                   if current is None else f"it is led by pid {current.pid} on {current.hostname} in term "
+                   f"{current.term}")
+            raise LeaseHeldError(f"not leading election {name!r} after waiting {timeout:g} s: {led}; campaign "
+                                 "again, or with a longer timeout", name=name, holder=error.facts.get("holder"),
+                                 leader=None if current is None else current.to_dict()) from None
         return Leadership(self, lease, value, ws)
 
     def proclaim(self, leadership: Leadership, value: Any) -> None:
