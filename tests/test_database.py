@@ -224,6 +224,11 @@ def test_a_nameplate_file_from_before_the_application_id_is_recognised_and_marke
     conn.execute("PRAGMA application_id = 0")
     conn.execute("PRAGMA user_version = 1")
     conn.execute("DELETE FROM schema_migration WHERE version > 1")
+    # ... and none of what later migrations added (lease ttl, waiters, election and semaphore kinds)
+    conn.execute("DROP TABLE lease_waiter")
+    for column in ("ttl", "expires_wall", "expires_mono"):
+        conn.execute(f"ALTER TABLE lease DROP COLUMN {column}")
+    conn.execute("DELETE FROM kind WHERE name IN ('election', 'semaphore')")
     conn.commit()
     conn.close()
     with Registry(db_path) as registry:

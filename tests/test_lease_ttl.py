@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nameplate import InvalidInputError, LeaseHeldError, LeaseLost, Registry
+from nameplate.backends.migrate import latest_version
 
 from _session_helpers import events, stop_child
 from conftest import table_snapshot, wait_until
@@ -144,3 +146,32 @@ def test_a_bad_ttl_is_refused_and_changes_nothing(db_path: Path, ttl: object) ->
         with pytest.raises(InvalidInputError, match="ttl"):
             registry.acquire("dev", "node", ttl=ttl)  # type: ignore[arg-type]
         assert table_snapshot(db_path) == before
+
+
+def test_its_own_holder_takes_an_expired_lease_again_without_a_lock_delay(db_path: Path) -> None:
+    with Registry(db_path, lock_delay=3600) as registry:
+        registry.resolve("dev", "node")
+        first = registry.acquire("dev", "node", ttl=0.2)
+        time.sleep(0.3)
+        again = registry.acquire("dev", "node")
+        assert again.token == first.token + 1 and first.lost and again.held
+
+
+def test_a_file_from_before_lease_ttls_upgrades_and_its_leases_stay_unbounded(db_path: Path) -> None:
+    with Registry(db_path) as registry:
+        registry.resolve("dev", "node")
+    conn = sqlite3.connect(db_path)  # what version 2 left
+    conn.execute("DROP TABLE lease_waiter")
+    for column in ("ttl", "expires_wall", "expires_mono"):
+        conn.execute(f"ALTER TABLE lease DROP COLUMN {column}")
+    conn.execute("DELETE FROM kind WHERE name IN ('election', 'semaphore')")
+    conn.execute("DELETE FROM schema_migration WHERE version > 2")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with Registry(db_path) as registry:
+        assert registry.migrations_applied == list(range(3, latest_version() + 1))
+        assert {"election", "semaphore"} <= {kind.name for kind in registry.kinds() if kind.builtin}
+        with registry.acquire("dev", "node", wait=1) as lease:
+            assert lease.remaining() is None
+        assert registry.semaphore("gpu", limit=1).held

@@ -45,10 +45,12 @@ _REFRESH = ("UPDATE lease SET expires_wall = ?, expires_mono = ? WHERE entry_pk 
             " AND EXISTS (SELECT 1 FROM session AS s WHERE s.id = lease.session_id AND s.state = 'live' AND"
             " ((s.boot_id = ? AND lease.expires_mono > ?) OR (s.boot_id <> ? AND lease.expires_wall > ?)))")
 
+_SESSION_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
+
 
 def _clock_params() -> tuple[str, float, str, float]:
+    """The judge's clocks for the ttl test of :data:`_FENCE_CHECK` and :data:`_REFRESH`."""
     return (BOOT_ID, time.monotonic(), BOOT_ID, time.time())
-_SESSION_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
 
 
 class ReapFirst(Exception):
@@ -371,8 +373,13 @@ def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_
     holder = find_holder(tx, entry_pk)
     if holder is not None:
         if holder.session_id == session.id:
-            if not expire_if_overdue(tx, store, entry_pk, holder, lock_delay=lock_delay):
+            # Our own lease, past its ttl: no lock-delay, this process is plainly not hung.
+            if not expire_if_overdue(tx, store, entry_pk, holder, lock_delay=0.0):
                 return holder
+            forgotten = session.held(entry_pk)
+            if forgotten is not None:
+                session.forget(forgotten)
+                forgotten.mark_lost(f"its own ttl of {holder.ttl:g} s ran out (refresh() keeps it)")
         elif not reap_holder(tx, store, entry_pk, holder, lock_delay=lock_delay):
             return holder
     delay = tx.execute(_DELAY, (entry_pk,)).fetchone()

@@ -263,6 +263,8 @@ class Leasing:
         """One attempt on one entry's lease, inside the write transaction; also returns this session's own
         lease on it, if any (a re-entry returns that very object)."""
         mine = session.held(row.pk)
+        if mine is not None and mine.held and mine.remaining() == 0.0:
+            mine.mark_lost(f"its own ttl of {mine.ttl:g} s ran out (refresh() keeps it)")  # before its timer
         if mine is not None and mine.held and mine.owned_here():
             mine.reenter()
             return mine, mine

@@ -25,8 +25,8 @@ from .backends.base import Backend, Tx
 from .errors import ConflictError, InvalidInputError, InvalidNameError, SemaphoreLimitError
 
 KIND = "semaphore"
-#: More slots than this is a pool, not a semaphore; each slot is an entry scanned by every attempt.
-MAX_LIMIT = 1024
+#: More slots than this is a pool, not a semaphore: every attempt reads each slot under the write lock.
+MAX_LIMIT = 256
 _METADATA = "SELECT metadata FROM entry WHERE pk = ?"
 
 
