@@ -20,8 +20,8 @@ from conftest import run_processes, wait_until
 _WAITER = r"""
 import json, sys, time
 from nameplate import Registry
-path, index = sys.argv[1], int(sys.argv[2])
-with Registry(path, ttl=5, lock_delay=0) as registry:
+path, index, ttl = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with Registry(path, ttl=ttl, lock_delay=0) as registry:
     registry.session()
     print("ready", flush=True)
     with registry.acquire("printer", "node", wait=60) as lease:
@@ -47,7 +47,7 @@ def test_waiters_are_served_in_the_order_they_arrived(db_path: Path) -> None:
             # Arrivals in a known order: each waiter is started once the previous one holds its ticket,
             # and in reverse index order, so that an order by pid, index or start time would fail.
             for index in reversed(range(6)):
-                child = subprocess.Popen([sys.executable, "-c", _WAITER, str(db_path), str(index)],
+                child = subprocess.Popen([sys.executable, "-c", _WAITER, str(db_path), str(index), "5"],
                                          stdout=subprocess.PIPE, text=True)
                 children.append(child)
                 assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -69,6 +69,32 @@ def test_waiters_are_served_in_the_order_they_arrived(db_path: Path) -> None:
     assert by_time == [5, 4, 3, 2, 1, 0]
     assert sorted(g["token"] for g in grants) == list(range(2, 8))
     assert _tickets(db_path) == 0  # each served waiter gave up its ticket in the granting transaction
+
+
+def test_a_waiter_killed_in_the_line_drops_out_at_once(db_path: Path) -> None:
+    with Registry(db_path, lock_delay=0) as registry:
+        registry.resolve("printer", "node")
+        held = registry.acquire("printer", "node")
+        children: list[subprocess.Popen[str]] = []
+        try:
+            for index in range(2):  # a ttl of 600 s: only the proof of its death lets the first one go
+                child = subprocess.Popen([sys.executable, "-c", _WAITER, str(db_path), str(index), "600"],
+                                         stdout=subprocess.PIPE, text=True)
+                children.append(child)
+                assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+                assert wait_until(lambda: _tickets(db_path) == len(children), timeout=30)
+            children[0].kill()
+            children[0].wait()
+            released_at = time.monotonic()
+            held.release()
+            assert children[1].stdout is not None
+            grant = json.loads(children[1].stdout.readline())
+            assert grant["index"] == 1 and grant["at"] - released_at < 30
+            assert children[1].wait(timeout=60) == 0
+        finally:
+            for child in children:
+                stop_child(child)
+    assert _tickets(db_path) == 0  # the dead waiter's ticket went with its reaped session
 
 
 def _contend(barrier: Any, results: Any, index: int, path: str, rounds: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class Leadership:
         return self.lease.lost
 
     @property
-    def lost_event(self) -> Any:
+    def lost_event(self) -> threading.Event:
         return self.lease.lost_event
 
     @property
