@@ -41,6 +41,18 @@ def test_campaign_leads_resign_hands_over_and_terms_grow(db_path: Path) -> None:
         assert first.leader("primary") is None
 
 
+def test_a_leadership_with_a_ttl_of_its_own_ends_unless_refreshed(db_path: Path) -> None:
+    with Registry(db_path, lock_delay=0) as first, Registry(db_path, lock_delay=0) as second:
+        lead = first.campaign("primary", "a", ttl=0.4)
+        for _ in range(3):
+            time.sleep(0.2)
+            assert lead.refresh() is not None
+        assert second.leader("primary").term == lead.term  # type: ignore[union-attr]
+        assert lead.lost_event.wait(timeout=5)  # no more refreshes: it ends at its deadline
+        assert second.leader("primary") is None
+        assert second.campaign("primary", "b", timeout=5).term == lead.term + 1
+
+
 def test_a_value_json_cannot_hold_is_refused(registry: Registry) -> None:
     with pytest.raises(InvalidMetadataError):
         registry.campaign("primary", {"when": object()})

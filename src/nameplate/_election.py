@@ -90,6 +90,11 @@ class Leadership:
         """Raise :class:`LeaseLost` unless the database still shows this leadership."""
         self.lease.check()
 
+    def refresh(self) -> float | None:
+        """Renew a leadership taken with ``campaign(..., ttl=S)`` for S seconds from now (see
+        :meth:`Lease.refresh`); return the seconds left (None without a ttl of its own)."""
+        return self.lease.refresh()
+
     def proclaim(self, value: Any) -> None:
         """Change the leader's value without a new election (etcd's Proclaim); fenced: :class:`LeaseLost`
         if the leadership is gone, and then nothing is written."""

@@ -1011,8 +1011,9 @@ def campaign(settings: Settings, name: str, value: str, command: tuple[str, ...]
     """Wait to lead election NAME with VALUE, then run COMMAND as the leader (like etcdctl elect).
 
     Campaigners are served in arrival order. The command finds its term (the fencing token) in
-    NAMEPLATE_FENCING_TOKEN. Exit: the command's own code; 4 on --timeout; 8 if the leadership was lost
-    meanwhile (the command got SIGTERM, then SIGKILL after --grace); the leadership ends with the command.
+    NAMEPLATE_FENCING_TOKEN and VALUE in NAMEPLATE_LEADER_VALUE. Exit: the command's own code; 4 on
+    --timeout; 8 if the leadership was lost meanwhile (the command got SIGTERM, then SIGKILL after
+    --grace); the leadership ends with the command.
     """
     command = _command_after_dashes(command, "nameplate campaign NAME VALUE -- COMMAND...")
     try:
