@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -27,7 +28,7 @@ from ._session import (
 from ._store import _PROBE_KIND as _PROBE_NAME
 from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, Store, decode_entry
 from ._validation import check_kind_name, check_name, check_seconds
-from ._waiting import NO_TICKET, Ticket, enqueue, leave, pause, still_waiting, waiter_ahead
+from ._waiting import NO_TICKET, Ticket, enqueue, free_and_first, leave, pause, still_waiting, waiter_ahead
 from .backends.base import Backend, Tx
 from .errors import (
     ConflictError,
@@ -252,7 +253,10 @@ class Leasing:
                     # Nothing a commit could change; wake in time to keep the ticket fresh.
                     time.sleep(min(outcome.seconds, remaining, session.ttl / 4))
                 else:
-                    pause(self._backend, remaining)
+                    rows = target.slots if isinstance(target, Slots) else [target]
+                    pause(self._backend, remaining, functools.partial(
+                        free_and_first, self._backend, [row.pk for row in rows], anchor.pk,
+                        NO_TICKET if ticket is None else ticket.seq))
         finally:
             if ticket is not None:
                 self._leave_queue(ticket)

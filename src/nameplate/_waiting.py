@@ -16,6 +16,7 @@ departing waiter) rather than a timer alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,8 +106,10 @@ def _stale(owner: Owner, seen_wall: float, seen_mono: float) -> bool:
     return time.time() - seen_wall > owner.ttl
 
 
-def pause(backend: Backend, seconds: float) -> None:
-    """Sleep up to ``seconds`` (at most :data:`MAX_PAUSE`), returning early when anything commits."""
+def pause(backend: Backend, seconds: float, worth_trying: Callable[[], bool] | None = None) -> None:
+    """Sleep up to ``seconds`` (at most :data:`MAX_PAUSE`), returning early when anything commits and
+    ``worth_trying()`` (a read, no lock) says an attempt could succeed now: waiters that could not win
+    stay off the write lock, so a release is not followed by one write transaction per waiter."""
     until = time.monotonic() + min(seconds, MAX_PAUSE)
     signal = backend.commit_signal()
     while True:
@@ -114,5 +117,20 @@ def pause(backend: Backend, seconds: float) -> None:
         if left <= 0:
             return
         time.sleep(min(SIGNAL_POLL, left))
-        if backend.commit_signal() != signal:
-            return
+        now = backend.commit_signal()
+        if now != signal:
+            if worth_trying is None or worth_trying():
+                return
+            signal = now
+
+
+def free_and_first(backend: Backend, entry_pks: Sequence[int], queue_pk: int, seq: int) -> bool:
+    """Whether one of ``entry_pks`` is unleased and no older ticket waits on ``queue_pk``, as a read shows it.
+
+    Only a hint for :func:`pause`: a dead holder or a departed waiter still counts here, and the attempt
+    made every :data:`MAX_PAUSE` (under the write lock, where they are judged) clears them."""
+    marks = ", ".join("?" * len(entry_pks))
+    row = backend.query_one(f"SELECT (SELECT count(*) FROM lease WHERE entry_pk IN ({marks})), "
+                            "(SELECT count(*) FROM lease_waiter WHERE entry_pk = ? AND seq < ?)",
+                            (*entry_pks, queue_pk, seq))
+    return int(row[0]) < len(entry_pks) and int(row[1]) == 0
