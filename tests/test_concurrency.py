@@ -76,7 +76,7 @@ def test_processes_opening_a_new_file_at_once_migrate_it_exactly_once(tmp_path: 
     versions = conn.execute("SELECT version FROM schema_migration").fetchall()
     assert versions == [(v,) for v in range(1, latest_version() + 1)]
     assert conn.execute("SELECT count(*) FROM workspace").fetchone()[0] == 1
-    assert conn.execute("SELECT count(*) FROM kind WHERE builtin = 1").fetchone()[0] == 10
+    assert conn.execute("SELECT count(*) FROM kind WHERE builtin = 1").fetchone()[0] == 12
     conn.close()
 
 

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._definitions import Registration
 from ._documents import ImportPlan
+from ._election import Leader, Leadership
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
@@ -52,6 +53,7 @@ from .errors import (
     RegistryClosedError,
     RevisionMismatchError,
     SchemaTooNewError,
+    SemaphoreLimitError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
@@ -132,4 +134,7 @@ __all__ = [
     "TransactionStateError",
     "Transaction",
     "Pending",
+    "Leader",
+    "Leadership",
+    "SemaphoreLimitError",
 ]

@@ -104,6 +104,9 @@ class Lease(_Model):
     session = pw.ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE")
     token = pw.IntegerField()
     acquired_at = pw.FloatField()
+    ttl = pw.FloatField(null=True)
+    expires_wall = pw.FloatField(null=True)
+    expires_mono = pw.FloatField(null=True)
 
 
 class LockDelay(_Model):

@@ -31,7 +31,7 @@ from ._completion import complete_entry, complete_kind, complete_path, complete_
 from ._context import ENV_WORKSPACE
 from ._export_file import encode_document, write_private
 from ._leasing import DEFAULT_TTL
-from ._lock_command import check_runnable, run_command, take_lease
+from ._lock_command import check_runnable, open_session, run_command, take_lease
 from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH
 from .errors import (
@@ -49,9 +49,9 @@ EXIT_CODES = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
 5 integrity problem (damaged, foreign or too new database, or problems
 found by check), 6 unusable location (permissions, not a file, name
-too long, network filesystem), 7 disk full or disk error, 8 lock lost
-its lease and stopped its command, 126/127 lock's command cannot run
-(otherwise lock exits with its command's code).
+too long, network filesystem), 7 disk full or disk error, 8 lock
+(campaign, semaphore) lost its lease and stopped its command, 126/127
+its command cannot run (otherwise they exit with their command's code).
 Shell completion: add to ~/.bashrc
   eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
 (zsh: zsh_source in ~/.zshrc; fish: fish_source in
@@ -86,6 +86,7 @@ CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (re.escape("break it with release(..., force=True)"), "break it with nameplate release --force"),
     (re.escape("pass wait=seconds to wait for it"), "pass --wait SECONDS to wait for it"),
     (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
+    (re.escape("pass wait=seconds to wait for "), "pass --wait SECONDS to wait for "),
     (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
      r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
     (re.escape("read it again (get()) and retry with its new revision"),
@@ -1039,8 +1040,119 @@ def wait(settings: Settings, name: str, kind: str, since: int | None, wait_timeo
     emit(settings, event.to_dict(), lambda: click.echo("  ".join(_log_row(event))))
 
 
-#: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
-WITHOUT_JSON = frozenset({"lock"})
+# -- coordination on leases: leader election and semaphores (see _election.py, _semaphore.py) --------------
+
+
+def _command_after_dashes(command: tuple[str, ...], usage: str) -> tuple[str, ...]:
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError(f"give the command to run after --: {usage}")
+    check_runnable(command)
+    return command
+
+
+def _leader_line(leader: Any) -> str:
+    return (f"{json.dumps(leader.value, sort_keys=True)}  term {leader.term}  pid {leader.pid} on {leader.hostname}"
+            f"  since {ago(leader.since)}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--watch", is_flag=True, help="Print each new leader as it takes over (one JSON line each with "
+                                            "--json), until interrupted.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N leaders.")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="With --watch: stop after this long.")
+@pass_settings
+@handle_errors
+def leader(settings: Settings, name: str, watch: bool, count: int | None, timeout: float | None) -> None:
+    """Show who leads election NAME: its value, term (fencing token) and process. Exit 3 if nobody leads."""
+    with settings.open() as registry:
+        if not watch:
+            current = registry.leader(name, workspace=settings.workspace)
+            if current is None:
+                fail(f"nobody leads election {name!r} now", EntryNotFoundError.exit_code)
+                return
+            emit(settings, current.to_dict(), lambda: click.echo(_leader_line(current)))
+            return
+        shown: list[Any] = []
+        try:
+            for current in registry.observe(name, workspace=settings.workspace, timeout=timeout,
+                                            stop=lambda: count is not None and len(shown) >= count):
+                shown.append(current)
+                click.echo(json.dumps(current.to_dict(), sort_keys=True) if settings.as_json
+                           else _leader_line(current))
+        except KeyboardInterrupt:
+            return
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("value")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up (exit 4) if not leading by then (default: wait as long as it takes).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: a hung leader is replaced after it (and the lock-delay).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the leadership: time between SIGTERM and SIGKILL of the command.")
+@pass_settings
+@handle_errors
+def campaign(settings: Settings, name: str, value: str, command: tuple[str, ...], timeout: float | None,
+             ttl: float, grace: float) -> None:
+    """Wait to lead election NAME with VALUE, then run COMMAND as the leader (like etcdctl elect).
+
+    Campaigners are served in arrival order. The command finds its term (the fencing token) in
+    NAMEPLATE_FENCING_TOKEN and VALUE in NAMEPLATE_LEADER_VALUE. Exit: the command's own code; 4 on
+    --timeout; 8 if the leadership was lost meanwhile (the command got SIGTERM, then SIGKILL after
+    --grace); the leadership ends with the command.
+    """
+    command = _command_after_dashes(command, "nameplate campaign NAME VALUE -- COMMAND...")
+    try:
+        with settings.open(ttl=ttl) as registry:
+            open_session(registry, f"nameplate campaign: {os.path.basename(command[0])}")
+            leadership = registry.campaign(name, value, timeout=timeout, workspace=settings.workspace)
+            code = run_command(leadership.lease, command, grace=grace, extra_env={"NAMEPLATE_LEADER_VALUE": value})
+    except KeyboardInterrupt:
+        fail("interrupted while campaigning", 130)
+    sys.exit(code)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@click.option("--limit", "-n", type=click.IntRange(min=1), required=True, metavar="N",
+              help="At most N holders at once (fixed by the first user of NAME).")
+@click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Wait up to this long for a slot (default: fail at once, exit 4).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: a hung holder's slot is freed after it (and the lock-delay).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the slot: time between SIGTERM and SIGKILL of the command.")
+@pass_settings
+@handle_errors
+def semaphore(settings: Settings, name: str, command: tuple[str, ...], limit: int, wait: float | None, ttl: float,
+              grace: float) -> None:
+    """Run COMMAND holding one of the N slots of semaphore NAME: at most N such commands at once.
+
+    The command finds its slot in NAMEPLATE_SEMAPHORE_SLOT and the slot's fencing token in
+    NAMEPLATE_FENCING_TOKEN. Exit: the command's own code; 4 if no slot is free (see --wait); 8 if the
+    slot was lost meanwhile (the command got SIGTERM, then SIGKILL after --grace).
+    """
+    command = _command_after_dashes(command, "nameplate semaphore NAME --limit N -- COMMAND...")
+    try:
+        with settings.open(ttl=ttl) as registry:
+            open_session(registry, f"nameplate semaphore: {os.path.basename(command[0])}")
+            slot = registry.semaphore(name, limit, wait, workspace=settings.workspace)
+            code = run_command(slot, command, grace=grace, extra_env={"NAMEPLATE_SEMAPHORE_SLOT": slot.name})
+    except KeyboardInterrupt:
+        fail("interrupted while waiting for a slot", 130)
+    sys.exit(code)
+
+
+#: Commands whose standard output is not nameplate's: ``lock`` (and ``campaign``, ``semaphore``) pass their
+#: command's output through.
+WITHOUT_JSON = frozenset({"lock", "campaign", "semaphore"})
 
 
 def _add_json_option(group: click.Group) -> None:

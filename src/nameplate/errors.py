@@ -21,7 +21,7 @@ lease and stopped the command, 126/127 its command cannot be run (2 is click's u
     │       SessionNotFoundError, NoMatchError
     ├── ConflictError                          exit 4
     │   └── AmbiguousNameError, NameTakenError, WorkspaceError, KindInUseError,
-    │       LeaseHeldError, LeaseLost, NotLeaseHolderError
+    │       LeaseHeldError, LeaseLost, NotLeaseHolderError, SemaphoreLimitError
     │       └── CommandLeaseLostError          exit 8: `nameplate lock` stopped its command
     ├── RegistryBusyError (TimeoutError), RegistryClosedError, SessionClosedError (RuntimeError)
     ├── DatabaseError (OSError)                exit 5
@@ -166,6 +166,11 @@ class CommandLeaseLostError(LeaseLost):
     SIGKILL after the grace period). Its own exit code, so that scripts can tell it from the command's."""
 
     exit_code = 8
+
+
+class SemaphoreLimitError(ConflictError):
+    """A semaphore was asked for with another limit than the one it was created with (Consul refuses the
+    same way). ``limit`` is the stored limit, ``asked`` the one given."""
 
 
 class NotLeaseHolderError(ConflictError):

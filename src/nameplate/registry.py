@@ -24,6 +24,7 @@ from . import _aliases
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
 from ._documents import ImportPlan
+from ._election import Elections, Leader, Leadership
 from ._health import CheckReport
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
@@ -38,6 +39,7 @@ from ._query import check_metadata_filter, check_page, list_page, with_metadata
 from ._readcache import ReadCache
 from ._records import Entry, Event
 from ._revisions import check_expected, require_revision, revision_guarded
+from ._semaphore import Semaphores
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
 from ._transaction import Transaction, Transactions
@@ -106,6 +108,8 @@ class Registry:
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
         self._plugins = Plugins(self._backend, self._store, self._ws, self._definitions, self._leasing)
         self._transactions = Transactions(self._backend, self._store, self._leasing, self._definitions)
+        self._semaphores = Semaphores(self._backend, self._store, self._leasing, self._ws)
+        self._elections = Elections(self._backend, self._store, self._leasing, self._ws)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -359,18 +363,24 @@ class Registry:
         return self._leasing.reap()
 
     def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
-                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None,
+                ttl: float | None = None) -> Lease:
         """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
 
-        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
-        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
-        lock-delay for ``lock_delay`` seconds.
+        ``wait=None`` fails at once; ``wait=seconds`` retries until then. Waiters are served in arrival
+        order (a free lease goes to the oldest live waiter; a newcomer, waiting or not, never overtakes
+        one). A holder whose process is gone is reaped on the spot (no waiting for its ttl); one whose
+        ttl ran out leaves the entry in lock-delay for ``lock_delay`` seconds.
+
+        ``ttl=seconds`` gives this lease a ttl of its own: it ends that long after it was taken unless
+        :meth:`Lease.refresh` renews it (the heartbeat does not), or with the session if that ends
+        first; :meth:`Lease.remaining` says how long is left.
 
         Leases are exclusive between the threads of a process too, re-entrant like
         ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
         one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
         """
-        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost)
+        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost, ttl=ttl)
 
     def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
         """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
@@ -815,6 +825,46 @@ class Registry:
     def aliases(self, kind: str, *, workspace: str | None = None) -> dict[str, str]:
         """Every alias of ``kind`` visible in the workspace: alias → the name it stands for."""
         return _aliases.aliases(self._store, self._ws(workspace), kind)
+    # -- coordination on leases: semaphores and leader election (see _semaphore.py, _election.py) --
+
+    def semaphore(self, name: str, limit: int, wait: float | None = None, *, workspace: str | None = None,
+                  ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """Take one of the ``limit`` slots of semaphore ``name``: at most ``limit`` holders at once, from
+        any processes. Returns the slot's :class:`Lease` (``lease.name`` is ``NAME#k``, its token fences
+        that slot), a context manager like any lease; :class:`LeaseHeldError` when all are taken
+        (``wait=seconds`` to wait, served in arrival order).
+
+        A slot is freed as a lease is: released, its holder's process gone (at once), hung (after the
+        session's ttl and the lock-delay), or its own ``ttl=`` run out. The first call fixes the limit;
+        another limit raises :class:`SemaphoreLimitError`. Slots held by this process are not free to it:
+        each call takes another.
+        """
+        return self._semaphores.acquire(name, limit, wait, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def campaign(self, name: str, value: Any, *, timeout: float | None = None, workspace: str | None = None,
+                 ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Leadership:
+        """Block until this process leads election ``name`` and return the :class:`Leadership`, whose
+        ``term`` (the lease's fencing token) grows at every new leader. ``value`` (JSON) is what
+        :meth:`leader` and :meth:`observe` report. Campaigners are served in arrival order;
+        ``timeout=seconds`` gives up with :class:`LeaseHeldError`. ``ttl=`` bounds the leadership by a
+        ttl of its own, kept by ``leadership.lease.refresh()``.
+
+        One leader at a time: a leader whose process dies is replaced at once, a hung one after its
+        session's ttl and the lock-delay, and it learns of its loss (``lost``, ``on_lost``, ``LeaseLost``).
+        """
+        return self._elections.campaign(name, value, timeout=timeout, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def leader(self, name: str, *, workspace: str | None = None) -> Leader | None:
+        """The current leader of election ``name`` (value, term, process), or None: nobody leads, or the
+        holder's process is gone."""
+        return self._elections.leader(name, workspace=workspace)
+
+    def observe(self, name: str, *, workspace: str | None = None, stop: Callable[[], bool] | None = None,
+                timeout: float | None = None) -> Iterator[Leader]:
+        """Yield the leader of election ``name`` now (if any) and each new leader after it (a new term),
+        until ``stop()`` is true or ``timeout`` seconds passed. Between looks it waits for a commit (the
+        commit signal, microseconds) or a quarter second at most."""
+        return self._elections.observe(name, workspace=workspace, stop=stop, timeout=timeout)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
