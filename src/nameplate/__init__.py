@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._definitions import Registration
 from ._documents import ImportPlan
+from ._entry_health import HEALTH_WORDS, EntryHealth
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
@@ -117,4 +118,6 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceInfo",
     "__version__",
+    "EntryHealth",
+    "HEALTH_WORDS",
 ]

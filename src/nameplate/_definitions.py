@@ -19,7 +19,7 @@ from typing import Any
 
 from ulid import ULID
 
-from . import _layers, _strategies
+from . import _entry_health, _layers, _strategies
 from ._dotted import AttributeMissing, ImportFailed, load_dotted
 from ._kind_schema import (
     Kind,
@@ -497,11 +497,8 @@ class Definitions:
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
-                chosen, owned = _strategies.choose_healthiest(tx, ws, kind, needed)
-                if chosen is None and _strategies.choose_read_only(tx, "first", ws, kind, needed) is not None:
-                    raise _strategies.no_live_owner(ws, kind, needed, owned)
-            else:
-                chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
+                return _entry_health.choose_healthiest(tx, self._store, ws, kind, needed)
+            chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen
