@@ -58,11 +58,11 @@ _UPSERT = ("INSERT INTO entry_health (entry_pk, session_id, health, load, info, 
 _SESSION = f"SELECT id, state, status, label, {owner_columns()} FROM session WHERE id = ?"
 _ENTRY = ("SELECT r.pk, r.id, r.name, k.name, w.name, r.owner_session_id FROM entry AS r "
           "JOIN kind AS k ON k.id = r.kind_id JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
-_REPORTS_OF = ("SELECT h.session_id, h.health, h.load, h.info, h.reported_at FROM entry_health AS h "
-               "JOIN session AS s ON s.id = h.session_id WHERE h.entry_pk = ? AND s.state = 'live' "
-               "ORDER BY h.reported_at DESC")
-_LIVE_REPORTS = ("SELECT h.entry_pk, h.session_id, h.health, h.load, h.info, h.reported_at FROM session AS s "
-                 "JOIN entry_health AS h ON h.session_id = s.id WHERE s.state = 'live' ORDER BY h.reported_at DESC")
+# Ended sessions' reports are read too (the judge voids them): an owner's last report is its last word.
+_REPORTS_OF = ("SELECT session_id, health, load, info, reported_at FROM entry_health WHERE entry_pk = ? "
+               "ORDER BY reported_at DESC")
+_ALL_REPORTS = ("SELECT entry_pk, session_id, health, load, info, reported_at FROM entry_health "
+                "ORDER BY reported_at DESC")
 _VISIBLE_PK = ("SELECT r.pk FROM resolved_entry AS r JOIN workspace AS viewer ON viewer.id = r.viewer_id "
                f"JOIN kind AS k ON k.id = r.kind_id WHERE {VISIBLE} AND r.name = ? AND k.name = ?")
 
@@ -75,8 +75,10 @@ Check = Callable[[], Any]
 class EntryHealth:
     """How an entry is doing, judged now.
 
-    ``health`` is the freshest counting report's (else the live owner's session status, if it is a
-    health word), ``None`` when nobody said. ``alive``: the owner's process lives (owned entries), or
+    ``health`` and ``load`` are the freshest counting report's (``health`` else the live owner's
+    session status, if it is a health word), ``None`` when nobody live said. ``info``, ``reported_at``
+    and ``reporter`` are that report's, else the owner's last report even if the owner is gone (a
+    dead job's last status stays readable). ``alive``: the owner's process lives (owned entries), or
     some live process reports on it (unowned ones). ``state`` is the owner session's state judged now
     (``live``, ``closed``, ``expired``, ``dead``; ``None`` without an owner). ``pid``, ``hostname`` and
     ``label`` are the owner's. ``reporters`` counts the live processes reporting on it.
@@ -163,6 +165,9 @@ def _assemble(row: Sequence[Any], reports: Sequence[_Report], judge: _Judge) -> 
     owner = judge(owner_id)
     counting = [r for r in reports if (j := judge(r.session_id)) is not None and j.alive]
     chosen = counting[0] if counting else None
+    # What is shown as said: the freshest counting report, else the owner's last one (a dead job's last
+    # status); only counting reports give health and load.
+    said = chosen or next((r for r in reports if r.session_id == owner_id), None)
     health = chosen.health if chosen is not None else None
     if health is None and owner is not None and owner.alive and owner.status in HEALTH_WORDS:
         health = owner.status
@@ -172,9 +177,9 @@ def _assemble(row: Sequence[Any], reports: Sequence[_Report], judge: _Judge) -> 
     return EntryHealth(
         entry_id=entry_id, name=name, kind=kind, workspace=workspace, health=health, alive=alive,
         load=None if chosen is None else chosen.load,
-        info=frozen_json(chosen.info) if chosen is not None else MappingProxyType({}),
-        reported_at=None if chosen is None else utc(chosen.reported_at),
-        reporter=None if chosen is None else chosen.session_id, reporters=len(counting), owner=owner_id,
+        info=frozen_json(said.info) if said is not None else MappingProxyType({}),
+        reported_at=None if said is None else utc(said.reported_at),
+        reporter=None if said is None else said.session_id, reporters=len(counting), owner=owner_id,
         state=None if owner_id is None else (owner.state if owner is not None else "dead"),
         pid=None if owner is None else owner.owner.pid, hostname=None if owner is None else owner.owner.hostname,
         label=None if owner is None else owner.label,
@@ -197,7 +202,7 @@ def list_health(tx: Tx, workspace: str, kind: str, requires: list[str]) -> list[
     pks = [row[0] for row in tx.execute(_strategies.statement("find", len(requires)),
                                         (*_strategies.by_rarity(tx, requires), workspace, kind)).fetchall()]
     reports: dict[int, list[_Report]] = {}
-    for pk, s, h, ld, i, at in tx.execute(_LIVE_REPORTS).fetchall():
+    for pk, s, h, ld, i, at in tx.execute(_ALL_REPORTS).fetchall():
         reports.setdefault(int(pk), []).append(_Report(str(s), h, None if ld is None else float(ld), str(i),
                                                        float(at)))
     judge = _Judge(tx)
