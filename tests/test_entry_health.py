@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -236,3 +237,25 @@ def test_a_check_runs_on_every_beat(db_path: Path) -> None:
         registry.register("api", "provider")
         registry.watch_health("api", "provider", lambda: calls.append(time.monotonic()) or "healthy")
         assert wait_until(lambda: len(calls) >= 4, timeout=10)
+
+
+def test_a_forked_child_does_not_run_its_parents_checks(llms: Registry) -> None:
+    llms.watch_health("alpha", "provider", lambda: "healthy")
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own session, and a round of polling as its heartbeat would do
+        try:
+            llms.session(label="forked child")
+            llms._health.poll()
+            os.write(ready_write, b"x")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_read, 1) == b"x"
+        assert llms.health("alpha", "provider").reporters == 1  # the parent's report alone
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_read)
+        os.close(ready_write)

@@ -29,13 +29,14 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _strategies
+from . import _fork, _strategies
 from ._liveness import Owner, owner_columns, verdict
 from ._records import Entry, frozen_json, utc, utc_or_none
 from ._store import VISIBLE, Store, entry_by_pk
@@ -283,6 +284,21 @@ def outcome_of(check: Check) -> tuple[str | None, float | None, str]:
 
 # -- the feature -----------------------------------------------------------------------------------
 
+_open: weakref.WeakSet[Health] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The checks watch the parent's objects: a child reporting on copies of them would vouch for
+    # what it does not run. The lock may have been held by the parent's heartbeat thread.
+    for health in list(_open):
+        health._checks.clear()
+        health._written.clear()
+        health._lock = threading.Lock()
+
+
+_fork.in_child("locks", _after_fork_in_child)
+
+
 
 class Health:
     """Health reports and the checks this process runs on its heartbeat (see the module docstring).
@@ -300,6 +316,7 @@ class Health:
         self._written: dict[tuple[str, int], tuple[str | None, float | None, str]] = {}
         self._lock = threading.Lock()
         leasing.on_beat(self.poll)
+        _open.add(self)
 
     def report(self, name: str, kind: str, health: str | None, *, load: float | None = None,
                info: Mapping[str, Any] | None = None, workspace: str | None = None) -> None:
