@@ -50,6 +50,22 @@ class Claude:
         return f"claude:{step['prompt']}"
 
 
+class BehavingStep:
+    """A module implementing Pipeline.Enhanced.StepBehaviour in full."""
+
+    @staticmethod
+    def execute(step: dict[str, Any], context: dict[str, Any]) -> str:
+        return "done"
+
+    @staticmethod
+    def validate_config(config: dict[str, Any]) -> tuple[str, Any]:
+        return ("ok", config) if config.get("retries", 0) <= 3 else ("error", "at most 3 retries")
+
+    @staticmethod
+    def metadata() -> dict[str, Any]:
+        return {"description": "behaves", "required_fields": ["prompt"], "capabilities": ["text_generation"]}
+
+
 def validate_dspy_signature(step_config: dict[str, Any]) -> tuple[str, Any]:
     """Pipeline.Enhanced.SchemaValidator.validate_dspy_signature"""
     signature = step_config.get("dspy_signature")
@@ -159,6 +175,17 @@ def test_step_not_found_falls_back_to_legacy_dispatch(pipeline: Pipeline) -> Non
         pipeline.steps.require_step_module("no_such_step")
     with pytest.raises(StepNotFoundError, match="without a module"):
         pipeline.steps.require_step_module("gemini")
+
+
+def test_a_module_implementing_the_step_behaviour_describes_and_validates_itself(pipeline: Pipeline) -> None:
+    pipeline.steps.register_step("behaving", BehavingStep)
+    (info,) = [s for s in pipeline.steps.list_steps() if s.step_type == "behaving"]
+    assert (info.description, info.required_fields, info.capabilities) == ("behaves", ("prompt",),
+                                                                          frozenset({"text_generation"}))
+    assert info.validator == "test_compat_pipeline:BehavingStep.validate_config" and not info.validator_in_process
+    assert pipeline.steps.validate_step_config("behaving", {"prompt": "p", "retries": 5}) == (
+        "error", "at most 3 retries")
+    assert pipeline.steps.validate_step_config("behaving", {"prompt": "p"}) == ("ok", {"prompt": "p"})
 
 
 def test_handing_over_a_legacy_module_at_start(registry: Registry) -> None:

@@ -29,12 +29,13 @@ a :class:`~nameplate.NameplateError` subclass on bad input, having written nothi
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .._dotted import AttributeMissing, ImportFailed, load_dotted
 from .._entry_health import EntryHealth
@@ -60,6 +61,7 @@ __all__ = [
     "SelectionStrategyError",
     "StepInfo",
     "StepNotFoundError",
+    "StepBehaviour",
     "StepRegistry",
     "default_pipeline",
     "get_provider",
@@ -74,6 +76,8 @@ __all__ = [
     "select_provider",
     "validate_step_config",
 ]
+
+log = logging.getLogger("nameplate.compat.pipeline")
 
 #: The kind step types are registered under (defined on first use).
 STEP_KIND = "pipeline_step"
@@ -175,6 +179,38 @@ def _step_info(entry: Entry) -> StepInfo:
                     legacy="legacy_module" in definition, metadata=dict(entry.metadata))
 
 
+class StepBehaviour(Protocol):
+    """pipeline_ex's ``Pipeline.Enhanced.StepBehaviour``: what the executor calls on a step module.
+
+    ``execute(step, context)`` is the interface. A module may also offer ``validate_config(config)``
+    and ``metadata()`` (static, as Elixir's functions are): :meth:`StepRegistry.register_step` uses them
+    when it is given no validator and no metadata (``validate_config`` by its dotted path when the
+    module can be imported by name, so every process runs it).
+    """
+
+    def execute(self, step: dict[str, Any], context: dict[str, Any]) -> Any: ...
+
+
+def _behaviour(step_type: str, module: Any, metadata: Mapping[str, Any] | None,
+               validator: Callable[[dict[str, Any]], Any] | str | None,
+               ) -> tuple[Mapping[str, Any] | None, Callable[[dict[str, Any]], Any] | str | None]:
+    """The metadata and validator a step module declares itself, where the caller gave none."""
+    if module is None or isinstance(module, str):
+        return metadata, validator
+    declared = getattr(module, "metadata", None)
+    if metadata is None and callable(declared):
+        metadata = declared()
+        if not isinstance(metadata, Mapping):
+            raise InvalidInputError(f"{step_type}: the module's metadata() returned {type(metadata).__name__}, "
+                                    "not a mapping", step_type=step_type)
+    own = getattr(module, "validate_config", None)
+    if validator is None and callable(own):
+        path = dotted_path_of(module)
+        by_name = None if path is None else path + (".validate_config" if ":" in path else ":validate_config")
+        validator = by_name if by_name is not None and load_dotted(by_name) == own else own
+    return metadata, validator
+
+
 def _field_list(value: Any, what: str) -> list[str]:
     if isinstance(value, str) or not isinstance(value, Iterable) or isinstance(value, Mapping):
         raise InvalidInputError(f"{what} must be a list of field names, not {value!r}", field=what)
@@ -210,6 +246,7 @@ class StepRegistry:
         keys are kept as the entry's metadata. The same registration again changes nothing; a different
         one raises :class:`~nameplate.NameTakenError` unless ``on_conflict="replace"`` (or ``"keep"``).
         """
+        metadata, validator = _behaviour(step_type, module, metadata, validator)
         meta = dict(metadata or {})
         if validator is not None and not isinstance(validator, str) and not callable(validator):
             raise InvalidInputError(f"validator must be a callable or a 'pkg.module:function' path, not "
@@ -237,6 +274,7 @@ class StepRegistry:
                 self._validators[step_type] = validator
             else:
                 self._validators.pop(step_type, None)
+        log.debug("step type %r registered (target %s)", step_type, target)
         return "ok"
 
     def get_step_module(self, step_type: str) -> tuple[str, Any]:
@@ -244,9 +282,13 @@ class StepRegistry:
         has no module here (a legacy type registered without one): the executor's legacy dispatch runs
         it then. A target that cannot be imported raises :class:`~nameplate.TargetImportError`."""
         if self.registry.lookup(step_type, STEP_KIND) is None:
+            log.debug("step type %r is not registered: not_found", step_type)
             return "error", "not_found"
         module = _load_or_none(self.registry, step_type, STEP_KIND)
-        return ("error", "not_found") if module is None else ("ok", module)
+        if module is None:
+            log.debug("step type %r has no module in this process: not_found (legacy dispatch)", step_type)
+            return "error", "not_found"
+        return "ok", module
 
     def require_step_module(self, step_type: str) -> Any:
         """The module of ``step_type``, or :class:`StepNotFoundError` saying why there is none."""
