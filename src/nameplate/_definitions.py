@@ -33,6 +33,7 @@ from ._kind_schema import (
     list_kinds,
     name_problems,
     save_kind,
+    unchanged_kind,
     validate,
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
@@ -209,6 +210,9 @@ class Definitions:
             # Stored entries are checked against the new schema outside the lock (the validator is
             # user code); the write then goes ahead only if none of them changed meanwhile.
             with self._backend.read() as tx:
+                same = unchanged_kind(tx, values)
+                if same is not None:
+                    return same  # defined so already (by another process starting too): nothing to write
                 rows, fingerprint = kind_entries(tx, name)
             broken = broken_by(candidate, rows)
             with self._backend.write() as tx:
