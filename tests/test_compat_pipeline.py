@@ -292,7 +292,7 @@ def test_healthiest_orders_by_health_then_load(pipeline: Pipeline) -> None:
 
 def test_a_health_check_runs_on_the_heartbeat(db_path: Path) -> None:
     state = {"health": "healthy"}
-    with Pipeline(Registry(db_path, ttl=0.6)) as pipeline:
+    with Pipeline(Registry(db_path, ttl=1.5)) as pipeline:
         pipeline.providers.register_provider("api_llm", None, ["chat"], health_check=lambda: dict(state))
         assert pipeline.providers.select_provider(["chat"], "healthiest")[1].name == "api_llm"
         state["health"] = "critical"

@@ -143,10 +143,10 @@ def test_status_and_health_are_polled_on_the_heartbeat(db_path: Path) -> None:
 
 
 class _closing:
-    """A ProcessRegistry with a short ttl (a beat every 0.2 s), closed at the end."""
+    """A ProcessRegistry with a short ttl (a beat every 0.5 s), closed at the end."""
 
     def __init__(self, db_path: Path) -> None:
-        self.processes = ProcessRegistry(Registry(db_path, ttl=0.6))
+        self.processes = ProcessRegistry(Registry(db_path, ttl=1.5))
 
     def __enter__(self) -> ProcessRegistry:
         return self.processes
@@ -237,7 +237,7 @@ def test_a_record_registered_in_one_process_is_seen_in_another(processes: Proces
                                                                children: list[subprocess.Popen[str]]) -> None:
     status_file = tmp_path / "status"
     status_file.write_text("epoch 3")
-    child = _register_in_child(children, db_path, "training_run_001", status_file, ttl=0.6)
+    child = _register_in_child(children, db_path, "training_run_001", status_file, ttl=1.5)
     record = processes.get_process("training_run_001")
     assert isinstance(record, ProcessRecord)  # the object stays in its process; here: its record
     assert (record.pid, record.alive, record.state) == (child.pid, True, "live")

@@ -158,7 +158,7 @@ def test_checks_run_on_the_heartbeat_and_a_raising_check_reports_critical(db_pat
             raise ConnectionError("api unreachable")
         return {"health": answers[-1], "load": len(answers), "queue": 7}
 
-    with Registry(db_path, ttl=0.6) as registry:
+    with Registry(db_path, ttl=1.5) as registry:
         registry.register("api", "provider", capabilities=["llm"])
         registry.watch_health("api", "provider", check)
         api = registry.health("api", "provider")  # the first run happens in watch_health itself
@@ -233,7 +233,7 @@ def test_delete_all_is_one_transaction_and_stops_at_another_processes_lease(regi
 
 def test_a_check_runs_on_every_beat(db_path: Path) -> None:
     calls: list[float] = []
-    with Registry(db_path, ttl=0.3) as registry:
+    with Registry(db_path, ttl=1.5) as registry:
         registry.register("api", "provider")
         registry.watch_health("api", "provider", lambda: calls.append(time.monotonic()) or "healthy")
         assert wait_until(lambda: len(calls) >= 4, timeout=10)
