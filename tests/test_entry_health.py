@@ -19,6 +19,7 @@ from nameplate import (
     LeaseHeldError,
     NoMatchError,
     Registry,
+    _entry_health,
 )
 
 from conftest import table_snapshot, wait_until
@@ -259,3 +260,15 @@ def test_a_forked_child_does_not_run_its_parents_checks(llms: Registry) -> None:
         os.waitpid(pid, 0)
         os.close(ready_read)
         os.close(ready_write)
+
+
+def test_a_poll_racing_with_a_delete_writes_nothing_and_keeps_the_heartbeat(llms: Registry) -> None:
+    llms.watch_health("alpha", "provider", lambda: "healthy")
+    pk = llms._backend.query_one("SELECT pk FROM entry WHERE name = 'alpha'")[0]
+    llms.delete("alpha", "provider")
+    with llms._backend.write() as tx:  # what the poll writes after reading a pk that is gone by now
+        tx.execute(_entry_health._UPSERT_IF_PRESENT, (pk, llms.session().id, "healthy", None, "{}", time.time(), pk))
+    with sqlite3.connect(llms.path or "") as conn:
+        assert conn.execute("SELECT count(*) FROM entry_health WHERE entry_pk = ?", (pk,)).fetchone() == (0,)
+    llms._health.poll()  # the watch of the deleted entry stops, quietly
+    assert llms.session().usable and not llms.unwatch_health("alpha", "provider")

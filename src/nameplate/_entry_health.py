@@ -56,6 +56,11 @@ _RANK = {"healthy": 0, "degraded": 1, None: 2}
 _UPSERT = ("INSERT INTO entry_health (entry_pk, session_id, health, load, info, reported_at) VALUES (?, ?, ?, ?, ?, ?) "
            "ON CONFLICT (entry_pk, session_id) DO UPDATE SET health = excluded.health, load = excluded.load, "
            "info = excluded.info, reported_at = excluded.reported_at")
+#: The same, for a pk read before the transaction: the entry may have been deleted meanwhile.
+_UPSERT_IF_PRESENT = ("INSERT INTO entry_health (entry_pk, session_id, health, load, info, reported_at) "
+                      "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM entry WHERE pk = ?) "
+                      "ON CONFLICT (entry_pk, session_id) DO UPDATE SET health = excluded.health, "
+                      "load = excluded.load, info = excluded.info, reported_at = excluded.reported_at")
 _SESSION = f"SELECT id, state, status, label, {owner_columns()} FROM session WHERE id = ?"
 _ENTRY = ("SELECT r.pk, r.id, r.name, k.name, w.name, r.owner_session_id FROM entry AS r "
           "JOIN kind AS k ON k.id = r.kind_id JOIN workspace AS w ON w.id = r.workspace_id WHERE r.pk = ?")
@@ -383,7 +388,7 @@ class Health:
         now = time.time()
         with self._backend.write() as tx:
             for pk, outcome in changed:
-                tx.execute(_UPSERT, (pk, session_id, *outcome, now))
+                tx.execute(_UPSERT_IF_PRESENT, (pk, session_id, *outcome, now, pk))
         with self._lock:
             for pk, outcome in changed:
                 self._written[(session_id, pk)] = outcome
