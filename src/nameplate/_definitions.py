@@ -449,29 +449,24 @@ class Definitions:
             bound_anywhere = (key, kind, name) in _bound_names
         if here is not _UNBOUND:
             return here  # a binding in the workspace itself beats every layer: no need to walk them
-        if not bound_anywhere:  # the hot path: one statement, no layer walk
-            row = self._backend.query_one(_VISIBLE_ENTRY, (ws, name, kind))
-            if row is not None:
-                return self._load_target(decode_entry(row), name, kind)
-        with self._backend.read() as tx:
-            trace = _layers.explain(tx, self._store, ws, name, kind)
-            row = tx.execute(_VISIBLE_ENTRY, (ws, name, kind)).fetchone()
-        rows = {layer.workspace: layer for layer in trace.layers}
-        with _process_lock:
-            for layer in trace.chain:
-                if (key, layer, kind, name) in _bound:
-                    return _bound[(key, layer, kind, name)]
-                if layer in rows:
-                    break
+        # The hot path, for a name bound nowhere: one statement, no layer walk.
+        row = None if bound_anywhere else self._backend.query_one(_VISIBLE_ENTRY, (ws, name, kind))
         if row is None:
-            hidden = f" (hidden by a tombstone in {trace.hidden_by!r})" if trace.hidden_by else ""
-            raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load{hidden}; register it with a "
-                                     "target or bind() an object", name=name, kind=kind, workspace=ws)
-        return self._load_target(decode_entry(row), name, kind)
-
-    @staticmethod
-    def _load_target(entry: Entry, name: str, kind: str) -> Any:
-        """``entry``'s target, imported on first use and cached for the process."""
+            with self._backend.read() as tx:
+                trace = _layers.explain(tx, self._store, ws, name, kind)
+                row = tx.execute(_VISIBLE_ENTRY, (ws, name, kind)).fetchone()
+            rows = {layer.workspace: layer for layer in trace.layers}
+            with _process_lock:
+                for layer in trace.chain:
+                    if (key, layer, kind, name) in _bound:
+                        return _bound[(key, layer, kind, name)]
+                    if layer in rows:
+                        break
+            if row is None:
+                hidden = f" (hidden by a tombstone in {trace.hidden_by!r})" if trace.hidden_by else ""
+                raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load{hidden}; register it with "
+                                         "a target or bind() an object", name=name, kind=kind, workspace=ws)
+        entry = decode_entry(row)
         if not entry.target:
             raise TargetImportError(f"{kind} {name!r} (id {entry.id}) has no target to load; register it with "
                                     "target='package.module:attribute' or bind() an object", name=name, kind=kind,
