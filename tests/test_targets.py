@@ -187,6 +187,7 @@ def test_load_walks_the_layers_only_for_names_bound_somewhere(registry: Registry
     registry.register("encoder", "builder", target="json:JSONEncoder")
     registry.register("decoder", "builder", target="json:JSONDecoder")
     registry.bind("decoder", "builder", dict)
+    assert registry.load("encoder", "builder") is json.JSONEncoder  # imported once; what follows is the hot path
     statements: list[str] = []
     conn = registry._backend.connection()
     conn.set_trace_callback(statements.append)
