@@ -320,3 +320,12 @@ def test_name_patterns_are_matched_outside_every_transaction(registry: Registry,
         other.import_document(document)
     registry.define_kind("widget", optional=["size", "colour"], name_pattern="^[a-z]+_?[a-z]*$", strict=False)
     assert len(seen) >= 8 and all(call == ("free", False) for call in seen), seen
+
+
+def test_defining_a_kind_again_as_it_is_writes_nothing(registry: Registry) -> None:
+    first = registry.define_kind("pipette", required=["max_volume_ul"], optional=["channels"], defaults={"channels": 1})
+    revision = registry.revision
+    again = registry.define_kind("pipette", required=["max_volume_ul"], optional=["channels"], defaults={"channels": 1})
+    assert registry.revision == revision and again.updated_at == first.updated_at
+    changed = registry.define_kind("pipette", required=["max_volume_ul"], optional=["channels", "brand"])
+    assert registry.revision == revision + 1 and changed.optional == ("channels", "brand")

@@ -53,6 +53,16 @@ def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: in
     assert not any("entry_by_kind" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
 
 
+@pytest.mark.parametrize("count", [0, 2])
+def test_healthiest_finds_reported_entries_from_the_live_sessions(providers: Registry, count: int) -> None:
+    conn = providers._backend.connection()
+    params = ("vision", "llm")[:count] + ("core", "provider")
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _strategies.statement("reported", count), params)]
+    assert plan[1:3] == ["SEARCH o USING INDEX session_by_state (state=?)",
+                         "SEARCH h USING COVERING INDEX entry_health_by_session (session_id=?)"], plan
+    assert not any("entry_by_kind" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
+
+
 def test_the_rarest_capability_drives_the_query(providers: Registry) -> None:
     with providers._backend.read() as tx:
         assert _strategies.by_rarity(tx, ["chat", "llm", "vision"]) == ["chat", "vision", "llm"]

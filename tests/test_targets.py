@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -180,3 +181,30 @@ def test_discover_in_a_group_nobody_uses_registers_nothing(registry: Registry, d
     before = table_snapshot(db_path)
     assert registry.discover("nameplate.no_such_group") == []
     assert table_snapshot(db_path) == before
+
+
+def test_load_walks_the_layers_only_for_names_bound_somewhere(registry: Registry) -> None:
+    registry.register("encoder", "builder", target="json:JSONEncoder")
+    registry.register("decoder", "builder", target="json:JSONDecoder")
+    registry.bind("decoder", "builder", dict)
+    assert registry.load("encoder", "builder") is json.JSONEncoder  # imported once; what follows is the hot path
+    statements: list[str] = []
+    conn = registry._backend.connection()
+    conn.set_trace_callback(statements.append)
+    try:
+        assert registry.load("encoder", "builder") is json.JSONEncoder
+        unbound = list(statements)
+        statements.clear()
+        assert registry.load("decoder", "builder") is dict  # bound in the workspace asked in: no statement
+        bound_here = list(statements)
+    finally:
+        conn.set_trace_callback(None)
+    assert len(unbound) == 1 and unbound[0].startswith("SELECT"), unbound
+    assert bound_here == []
+    registry.create_workspace("dev1")
+    with registry.workspace("dev1"):
+        assert registry.load("decoder", "builder") is dict  # inherited binding: the layer walk finds it
+        registry.register("decoder", "builder", target="json:JSONDecoder")
+        assert registry.load("decoder", "builder") is json.JSONDecoder  # this layer's row beats core's binding
+    assert registry.unbind("decoder", "builder") and not registry.unbind("decoder", "builder")
+    assert registry.load("decoder", "builder") is json.JSONDecoder

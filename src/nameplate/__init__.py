@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._definitions import Registration
 from ._documents import ImportPlan
 from ._election import Leader, Leadership
+from ._entry_health import HEALTH_WORDS, EntryHealth
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
@@ -137,4 +138,6 @@ __all__ = [
     "Leader",
     "Leadership",
     "SemaphoreLimitError",
+    "EntryHealth",
+    "HEALTH_WORDS",
 ]

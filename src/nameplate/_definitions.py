@@ -18,7 +18,7 @@ from typing import Any
 
 from ulid import ULID
 
-from . import _layers, _strategies
+from . import _entry_health, _layers, _strategies
 from ._dotted import AttributeMissing, ImportFailed, load_dotted
 from ._kind_schema import (
     Kind,
@@ -32,6 +32,7 @@ from ._kind_schema import (
     list_kinds,
     name_problems,
     save_kind,
+    unchanged_kind,
     validate,
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
@@ -83,8 +84,11 @@ _ENTRY_IN_VIEW = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.id = 
 # inherits a copy, which is still this process's objects). Bindings are keyed by the database file,
 # so two Registry objects on one file share them and a Registry on another file does not.
 _bound: dict[tuple[str, str, str, str], Any] = {}
+#: How many workspaces bind each (file, kind, name): load() walks the layers only for names bound somewhere.
+_bound_names: dict[tuple[str, str, str], int] = {}
 _loaded: dict[tuple[str, str], Any] = {}
 _process_lock = threading.Lock()
+_UNBOUND = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,7 @@ class Definitions:
         self._store = store
         self._ws = workspace_of
         self._leasing = leasing
+        self._bind_key_cached: str | None = None
 
     # -- workspaces ------------------------------------------------------------------------------
 
@@ -209,6 +214,9 @@ class Definitions:
             # Stored entries are checked against the new schema outside the lock (the validator is
             # user code); the write then goes ahead only if none of them changed meanwhile.
             with self._backend.read() as tx:
+                same = unchanged_kind(tx, values)
+                if same is not None:
+                    return same  # defined so already (by another process starting too): nothing to write
                 rows, fingerprint = kind_entries(tx, name)
             broken = broken_by(candidate, rows)
             with self._backend.write() as tx:
@@ -405,8 +413,12 @@ class Definitions:
     # -- targets ---------------------------------------------------------------------------------
 
     def _bind_key(self) -> str:
-        location = self._backend.location
-        return os.path.realpath(location.path) if location.path is not None else str(location)
+        key = self._bind_key_cached
+        if key is None:  # the file never moves under an open backend: resolve its real path once
+            location = self._backend.location
+            key = self._bind_key_cached = (os.path.realpath(location.path) if location.path is not None
+                                           else str(location))
+        return key
 
     def bind(self, name: str, kind: str, obj: Any, *, workspace: str | None = None) -> None:
         ws = self._ws(workspace)
@@ -415,35 +427,53 @@ class Definitions:
         with self._backend.read() as tx:
             self._store.workspace_id(tx, ws)
             self._store.kind_id(tx, kind)
+        key = self._bind_key()
         with _process_lock:
-            _bound[(self._bind_key(), ws, kind, name)] = obj
+            if (key, ws, kind, name) not in _bound:
+                _bound_names[(key, kind, name)] = _bound_names.get((key, kind, name), 0) + 1
+            _bound[(key, ws, kind, name)] = obj
 
     def unbind(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
+        key = self._bind_key()
         with _process_lock:
-            return _bound.pop((self._bind_key(), ws, kind, name), None) is not None
+            if (key, ws, kind, name) not in _bound:
+                return False
+            del _bound[(key, ws, kind, name)]
+            left = _bound_names.pop((key, kind, name)) - 1
+            if left:
+                _bound_names[(key, kind, name)] = left
+            return True
 
     def load(self, name: str, kind: str, *, workspace: str | None = None) -> Any:
         ws = self._ws(workspace)
         name = check_name(name)
         check_kind_name(kind)
-        with self._backend.read() as tx:
-            trace = _layers.explain(tx, self._store, ws, name, kind)
-            row = tx.execute(_VISIBLE_ENTRY, (ws, name, kind)).fetchone()
         key = self._bind_key()
-        rows = {layer.workspace: layer for layer in trace.layers}
         with _process_lock:
-            for layer in trace.chain:
-                if (key, layer, kind, name) in _bound:
-                    return _bound[(key, layer, kind, name)]
-                if layer in rows:
-                    break
+            here = _bound.get((key, ws, kind, name), _UNBOUND)
+            bound_anywhere = (key, kind, name) in _bound_names
+        if here is not _UNBOUND:
+            return here  # a binding in the workspace itself beats every layer: no need to walk them
+        # The hot path, for a name bound nowhere: one statement, no layer walk.
+        row = None if bound_anywhere else self._backend.query_one(_VISIBLE_ENTRY, (ws, name, kind))
         if row is None:
-            hidden = f" (hidden by a tombstone in {trace.hidden_by!r})" if trace.hidden_by else ""
-            raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load{hidden}; register it with a "
-                                     "target or bind() an object", name=name, kind=kind, workspace=ws)
+            with self._backend.read() as tx:
+                trace = _layers.explain(tx, self._store, ws, name, kind)
+                row = tx.execute(_VISIBLE_ENTRY, (ws, name, kind)).fetchone()
+            rows = {layer.workspace: layer for layer in trace.layers}
+            with _process_lock:
+                for layer in trace.chain:
+                    if (key, layer, kind, name) in _bound:
+                        return _bound[(key, layer, kind, name)]
+                    if layer in rows:
+                        break
+            if row is None:
+                hidden = f" (hidden by a tombstone in {trace.hidden_by!r})" if trace.hidden_by else ""
+                raise EntryNotFoundError(f"no {kind} {name!r} in workspace {ws!r} to load{hidden}; register it with "
+                                         "a target or bind() an object", name=name, kind=kind, workspace=ws)
         entry = decode_entry(row)
         if not entry.target:
             raise TargetImportError(f"{kind} {name!r} (id {entry.id}) has no target to load; register it with "
@@ -492,11 +522,8 @@ class Definitions:
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
-                chosen, owned = _strategies.choose_healthiest(tx, ws, kind, needed)
-                if chosen is None and _strategies.choose_read_only(tx, "first", ws, kind, needed) is not None:
-                    raise _strategies.no_live_owner(ws, kind, needed, owned)
-            else:
-                chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
+                return _entry_health.choose_healthiest(tx, self._store, ws, kind, needed)
+            chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen

@@ -218,6 +218,10 @@ def save_kind(tx: Tx, store: Store, values: dict[str, Any], *, broken: list[str]
     if kind.builtin:
         raise KindInUseError(f"kind {kind.name!r} is built in and cannot be redefined; define a new kind "
                              f"(e.g. {kind.name + '_v2'!r})", kind=kind.name)
+    if _same_schema(kind, values):
+        # Defining a kind again as it is writes nothing: processes that all define it at start would
+        # otherwise move its updated_at under each other's registrations (which then start over).
+        return
     if broken is None:
         broken = broken_by(candidate_kind(values), tx.execute(_KIND_ENTRIES, (values["name"],)).fetchall())
     if broken:
@@ -229,6 +233,22 @@ def save_kind(tx: Tx, store: Store, values: dict[str, Any], *, broken: list[str]
                (values["description"], values["required"], values["optional"], values["defaults"],
                 values["name_pattern"], values["validator"], values["strict"], now, existing[11]))
     store.record(tx, "kind.define", kind=values["name"], at=now, schema=_schema_detail(values), redefined=True)
+
+
+def unchanged_kind(tx: Tx, values: dict[str, Any]) -> Kind | None:
+    """The stored kind if it already has exactly the schema ``values`` (from :func:`build_kind`) defines."""
+    row = tx.execute(f"SELECT {_KIND_COLUMNS} FROM kind WHERE name = ?", (values["name"],)).fetchone()
+    if row is None:
+        return None
+    kind = _decode(row)
+    return kind if not kind.builtin and _same_schema(kind, values) else None
+
+
+def _same_schema(kind: Kind, values: dict[str, Any]) -> bool:
+    return (kind.description == values["description"] and list(kind.required) == json.loads(values["required"])
+            and list(kind.optional) == json.loads(values["optional"])
+            and dict(kind.defaults) == json.loads(values["defaults"]) and kind.name_pattern == values["name_pattern"]
+            and kind.validator == values["validator"] and kind.strict == bool(values["strict"]))
 
 
 def _schema_detail(values: dict[str, Any]) -> dict[str, Any]:

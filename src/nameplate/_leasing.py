@@ -95,7 +95,12 @@ class Leasing:
         self._label = label or default_label()
         self._session_obj: Session | None = None
         self._session_lock = threading.Lock()
+        self._beat_hooks: list[Callable[[], None]] = []
         _open_leasings.add(self)
+
+    def on_beat(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` in the heartbeat thread after every renewal of this process's session."""
+        self._beat_hooks.append(hook)
 
     def close(self) -> None:
         """End this process's session (its leases and ephemeral entries go with it)."""
@@ -123,7 +128,7 @@ class Leasing:
             self._session_obj = Session(
                 self._backend, self._store, label=label or self._label,
                 ttl=self._ttl if ttl is None else check_seconds(ttl, "ttl"), status=status, info=info or {},
-                lock_delay=self._lock_delay)
+                lock_delay=self._lock_delay, beat_hooks=self._beat_hooks)
             return self._session_obj
 
     def sessions(self, alive: bool = True) -> list[SessionInfo]:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -307,8 +307,12 @@ class Session:
     """
 
     def __init__(self, backend: Backend, store: Store, *, label: str, ttl: float, status: str,
-                 info: Mapping[str, Any], lock_delay: float) -> None:
+                 info: Mapping[str, Any], lock_delay: float,
+                 beat_hooks: Sequence[Callable[[], None]] = ()) -> None:
         self._backend = backend
+        #: Run by the heartbeat thread after each renewal (health checks); shared with the Registry,
+        #: so hooks added later run too.
+        self._beat_hooks = beat_hooks
         self._store = store
         self.id = str(ULID())
         self.label = label
@@ -435,6 +439,11 @@ class Session:
                     continue
                 last_renewed = time.monotonic()
                 beats += 1
+                for hook in list(self._beat_hooks):
+                    try:
+                        hook()
+                    except NameplateError as error:  # a busy database: the next beat runs it again
+                        log.warning("nameplate heartbeat hook of session %s failed: %s", self.id, error)
                 if beats % 3 == 0:  # about once per ttl, free what dead processes left behind
                     try:
                         reap(self._backend, self._store, lock_delay=self.lock_delay)

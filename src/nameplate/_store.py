@@ -11,6 +11,7 @@ that defines it (or hidden in W).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -80,6 +81,7 @@ _REVIVE_TOMBSTONE = (
 #: Marks a cache miss (None is a cached answer: the name does not exist).
 _MISSING = object()
 _TOUCH = "UPDATE entry SET last_seen_at = ? WHERE pk = ?"
+_OWN_OF_KIND = "SELECT pk, id FROM entry WHERE workspace_id = ? AND kind_id = ? AND hidden = 0 ORDER BY name"
 _SET_METADATA = "UPDATE entry SET metadata = ?, updated_at = ?, last_seen_at = ? WHERE pk = ?"
 _INSERT_EVENT = ("INSERT INTO event (at, action, workspace, kind, name, entry_id, session_id, actor, detail)"
                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rev")
@@ -484,6 +486,22 @@ class Store:
         self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
                     metadata=dict(entry.metadata))
         return entry
+
+    def delete_all(self, workspace: str, kind: str, guard: Guard | None = None) -> builtins.list[Entry]:
+        """Remove every entry of ``kind`` that ``workspace`` itself defines (inherited ones and
+        tombstones stay), in one transaction; the guard judges each first, so one entry leased by
+        another process leaves them all in place."""
+        with self.backend.write() as tx:
+            rows = tx.execute(_OWN_OF_KIND, (self.workspace_id(tx, workspace), self.kind_id(tx, kind))).fetchall()
+            if guard is not None:
+                for pk, entry_id in rows:
+                    guard(tx, int(pk), entry_id, kind)
+            entries = [entry_by_pk(tx, int(pk)) for pk, _ in rows]
+            for (pk, _), entry in zip(rows, entries, strict=True):
+                tx.execute("DELETE FROM entry WHERE pk = ?", (pk,))
+                self.record(tx, "delete", workspace=workspace, kind=kind, name=entry.name, entry_id=entry.id,
+                            metadata=dict(entry.metadata), reason=f"every {kind} of the workspace removed at once")
+            return entries
 
 
 def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:

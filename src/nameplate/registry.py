@@ -25,6 +25,7 @@ from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
 from ._documents import ImportPlan
 from ._election import Elections, Leader, Leadership
+from ._entry_health import EntryHealth, Health
 from ._health import CheckReport
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
@@ -110,6 +111,7 @@ class Registry:
         self._transactions = Transactions(self._backend, self._store, self._leasing, self._definitions)
         self._semaphores = Semaphores(self._backend, self._store, self._leasing, self._ws)
         self._elections = Elections(self._backend, self._store, self._leasing, self._ws)
+        self._health = Health(self._backend, self._store, self._ws, self._leasing)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -341,7 +343,6 @@ class Registry:
         entry = self._leasing.reaping_first(lambda: self._store.delete(ws, name, kind, guard=removal_guard))
         self._leasing.finish_removal(ended)
         return entry
-
 
     # -- leasing (see _leasing.py) ---------------------------------------------
 
@@ -825,6 +826,7 @@ class Registry:
     def aliases(self, kind: str, *, workspace: str | None = None) -> dict[str, str]:
         """Every alias of ``kind`` visible in the workspace: alias → the name it stands for."""
         return _aliases.aliases(self._store, self._ws(workspace), kind)
+
     # -- coordination on leases: semaphores and leader election (see _semaphore.py, _election.py) --
 
     def semaphore(self, name: str, limit: int, wait: float | None = None, *, workspace: str | None = None,
@@ -865,6 +867,59 @@ class Registry:
         until ``stop()`` is true or ``timeout`` seconds passed. Between looks it waits for a commit (the
         commit signal, microseconds) or a quarter second at most."""
         return self._elections.observe(name, workspace=workspace, stop=stop, timeout=timeout)
+
+    # -- entry health: providers and tracked processes report it (see _entry_health.py) ------------
+
+    def report_health(self, name: str, kind: str, health: str | None, *, load: float | None = None,
+                      info: Mapping[str, Any] | None = None, workspace: str | None = None) -> None:
+        """Report, as this process, how the entry ``name`` is doing: ``health`` (``"healthy"``,
+        ``"degraded"``, ``"critical"`` or ``None``), ``load`` (lower is better) and ``info`` (JSON).
+
+        Each process has its own report per entry, which counts while the process lives (pid + start
+        time, then its session's ttl) and is void the moment it dies. Written at once in one short
+        transaction, not logged as an event. ``select(strategy="healthiest")`` heeds it: never a
+        ``critical`` entry, healthy before degraded, then the lower load.
+        """
+        return self._health.report(name, kind, health, load=load, info=info, workspace=workspace)
+
+    def watch_health(self, name: str, kind: str, check: Callable[[], Any], *, workspace: str | None = None) -> None:
+        """Run ``check()`` now and on every heartbeat of this process's session, and report what it
+        returns: a health word, ``(health, load)``, or a mapping with optional ``health`` and ``load``
+        whose other keys become ``info``. A check that raises reports ``critical`` with the error.
+
+        The callable stays in this process (and this Registry object); only its reports are shared. It
+        runs in the heartbeat thread, outside any transaction, every ``ttl / 3`` seconds; a report is
+        written only when it changes. Watching the same name again replaces the check.
+        """
+        return self._health.watch(name, kind, check, workspace=workspace)
+
+    def unwatch_health(self, name: str, kind: str, *, workspace: str | None = None) -> bool:
+        """Stop running the check given to :meth:`watch_health`; return whether there was one (the
+        last report stays until this process ends)."""
+        return self._health.unwatch(name, kind, workspace=workspace)
+
+    def health(self, name: str, kind: str, *, workspace: str | None = None) -> EntryHealth:
+        """How ``name`` is doing, judged now: its freshest live report, whether it is alive (its
+        owner's process, or for an unowned entry some live reporter), and its owner's pid, host,
+        label and session state. :class:`EntryNotFoundError` if no such entry is visible."""
+        return self._health.health(name, kind, workspace=workspace)
+
+    def list_health(self, kind: str, requires: Iterable[str] = (), *,
+                    workspace: str | None = None) -> builtins.list[EntryHealth]:
+        """:meth:`health` of every entry of ``kind`` visible here that offers all of ``requires``, by name."""
+        return self._health.list(kind, requires, workspace=workspace)
+
+    def delete_all(self, kind: str, *, workspace: str | None = None) -> builtins.list[Entry]:
+        """Remove every entry of ``kind`` that this workspace itself defines, in one transaction, and
+        return them (inherited entries and tombstones stay). An entry leased by another process raises
+        :class:`LeaseHeldError` and nothing is removed; this process's own leases on them end with them."""
+        ws = self._ws(workspace)
+        check_kind_name(kind)
+        ended: builtins.list[Lease] = []
+        removal_guard = self._leasing.guard_removal(ended)
+        entries = self._leasing.reaping_first(lambda: self._store.delete_all(ws, kind, guard=removal_guard))
+        self._leasing.finish_removal(ended)
+        return entries
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:
