@@ -2,7 +2,9 @@
 
 Each module wraps a :class:`~nameplate.Registry` (no second storage, no process-global state):
 ``nameplate.compat.cursus`` has Cursus's registry API (step names, builders, hyperparameters, the
-unified manager), ``nameplate.compat.madsci`` MADSci's ``LocalRegistryManager``. The Cursus functions
+unified manager), ``nameplate.compat.madsci`` MADSci's ``LocalRegistryManager``,
+``nameplate.compat.pipeline`` pipeline_ex's step and provider registries and its compatibility manager,
+``nameplate.compat.processes`` the in-memory process registry's six functions. The Cursus functions
 listed below are also importable from ``nameplate.compat`` itself, where they lived first.
 """
 
