@@ -214,6 +214,7 @@ def test_the_fixture_is_a_real_madsci_file() -> None:
                for item in data["entries"].values())
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_export_reads_one_snapshot_and_import_writes_one_transaction(registry: Registry, tmp_path: Path) -> None:
     populate(registry)
     statements: list[str] = []

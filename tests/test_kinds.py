@@ -169,6 +169,7 @@ def test_a_string_is_not_taken_for_a_list_of_capabilities(registry: Registry, db
     assert table_snapshot(db_path) == before
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_a_batch_is_one_immediate_transaction(registry: Registry) -> None:
     statements: list[str] = []
     registry._backend.connection().set_trace_callback(statements.append)
@@ -220,6 +221,7 @@ def rules(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, d
     sys.modules.pop("np_rules", None)
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_validators_run_outside_every_transaction(registry: Registry, rules: object) -> None:
     registry.define_kind("widget", optional=["size"], validator="np_rules:check", name_pattern="^[a-z]+$")
     registry.register("one", "widget", {"size": 1})

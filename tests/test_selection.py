@@ -31,6 +31,7 @@ def test_find_returns_supersets_of_the_required_capabilities(providers: Registry
     assert providers.find("provider", {"telepathy"}) == []
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 @pytest.mark.parametrize("shape", ["find", "first", "random", "round_robin", "least_recently_selected"])
 def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: Registry, shape: str) -> None:
     conn = providers._backend.connection()
@@ -43,6 +44,7 @@ def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: R
     assert [s for s in plan if s.startswith("SCAN")] == ["SCAN m"], plan  # only the index matches are scanned
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 @pytest.mark.parametrize("count", [0, 2])
 def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: int) -> None:
     conn = providers._backend.connection()
@@ -83,6 +85,7 @@ def test_every_named_strategy_is_implemented(providers: Registry) -> None:
         assert providers.select("provider", {"llm"}, strategy).capabilities >= {"llm"}
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_reads_only_strategies_write_nothing_and_recording_ones_one_short_transaction(providers: Registry) -> None:
     providers.session(label="test").report(status="healthy")
     providers.register("owned", "provider", capabilities=["llm"], owned=True)

@@ -302,6 +302,7 @@ def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path_factory: pyt
                     assert [e.name for e in registry.find(kind, required, workspace=ws)] == expected
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_creating_a_workspace_costs_the_same_however_many_there_are(registry: Registry) -> None:
     def statements_to_create(name: str, parent: str) -> list[str]:
         statements: list[str] = []

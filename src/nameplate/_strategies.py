@@ -123,7 +123,8 @@ def requirement(requires: Iterable[str] | None) -> list[str]:
 
 #: Counting a capability's index range stops here: past it, "common" is all the order needs to know.
 _RARITY_PROBE = 4096
-_COUNT_CAPABILITY = f"SELECT count(*) FROM (SELECT 1 FROM entry_capability WHERE capability = ? LIMIT {_RARITY_PROBE})"
+_COUNT_CAPABILITY = (f"SELECT count(*) FROM (SELECT 1 FROM entry_capability WHERE capability = ? LIMIT {_RARITY_PROBE})"
+                     " AS probe")
 
 
 def by_rarity(tx: Tx, requires: list[str]) -> list[str]:

@@ -60,6 +60,10 @@ class Backend(ABC):
     def write(self) -> AbstractContextManager[Tx]:
         """A short write transaction (``BEGIN IMMEDIATE`` on SQLite). Commits on success."""
 
+    def schema_lock(self) -> AbstractContextManager[Tx]:
+        """The transaction migrations run in; a write transaction unless a backend has a lock of its own."""
+        return self.write()
+
     @abstractmethod
     def read(self) -> AbstractContextManager[Tx]:
         """A read-only transaction: every statement inside sees one snapshot."""
@@ -87,6 +91,10 @@ class Backend(ABC):
     def ddl_vocabulary(self) -> dict[str, str]:
         """Dialect words for migration templates: ``pk``, ``ref``, ``float``, ``rev_pk``, ``table_opts``."""
 
+    def adapt_ddl(self, sql: str) -> str:
+        """A migration's DDL (vocabulary filled in) in this dialect, where a word must differ."""
+        return sql
+
     @abstractmethod
     def change_counter(self) -> int:
         """A number that changes whenever another connection commits (cheap; for followers and caches)."""
@@ -110,6 +118,10 @@ class Backend(ABC):
     @abstractmethod
     def foreign_key_problems(self) -> list[str]:
         """Rows that point at missing rows, one sentence each."""
+
+    def not_applicable(self) -> tuple[str, ...]:
+        """Checks and figures that mean nothing on this database (``check``/``stats`` say so)."""
+        return ()
 
     @abstractmethod
     def vacuum(self) -> None:
