@@ -142,15 +142,30 @@ def registry(db_url: str) -> Iterator[Registry]:
         yield reg
 
 
-def table_snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read with plain sqlite3: to prove that a failed call changed nothing."""
-    conn = sqlite3.connect(path)
-    try:
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    finally:
-        conn.close()
+def query_db(spec: str | Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` read straight from the database (a SQLite file, or a PostgreSQL URL), past nameplate."""
+    if "://" not in str(spec):
+        conn = sqlite3.connect(spec)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(str(spec), autocommit=True) as pg:
+        return [tuple(row) for row in pg.execute(sql).fetchall()]
+
+
+def table_snapshot(spec: str | Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, read past nameplate: to prove that a failed call changed nothing."""
+    if "://" in str(spec):
+        tables = [r[0] for r in query_db(spec, "SELECT table_name FROM information_schema.tables WHERE "
+                                               "table_schema = current_schema() AND table_type = 'BASE TABLE' "
+                                               "ORDER BY table_name")]
+    else:
+        tables = [r[0] for r in query_db(spec, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT "
+                                               "LIKE 'sqlite_%' ORDER BY name")]
+    return {t: sorted(query_db(spec, f"SELECT * FROM {t}"), key=repr) for t in tables}
 
 
 def run_processes(target: Callable[..., Any], args_list: list[tuple[Any, ...]], *,
