@@ -255,7 +255,7 @@ def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_
             return holder
     delay = tx.execute(_DELAY, (entry_pk,)).fetchone()
     if delay is not None:
-        remaining = delay_active(float(delay[0]), delay[1], float(delay[2]))
+        remaining = delay_active(float(delay[0]), delay[1], float(delay[2]), store.backend.clock(tx))
         if remaining > 0:
             return Delayed(remaining)
     token = int(tx.execute(_BUMP_FENCE, (entry_pk,)).fetchone()[0])

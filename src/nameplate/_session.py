@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from . import _fork
-from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
+from ._liveness import BOOT_ID, HOSTNAME, Owner, boot_identity, owner_columns, process_start, verdict
 from ._models import Entry as EntryRow
 from ._models import Kind as KindRow
 from ._models import Lease as LeaseRow
@@ -130,6 +130,7 @@ def list_sessions(backend: Backend, *, alive: bool) -> list[SessionInfo]:
     if alive:
         query = query.where(SessionRow.state == "live")
     leases: dict[str, list[HeldLease]] = {}
+    now_wall = backend.clock()
     for lease in list_leases(backend):
         leases.setdefault(lease.session_id, []).append(lease)
     result = []
@@ -137,7 +138,7 @@ def list_sessions(backend: Backend, *, alive: bool) -> list[SessionInfo]:
         owner = Owner(pid=int(row.pid), hostname=row.hostname, boot_id=row.boot_id,
                       process_start=float(row.process_start), ttl=float(row.ttl), beat_at=float(row.beat_at),
                       beat_mono=float(row.beat_mono))
-        is_alive = row.state == "live" and verdict(owner) is None
+        is_alive = row.state == "live" and verdict(owner, now_wall=now_wall, one_host=backend.one_host) is None
         if alive and not is_alive:
             continue
         result.append(SessionInfo(
@@ -155,7 +156,7 @@ def _owner(row: Any) -> Owner:
 def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reason: str,
                      lock_delay: float) -> int:
     """Free a session's leases and ephemeral entries and mark it ended; return the leases freed."""
-    now_wall, now_mono = time.time(), time.monotonic()
+    now_wall, now_mono = store.backend.clock(tx), time.monotonic()
     leases = tx.execute(
         "SELECT l.entry_pk, l.token, e.id, e.name, k.name, w.name FROM lease AS l "
         "JOIN entry AS e ON e.pk = l.entry_pk JOIN kind AS k ON k.id = e.kind_id "
@@ -213,7 +214,8 @@ def reap_if_gone(tx: Tx, store: Store, session_id: str, owner: Owner, *, lock_de
     Returns the verdict (``"dead"``/``"expired"``) or ``None`` if it lives. Holding the write lock,
     no beat can land between judging and acting; one /proc read (about 70 µs) is all it adds.
     """
-    judged = verdict(owner)
+    backend = store.backend
+    judged = verdict(owner, now_wall=backend.clock(tx), one_host=backend.one_host)
     if judged is not None:
         _reap_judged(tx, store, session_id, owner, judged, lock_delay=lock_delay)
     return judged
@@ -225,7 +227,9 @@ def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None 
     rows = backend.query_all(sql, (only,) if only else ())
     # Judged outside the transaction (one /proc read per live session, too many to make every other
     # writer wait for), then applied only to sessions that did not beat meanwhile.
-    doomed = [(row, judged) for row in rows if (judged := verdict(_owner(row))) is not None]
+    now_wall = backend.clock()
+    doomed = [(row, judged) for row in rows
+              if (judged := verdict(_owner(row), now_wall=now_wall, one_host=backend.one_host)) is not None]
     if not doomed:
         return []
     reaped = []
@@ -271,11 +275,11 @@ class Session:
         start = process_start(self.pid)
         if start is None or start != start:
             raise NameplateError(f"cannot read this process's start time (pid {self.pid}); psutil needs /proc")
-        now_wall, now_mono = time.time(), time.monotonic()
         info_text = encode_object(self.info, "info")
         with backend.write() as tx:
-            tx.execute(_INSERT_SESSION, (self.id, self.pid, HOSTNAME, BOOT_ID, start, label, self.ttl, status,
-                                         info_text, now_wall, now_wall, now_mono))
+            now_wall, now_mono = backend.clock(tx), time.monotonic()
+            tx.execute(_INSERT_SESSION, (self.id, self.pid, HOSTNAME, boot_identity(backend.one_host), start, label,
+                                         self.ttl, status, info_text, now_wall, now_wall, now_mono))
             store.record(tx, "session.open", session=self.id, label=label, ttl=self.ttl, pid=self.pid,
                          hostname=HOSTNAME)
         self._thread = threading.Thread(target=self._run, name=f"nameplate-heartbeat-{self.id[-6:]}", daemon=True)
@@ -327,7 +331,7 @@ class Session:
         if self.lost.is_set():
             return False
         with self._backend.write() as tx:
-            renewed = tx.execute(_BEAT, (time.time(), time.monotonic(), self.id)).rowcount
+            renewed = tx.execute(_BEAT, (self._backend.clock(tx), time.monotonic(), self.id)).rowcount
             tokens = dict(tx.execute(_HELD_TOKENS, (self.id,)).fetchall()) if renewed else {}
         if not renewed:
             self._mark_lost("the session was ended by another process (expired or reaped)")
@@ -347,8 +351,8 @@ class Session:
         info_text = encode_object(merged, "info")
         new_status = self.status if status is None else str(status)
         with self._backend.write() as tx:
-            renewed = tx.execute(_BEAT_WITH_REPORT, (time.time(), time.monotonic(), new_status, info_text,
-                                                     self.id)).rowcount
+            renewed = tx.execute(_BEAT_WITH_REPORT, (self._backend.clock(tx), time.monotonic(), new_status,
+                                                     info_text, self.id)).rowcount
         if not renewed:
             self._mark_lost("the session was ended by another process (expired or reaped)")
             raise SessionClosedError(f"session {self.id} was ended by another process ({self.lost_reason}); "

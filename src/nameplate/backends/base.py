@@ -9,6 +9,7 @@ behind the same contract without touching the Registry or the repository.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -55,6 +56,15 @@ class Backend(ABC):
     peewee: peewee.Database
     #: Seconds a writer waits for the write lock before :class:`RegistryBusyError`.
     timeout: float
+    #: Whether every process using this database runs on this host (a SQLite file on a local disk).
+    #: Then a session of another boot is one from before this host rebooted: dead. A server database
+    #: is shared by hosts, so another boot id is another host, judged by its ttl alone.
+    one_host: bool = True
+
+    def clock(self, tx: Tx | None = None) -> float:
+        """The wall clock sessions' ttl and lock-delay are judged on across hosts (seconds since the
+        epoch): this host's here, the server's on a server database."""
+        return time.time()
 
     @abstractmethod
     def write(self) -> AbstractContextManager[Tx]:

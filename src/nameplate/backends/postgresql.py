@@ -157,6 +157,7 @@ class _TrackedPostgresqlDatabase(peewee.PostgresqlDatabase):
 class PostgresqlBackend(Backend):
     dialect = "postgresql"
     peewee: _TrackedPostgresqlDatabase
+    one_host = False
 
     def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL") -> None:
         if location.url is None:
@@ -447,8 +448,9 @@ class PostgresqlBackend(Backend):
                              "WHERE n.nspname = current_schema() AND c.relkind = 'r'")
         return {"file_bytes": int(row[0]), "wal_bytes": 0, "shm_bytes": 0}
 
-    def server_now(self, tx: Tx | None = None) -> float:
-        """The server's clock (``clock_timestamp()``, which moves within a transaction, unlike ``now()``)."""
+    def clock(self, tx: Tx | None = None) -> float:
+        """The server's clock (``clock_timestamp()``, which moves within a transaction, unlike ``now()``),
+        one for every host: sessions' beats and lock-delays are stamped and judged on it."""
         sql = "SELECT extract(epoch FROM clock_timestamp())"
         row = tx.execute(sql).fetchone() if tx is not None else self.query_one(sql)
         return float(row[0])
