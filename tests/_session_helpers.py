@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nameplate._liveness import BOOT_ID, HOSTNAME
+from nameplate._liveness import BOOT_ID, HOSTNAME, PROCESS_TABLE
 
 
 class _Direct:
@@ -39,12 +39,14 @@ class _Direct:
 
 
 def insert_session(path: str | Path, session_id: str, *, pid: int, process_start: float, hostname: str = HOSTNAME,
-                   boot_id: str = BOOT_ID, ttl: float = 3600.0, beat_age: float = 0.0, label: str = "ghost",
+                   boot_id: str | None = None, ttl: float = 3600.0, beat_age: float = 0.0, label: str = "ghost",
                    holds: tuple[str, ...] = ()) -> dict[str, int]:
     """A live session row (last beat ``beat_age`` seconds ago on both clocks) holding leases on ``holds``.
 
     Returns the token of each lease, taken as ``acquire`` would: the entry's fence plus one.
     """
+    if boot_id is None:  # this host's identity, as a session of this process would record it
+        boot_id = PROCESS_TABLE if "://" in str(path) else BOOT_ID
     conn = _Direct(path)
     try:
         wall, mono = time.time() - beat_age, time.monotonic() - beat_age

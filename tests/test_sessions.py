@@ -106,6 +106,7 @@ def test_a_reused_pid_does_not_keep_a_dead_session_alive(db_url: str) -> None:
         stop_child(bystander)
 
 
+@pytest.mark.sqlite_only  # "another boot id is a reboot" holds on one host; test_postgresql.py has the shared rules
 def test_reap_ends_dead_expired_and_rebooted_sessions_and_keeps_live_ones(db_url: str) -> None:
     bystander = sleeper()
     try:
