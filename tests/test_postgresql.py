@@ -225,3 +225,45 @@ def test_a_server_that_is_not_there_is_a_location_error_without_the_password() -
         Registry("postgresql://ada:pw-s3cret@127.0.0.1:1/registry", timeout=2)
     assert "cannot connect to postgresql://ada:***@127.0.0.1:1/registry" in str(caught.value)
     assert "pw-s3cret" not in str(caught.value) + repr(caught.value.facts)
+
+
+def _durable(document: dict[str, Any]) -> dict[str, Any]:
+    """What an export reproduces: everything but when and at which revision it was taken."""
+    kept = dict(document)
+    for key in ("revision", "exported_at"):
+        kept.pop(key)
+    core = dict(kept["workspaces"][0])
+    core.pop("created_at")  # each registry's core layer is made by its own first migration
+    kept["workspaces"] = [core, *kept["workspaces"][1:]]
+    return kept
+
+
+def test_export_from_sqlite_and_import_into_postgresql_and_back_reproduces_the_registry(
+        tmp_path: Path, pg_url: str) -> None:
+    with Registry(tmp_path / "one-host.db") as old:
+        old.create_workspace("dev", description="a layer over core")
+        old.define_kind("instrument", required=["vendor"], name_pattern=r"^[a-z0-9_]+$")
+        old.resolve("pcr_1", "node", {"slot": 3, "tags": ["a", "b"]})
+        old.register("ot2", "instrument", {"vendor": "opentrons"})
+        old.register("alpha", "provider", capabilities=["llm", "chat"])
+        old.resolve("pcr_1", "node", {"slot": 4}, workspace="dev")
+        old.resolve("scratch", "node")
+        old.hide("scratch", "node", workspace="dev")
+        document = old.export()
+    with Registry(pg_url) as shared:
+        plan = shared.import_document(document)
+        assert len(plan.added) == 4 and plan.workspaces_added == ["dev"]
+        assert plan.tombstones_added == ["dev/node/scratch"]
+        copied = shared.export()
+        assert _durable(copied) == _durable(document)
+        assert shared.lookup("pcr_1", "node", workspace="dev") == \
+            [e for e in document["entries"] if e["name"] == "pcr_1"][0]["id"]  # ids kept, layers too
+        assert shared.lookup("scratch", "node", workspace="dev") is None
+        assert [e.name for e in shared.find("provider", {"llm"})] == ["alpha"]
+        # Identity columns moved past every imported id: new rows of each table still get fresh ones.
+        shared.create_workspace("after")
+        shared.define_kind("gadget")
+        assert shared.resolve("fresh", "gadget", workspace="after") == shared.lookup("fresh", workspace="after")
+    with Registry(tmp_path / "back.db") as back:
+        back.import_document(copied)
+        assert _durable(back.export()) == _durable(document)
