@@ -60,6 +60,9 @@ class Backend(ABC):
     #: Then a session of another boot is one from before this host rebooted: dead. A server database
     #: is shared by hosts, so another boot id is another host, judged by its ttl alone.
     one_host: bool = True
+    #: Whether :meth:`commit_signal` costs far less than a point select; if not, a read cache saves
+    #: nothing and the store runs without one.
+    cheap_commit_signal: bool = True
 
     def clock(self, tx: Tx | None = None) -> float:
         """The wall clock sessions' ttl and lock-delay are judged on across hosts (seconds since the

@@ -21,8 +21,9 @@ The guarantees of the SQLite backend, carried over:
 - Commits send ``NOTIFY``; :meth:`change_counter` counts notifications on a listening connection
   (followers poll it instead of the log). :meth:`commit_signal` cannot use them: a notification
   arrives after the commit is visible to others, so for an instant it would report "nothing changed"
-  for a change a fresh read sees. It therefore changes on every call, and the read cache re-reads the
-  event revision (one round trip) before each hit.
+  for a change a fresh read sees. It therefore changes on every call, and a read-cache hit would cost
+  a round trip for the event revision, as much as the lookup it saves (measured: 78 µs per cached
+  lookup against 36 µs uncached), so the store runs without a read cache here (``cheap_commit_signal``).
 
 The repository writes SQL with ``?`` placeholders as SQLite does; :func:`dialect_sql` turns it into
 psycopg's (``%s``, literal ``%`` doubled) and spells SQLite's join-order hint ``CROSS JOIN ... ON`` as
@@ -158,6 +159,7 @@ class PostgresqlBackend(Backend):
     dialect = "postgresql"
     peewee: _TrackedPostgresqlDatabase
     one_host = False
+    cheap_commit_signal = False
 
     def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL") -> None:
         if location.url is None:
