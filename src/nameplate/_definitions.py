@@ -497,7 +497,7 @@ class Definitions:
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
-                chosen, owned = _strategies.choose_healthiest(tx, ws, kind, needed)
+                chosen, owned = _strategies.choose_healthiest(self._backend, tx, ws, kind, needed)
                 if chosen is None and _strategies.choose_read_only(tx, "first", ws, kind, needed) is not None:
                     raise _strategies.no_live_owner(ws, kind, needed, owned)
             else:

@@ -33,7 +33,7 @@ from ._liveness import Owner, owner_columns, verdict
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import check_capabilities
-from .backends.base import Tx
+from .backends.base import Backend, Tx
 from .errors import NoMatchError, UnknownStrategyError
 
 #: Every strategy ``select`` implements, with the one-line description the errors and docs use.
@@ -178,7 +178,8 @@ def choose_and_record(tx: Tx, strategy: str, workspace: str, kind: str, requires
     return entry_by_pk(tx, row[0])
 
 
-def choose_healthiest(tx: Tx, workspace: str, kind: str, requires: list[str]) -> tuple[Entry | None, int]:
+def choose_healthiest(backend: Backend, tx: Tx, workspace: str, kind: str,
+                      requires: list[str]) -> tuple[Entry | None, int]:
     """The best match with a live owner, and how many owned candidates were judged.
 
     The statement already orders candidates best first; liveness (a look at the owner's process) is
@@ -186,10 +187,11 @@ def choose_healthiest(tx: Tx, workspace: str, kind: str, requires: list[str]) ->
     """
     rows = tx.execute(statement("healthiest", len(requires)), (*by_rarity(tx, requires), workspace, kind)).fetchall()
     judged: dict[str, bool] = {}
+    now_wall = backend.clock(tx)
     for row in rows:
         session_id = row[1]
         if session_id not in judged:
-            judged[session_id] = verdict(Owner.from_row(row, 3)) is None
+            judged[session_id] = verdict(Owner.from_row(row, 3), now_wall=now_wall, one_host=backend.one_host) is None
         if judged[session_id]:
             return entry_by_pk(tx, row[0]), len(rows)
     return None, len(rows)
