@@ -8,6 +8,11 @@ The guarantees of the SQLite backend, carried over:
   lock gave none, and fencing tokens exactly 1..N. ``lock_timeout`` bounds the wait
   (:class:`RegistryBusyError`). The statements inside run at READ COMMITTED, so each sees every
   commit made before the lock was granted, as under SQLite's write lock.
+- Serialisation failures and deadlocks cannot arise between nameplate's own transactions: every write
+  takes the one advisory lock before any row lock, at READ COMMITTED, and read-only REPEATABLE READ
+  snapshots never fail to serialise. Should another client's locks cause one, the transaction is
+  rolled back whole and :class:`RegistryBusyError` says so (nothing was written; retrying is safe).
+- ``synchronous=`` is accepted as on SQLite; durability is the server's (``synchronous_commit``).
 - Reads that span statements run in ``REPEATABLE READ READ ONLY`` snapshots; single reads in
   autocommit. The event revision is an identity column assigned under the write lock, so it grows in
   commit order.
