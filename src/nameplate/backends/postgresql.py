@@ -299,7 +299,7 @@ class PostgresqlBackend(Backend):
 
     def _busy_or_translate(self, error: BaseException, started: float) -> Exception:
         translated = self.translate(error)
-        if isinstance(translated, RegistryBusyError):
+        if isinstance(translated, RegistryBusyError) and _sqlstate(error) == "55P03":  # lock_timeout ran out
             waited = time.monotonic() - started
             return RegistryBusyError(
                 f"{self.shown} stayed busy for {waited:.2f} s waiting for the write lock (timeout "
@@ -467,20 +467,28 @@ _BUSY_STATES = frozenset({"55P03", "40001", "40P01", "57014"})
 _LOCATION_STATES = ("28", "3D", "42501", "25006", "08")
 
 
-def translate_error(error: BaseException, shown: str, timeout: float, password: str | None = None) -> NameplateError:
-    """The specific :class:`NameplateError` for a psycopg (or peewee-wrapped) error on ``shown``."""
-    found = error
+def _driver_error(error: BaseException) -> BaseException:
+    """The psycopg error behind ``error`` (peewee wraps them), or ``error`` itself."""
     for candidate in (error, getattr(error, "orig", None), error.__cause__, error.__context__):
         if candidate is not None and hasattr(candidate, "sqlstate"):
-            found = candidate
-            break
-    state = getattr(found, "sqlstate", None) or ""
+            return candidate
+    return error
+
+
+def _sqlstate(error: BaseException) -> str:
+    return getattr(_driver_error(error), "sqlstate", None) or ""
+
+
+def translate_error(error: BaseException, shown: str, timeout: float, password: str | None = None) -> NameplateError:
+    """The specific :class:`NameplateError` for a psycopg (or peewee-wrapped) error on ``shown``."""
+    found = _driver_error(error)
+    state = _sqlstate(error)
     text = str(found).strip().splitlines()[0] if str(found).strip() else type(found).__name__
     if password:
         text = text.replace(password, "***")
     if state in _BUSY_STATES:
-        return RegistryBusyError(f"{shown} is busy: {text}; retry or raise the timeout", url=shown, waited=0.0,
-                                 timeout=timeout)
+        return RegistryBusyError(f"{shown} is busy: {text}; the transaction was rolled back whole, nothing was "
+                                 "written: retry, or raise the timeout", url=shown, waited=0.0, timeout=timeout)
     if state.startswith("53") or state == "58030":
         return StorageError(f"the server cannot write {shown} ({text}); free space on the server and retry (the "
                             "transaction was rolled back)", url=shown)
