@@ -267,3 +267,9 @@ def test_export_from_sqlite_and_import_into_postgresql_and_back_reproduces_the_r
     with Registry(tmp_path / "back.db") as back:
         back.import_document(copied)
         assert _durable(back.export()) == _durable(document)
+
+
+def test_a_search_path_without_a_schema_is_a_location_error(postgres_server: Any) -> None:
+    url = f"{postgres_server.database_url}?options=-csearch_path%3Dno_such_schema"
+    with pytest.raises(DatabaseLocationError, match="names no existing schema"):
+        Registry(url)
