@@ -273,3 +273,25 @@ def test_a_search_path_without_a_schema_is_a_location_error(postgres_server: Any
     url = f"{postgres_server.database_url}?options=-csearch_path%3Dno_such_schema"
     with pytest.raises(DatabaseLocationError, match="names no existing schema"):
         Registry(url)
+
+
+def test_libpq_environment_and_service_files_fill_in_the_url(pg_url: str, postgres_server: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import urlsplit
+
+    with Registry(pg_url) as registry:
+        entry_id = registry.resolve("via-env", "node")
+    parts = urlsplit(pg_url)
+    options = parts.query  # options=-csearch_path%3Dt<n>: the test's own schema
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[nameplate_test]\nhost={parts.hostname}\nport={parts.port}\nuser={parts.username}\n"
+                        f"dbname={postgres_server.database}\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    with Registry(f"postgresql:///?service=nameplate_test&{options}") as by_service:
+        assert by_service.lookup("via-env", "node") == entry_id
+    monkeypatch.delenv("PGSERVICEFILE")
+    monkeypatch.setenv("PGHOST", str(parts.hostname))
+    monkeypatch.setenv("PGPORT", str(parts.port))
+    monkeypatch.setenv("PGUSER", str(parts.username))
+    with Registry(f"postgresql:///{postgres_server.database}?{options}") as by_environment:
+        assert by_environment.lookup("via-env", "node") == entry_id
