@@ -287,7 +287,7 @@ def test_replace_needs_every_user_kind_in_the_file(registry: Registry, tmp_path:
         assert other.import_document(document).applied  # merge keeps them, so the entries have their kind
 
 
-def test_import_validates_again_when_the_registry_moved(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+def test_import_validates_again_when_the_registry_moved(registry: Registry, db_url: str, tmp_path: Path) -> None:
     registry.resolve("a", "node")
     registry.resolve("b", "node")
     document = registry.export()

@@ -139,8 +139,8 @@ for line in sys.stdin:
 """
 
 
-def test_round_robin_alternates_across_two_processes(providers: Registry, db_path: Path) -> None:
-    pickers = [subprocess.Popen([sys.executable, "-c", _PICKER, str(db_path)], stdin=subprocess.PIPE,
+def test_round_robin_alternates_across_two_processes(providers: Registry, db_url: str) -> None:
+    pickers = [subprocess.Popen([sys.executable, "-c", _PICKER, str(db_url)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
     picks = []
     try:
@@ -170,10 +170,10 @@ time.sleep(120)
 
 
 def test_healthiest_prefers_healthy_live_owners_and_ignores_a_killed_one(providers: Registry,
-                                                                         db_path: Path) -> None:
+                                                                         db_url: str) -> None:
     providers.session(label="test").report(status="degraded")
     providers.register("slow", "provider", capabilities=["llm"], owned=True)
-    child = subprocess.Popen([sys.executable, "-c", _PROVIDER, str(db_path)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _PROVIDER, str(db_url)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         assert providers.select("provider", {"llm"}, "healthiest").name == "fast"
@@ -210,11 +210,11 @@ def test_healthiest_never_returns_an_entry_without_a_live_owner(providers: Regis
         providers.select("provider", {"speech"}, "healthiest")
 
 
-def test_a_restarted_provider_takes_over_its_entry(db_path: Path) -> None:
-    with Registry(db_path) as first:
+def test_a_restarted_provider_takes_over_its_entry(db_url: str) -> None:
+    with Registry(db_url) as first:
         first.session(label="provider, first run").report(status="healthy")
         entry = first.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
-    with Registry(db_path) as second:  # the same definition again, from a new session
+    with Registry(db_url) as second:  # the same definition again, from a new session
         second.session(label="provider, second run").report(status="healthy")
         again = second.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
         assert again.id == entry.id

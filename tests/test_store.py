@@ -21,15 +21,11 @@ from nameplate import (
     UnknownKindError,
 )
 
-from conftest import table_snapshot
+from conftest import query_db, table_snapshot
 
 
-def events(path: Path) -> list[tuple[str, str | None, str | None]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT action, name, entry_id FROM event ORDER BY rev").fetchall()
-    finally:
-        conn.close()
+def events(path: str | Path) -> list[tuple[str, str | None, str | None]]:
+    return [(a, n, e) for a, n, e in query_db(path, "SELECT action, name, entry_id FROM event ORDER BY rev")]
 
 
 def test_resolve_creates_once_and_returns_the_same_ulid(registry: Registry) -> None:
@@ -146,12 +142,12 @@ def test_rename_to_the_same_name_under_another_kind_is_allowed(registry: Registr
     assert registry.lookup("b", "node") is not None
 
 
-def test_delete_removes_the_entry_and_logs_it(registry: Registry, db_path: Path) -> None:
+def test_delete_removes_the_entry_and_logs_it(registry: Registry, db_url: str) -> None:
     entry_id = registry.resolve("gone", "node", {"k": "v"})
     deleted = registry.delete("gone")
     assert deleted.id == entry_id and deleted.metadata == {"k": "v"}
     assert registry.lookup("gone") is None
-    assert events(db_path)[-1] == ("delete", "gone", entry_id)
+    assert events(db_url)[-1] == ("delete", "gone", entry_id)
     assert registry.resolve("gone", "node") != entry_id  # a new entry, a new id
     with pytest.raises(EntryNotFoundError):
         registry.delete("never_there", "node")
@@ -253,8 +249,8 @@ def test_invalid_or_unknown_kinds_are_rejected_and_change_nothing(registry: Regi
     assert table_snapshot(db_path) == before
 
 
-def test_a_closed_registry_refuses_calls(db_path: Path) -> None:
-    registry = Registry(db_path)
+def test_a_closed_registry_refuses_calls(db_url: str) -> None:
+    registry = Registry(db_url)
     registry.close()
     registry.close()  # idempotent
     with pytest.raises(RegistryClosedError):
@@ -263,11 +259,11 @@ def test_a_closed_registry_refuses_calls(db_path: Path) -> None:
         registry.lookup("x")
 
 
-def test_context_manager_closes(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_context_manager_closes(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("x", "node")
     assert registry.closed
-    with Registry(db_path) as again:
+    with Registry(db_url) as again:
         assert again.lookup("x", "node") is not None
 
 
