@@ -332,6 +332,71 @@ def bench_predecessor(work: Path, quick: bool) -> dict[str, Any] | None:
     return results
 
 
+# -- coordination (issue 20) ---------------------------------------------------------------------------
+
+
+def bench_coordination(work: Path, quick: bool) -> dict[str, Any]:
+    """find by metadata and list pages over 10k entries of one kind, compare-and-swap against a plain
+    update, a 5-operation transaction against 5 resolves, and how soon a waiter wakes after a commit."""
+    reps = 3 if quick else 5
+    size = 10_000
+    path = work / "coordination.db"
+    populate(path, 0)
+    results: dict[str, Any] = {}
+    with Registry(path, timeout=60) as registry:
+        for start in range(0, size, 1000):
+            with registry.transaction() as tx:
+                for i in range(start, start + 1000):
+                    tx.resolve(f"lh_{i:05d}", "node", {"room": f"R{i % 10}", "i": i})
+        results["list_10k_of_one_kind"] = per_op(lambda i: registry.list("node"), 3, reps)
+        results["find_by_metadata_10k"] = per_op(lambda i: registry.find("node", metadata={"room": "R3"}), 3, reps)
+        results["list_page_100_prefix_10k"] = per_op(
+            lambda i: registry.list("node", prefix="lh_0", limit=100, after=f"lh_{(i * 97) % 9000:05d}"), 50, reps)
+        results["update"] = per_op(lambda i: registry.update("lh_00001", "node", metadata={"n": i}), 200, reps)
+
+        def compare_and_swap(i: int) -> None:
+            entry = registry.require("lh_00002", "node")
+            registry.update("lh_00002", "node", metadata={"n": i}, expected_revision=entry.revision)
+
+        results["get_then_compare_and_swap"] = per_op(compare_and_swap, 200, reps)
+        results["resolve_create_x5"] = per_op(
+            lambda i: [registry.resolve(f"single-{i}-{j}", "node") for j in range(5)], 40, reps)
+
+        def five_in_one(i: int) -> None:
+            with registry.transaction() as tx:
+                for j in range(5):
+                    tx.resolve(f"batched-{i}-{j}", "node")
+
+        results["transaction_of_5_creates"] = per_op(five_in_one, 40, reps)
+        results["wait_wake_after_commit_ms"] = _wake_latency(path, 20 if quick else 50)
+    return results
+
+
+def _wake_latency(path: Path, rounds: int) -> dict[str, float]:
+    """Milliseconds from the end of another connection's commit to the waiter's wake."""
+    import threading
+
+    lags: list[float] = []
+    with Registry(path, timeout=60) as waiter, Registry(path, timeout=60) as writer:
+        waiter.resolve("watched", "node")
+        for i in range(rounds):
+            since = waiter.revision
+            committed: list[float] = []
+
+            def change(i: int = i, committed: list[float] = committed) -> None:
+                time.sleep(0.02)
+                writer.update("watched", "node", metadata={"i": i})
+                committed.append(time.perf_counter())
+
+            thread = threading.Thread(target=change)
+            thread.start()
+            waiter.wait_for_change("watched", "node", since=since, timeout=10)
+            woke = time.perf_counter()
+            thread.join()
+            lags.append(max(0.0, woke - committed[0]) * 1000)
+    return {"median_ms": statistics.median(lags), "p90_ms": pct(lags, 0.9), "max_ms": max(lags)}
+
+
 def _madsci_racer(barrier: Any, results: Any, index: int, path: str, names: list[str]) -> None:
     from madsci.common.registry.local_registry import LocalRegistryManager  # type: ignore[import-not-found]
 
@@ -445,6 +510,11 @@ def print_report(result: dict[str, Any]) -> None:
             race = row["race_4_processes"]
             print(f"| {int(size):,} | {row['lookup']['median_us']:,.0f} | {row['resolve_create']['median_us']:,.0f} | "
                   f"{race['throughput_per_s']:,.1f}/s, {race['errors']} errors, {race['duplicates']} duplicates |")
+    if result.get("coordination"):
+        print("\n| coordination | median |\n|---|---:|")
+        for key, value in result["coordination"].items():
+            unit = "ms" if key.endswith("_ms") else "µs"
+            print(f"| {key} | {value['median_' + unit.replace('µ', 'u')]:.2f} {unit} |")
     print("\nTargets:")
     for text, ok, detail in targets(result):
         print(f"- {'met' if ok else 'MISSED'}: {text} ({detail})")
@@ -560,8 +630,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the JSON result")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs")
-    parser.add_argument("--sections", default="operations,scale,contention,predecessor",
-                        help="comma-separated subset of: operations, scale, contention, predecessor")
+    parser.add_argument("--sections", default="operations,scale,contention,predecessor,coordination",
+                        help="comma-separated subset of: operations, scale, contention, predecessor, "
+                             "coordination")
     parser.add_argument("--sizes", default=None, help="entry counts for the scale section (default 1k,100k,1M)")
     parser.add_argument("--db", default=None, help="a postgresql:// URL: measure the hot operations and the "
                         "8-process race there (in a throwaway schema) beside a SQLite file, and only that")
@@ -591,6 +662,8 @@ def main() -> None:
             result["contention"] = bench_contention(work, args.quick)
         if "predecessor" in sections:
             result["predecessor"] = bench_predecessor(work, args.quick)
+        if "coordination" in sections:
+            result["coordination"] = bench_coordination(work, args.quick)
     result["targets"] = [{"target": t, "met": ok, "measured": d} for t, ok, d in targets(result)]
     Path(args.out).write_text(json.dumps(result, indent=2))
     print_report(result)

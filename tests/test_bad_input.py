@@ -45,6 +45,7 @@ from nameplate import (
     NameplateError,
     NameTakenError,
     NoMatchError,
+    NotImportableError,
     NotLeaseHolderError,
     Registry,
     SchemaTooNewError,
@@ -183,6 +184,7 @@ class ApiCase:
     setup: Setup | None = None
     sessions: bool = False  # live sessions are involved: the session table is not compared
     absent: tuple[str, ...] = ()  # text that must not appear in the message (secrets)
+    records_load_error: bool = False  # a failed import is recorded on its entry: the one row it writes
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,9 @@ Case = ApiCase | CliCase
 
 
 def api(case_id: str, call: Callable[[World], object], error: type[NameplateError], message: str, *,
-        setup: Setup | None = None, sessions: bool = False, absent: tuple[str, ...] = ()) -> ApiCase:
-    return ApiCase(case_id, call, error, message, setup, sessions, absent)
+        setup: Setup | None = None, sessions: bool = False, absent: tuple[str, ...] = (),
+        records_load_error: bool = False) -> ApiCase:
+    return ApiCase(case_id, call, error, message, setup, sessions, absent, records_load_error)
 
 
 def cli(case_id: str, args: Sequence[str], exit_code: int, message: str, *, setup: Setup | None = None,
@@ -636,9 +639,9 @@ TARGET_CASES: list[Case] = [
     api("targets/non-string", lambda w: w.registry.register("enc", "builder", target=42),  # type: ignore[arg-type]
         ValidationError, "is not a dotted path"),
     api("targets/load-missing-module", lambda w: w.registry.load("missing_module_builder", "builder"),
-        TargetImportError, "importing 'nameplate_no_such_module:Builder' failed"),
+        TargetImportError, "importing 'nameplate_no_such_module:Builder' failed", records_load_error=True),
     api("targets/load-missing-attribute", lambda w: w.registry.load("missing_attribute_builder", "builder"),
-        TargetImportError, "has no such attribute 'NoSuchEncoder'"),
+        TargetImportError, "has no such attribute 'NoSuchEncoder'", records_load_error=True),
     api("targets/load-entry-without-target", lambda w: w.registry.load("lh1", "node"), TargetImportError,
         "has no target to load"),
 ]
@@ -986,9 +989,43 @@ CLI_CASES: list[Case] = [
     cli("cli-process/remove-core", ["workspace", "rm", "core"], 4, "cannot be deleted", process=True),
 ]
 
+def registered_to_json(world: World) -> None:
+    world.registry.registrar("builder", "to_json")(json.dumps)
+
+
+PLUGIN_CASES: list[Case] = [
+    api("plugins/registrar-lambda", lambda w: w.registry.registrar("builder", "thing")(lambda: None),
+        NotImportableError, "is a lambda or is defined inside a function"),
+    api("plugins/registrar-unknown-kind", lambda w: w.registry.registrar("no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/registrar-bad-name", lambda w: w.registry.registrar("builder", "a\nb"), InvalidNameError,
+        "control character"),
+    api("plugins/registrar-name-taken", lambda w: w.registry.registrar("builder", "to_json")(json.loads),
+        NameTakenError, "already registered", setup=registered_to_json),
+    api("plugins/load-all-callback-not-callable",
+        lambda w: w.registry.load_all("builder", on_load_failure="print"),  # type: ignore[arg-type]
+        InvalidInputError, "on_load_failure must be callable"),
+    api("plugins/load-all-unknown-kind", lambda w: w.registry.load_all("no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/load-error-of-nothing", lambda w: w.registry.load_error("nothing_here", "builder"),
+        EntryNotFoundError, "no entry builder 'nothing_here'"),
+    api("plugins/discover-unknown-kind", lambda w: w.registry.discover(kind="no_such_kind"), UnknownKindError,
+        "kind 'no_such_kind' is not defined"),
+    api("plugins/discover-unknown-workspace", lambda w: w.registry.discover(workspace="no_such_ws"),
+        UnknownWorkspaceError, "workspace 'no_such_ws' does not exist"),
+    api("plugins/discover-empty-group", lambda w: w.registry.discover(""), InvalidInputError,
+        "group must be a non-empty string"),
+    api("plugins/discover-forget-not-bool",
+        lambda w: w.registry.discover(forget_missing="yes"),  # type: ignore[arg-type]
+        InvalidInputError, "forget_missing must be True or False"),
+    cli("plugins/cli-load-all-unknown-kind", ["load-all", "no_such_kind"], 3, "kind 'no_such_kind' is not defined"),
+    cli("plugins/cli-discover-unknown-kind", ["discover", "--kind", "no_such_kind"], 3,
+        "kind 'no_such_kind' is not defined"),
+]
+
 CASES: list[Case] = [*NAME_CASES, *KIND_CASES, *WORKSPACE_CASES, *METADATA_CASES, *DEFINITION_CASES,
                      *TARGET_CASES, *CAPABILITY_CASES, *ARGUMENT_CASES, *LEASE_CASES, *IMPORT_CASES,
-                     *DATABASE_FILE_CASES, *CLI_CASES]
+                     *DATABASE_FILE_CASES, *CLI_CASES, *PLUGIN_CASES]
 
 
 def test_the_table_is_well_formed() -> None:
@@ -1061,6 +1098,9 @@ def test_bad_input_raises_the_documented_error_and_changes_nothing(case: Case, w
     else:
         check_cli_case(case, world)
 
+    after = tables(world, case.sessions)
+    if isinstance(case, ApiCase) and case.records_load_error:
+        assert len(after.pop("entry_load_error")) == 1 + len(tables_before.pop("entry_load_error"))
     assert durable_export(world.registry) == export_before, "the export changed"
-    assert tables(world, case.sessions) == tables_before, "a table changed"
+    assert after == tables_before, "a table changed"
     assert file_tree(world.tmp_path) == files_before, "a file beside the registry changed"

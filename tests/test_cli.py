@@ -140,7 +140,7 @@ def test_health_and_housekeeping_commands(cli, db_path: Path) -> None:  # type: 
     assert cli("checkpoint").startswith("WAL ")
     assert json.loads(cli("--json", "migrate", "--status"))["pending"] == []
     assert f"schema version {latest_version()} (latest {latest_version()})" in cli("migrate")
-    assert [k["name"] for k in json.loads(cli("--json", "kinds"))][:2] == ["builder", "experiment"]
+    assert [k["name"] for k in json.loads(cli("--json", "kinds"))][:2] == ["builder", "election"]
     assert "hyperparameter" in cli("kinds")
 
 
@@ -270,10 +270,16 @@ def test_every_command_speaks_json(cli, db_path: Path, tmp_path: Path,  # type: 
         "workspace diff": ["workspace", "diff", "core", "dev9"], "workspace conflicts": ["workspace", "conflicts"],
         "workspace promote": ["-w", "dev9", "workspace", "promote", "p", "-k", "node"],
         "workspace rm": ["workspace", "rm", "dev9"], "workspace tree": ["workspace", "tree"],
-        "schema export": ["schema", "export"],
+        "schema export": ["schema", "export"], "leader": ["leader", "primary"],
+        "discover": ["discover", "np.no_such_group"], "load-all": ["load-all", "provider"],
+        "update": ["update", "a", "-m", "x=1"], "wait": ["wait", "a", "-k", "node", "--since", "0"],
     }
-    # lock's standard output is its command's: it has no --json (tests/test_cli_lock.py covers it).
-    assert sorted([*cases, "lock"]) == all_commands(), "a command has no --json case here"
+    # lock's, campaign's and semaphore's standard output is their command's: they have no --json
+    # (tests/test_cli_lock.py and tests/test_cli_election.py cover them).
+    assert sorted([*cases, "lock", "campaign", "semaphore"]) == all_commands(), "a command has no --json case here"
+    with Registry(db_path) as leading:
+        leading.campaign("primary", "me")
+        assert json.loads(cli("--json", *cases.pop("leader")))["value"] == "me"
     for name, args in cases.items():
         if name == "workspace promote":
             cli("-w", "dev9", "resolve", "p", "-k", "node")

@@ -72,7 +72,7 @@ def test_processes_opening_a_new_file_at_once_migrate_it_exactly_once(db_url: st
     versions = query_db(path, "SELECT version FROM schema_migration ORDER BY version")
     assert versions == [(v,) for v in range(1, latest_version() + 1)]
     assert query_db(path, "SELECT count(*) FROM workspace")[0][0] == 1
-    assert query_db(path, "SELECT count(*) FROM kind WHERE builtin = 1")[0][0] == 10
+    assert query_db(path, "SELECT count(*) FROM kind WHERE builtin = 1")[0][0] == 12
 
 
 def test_a_forked_child_resolves_on_its_parents_registry(registry: Registry) -> None:

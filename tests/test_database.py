@@ -26,7 +26,9 @@ from nameplate import (
 )
 from nameplate import errors as errors_module
 from nameplate._models import ALL_MODELS
-from nameplate.backends.migrate import latest_version
+from nameplate._paths import locate
+from nameplate.backends import open_backend
+from nameplate.backends.migrate import MigrationContext, available, latest_version
 from nameplate.backends.sqlite import APPLICATION_ID
 
 from conftest import table_snapshot
@@ -221,13 +223,21 @@ def test_another_applications_database_is_refused_byte_for_byte_untouched(tmp_pa
 
 
 def test_a_nameplate_file_from_before_the_application_id_is_recognised_and_marked(db_path: Path) -> None:
-    with Registry(db_path) as registry:
-        entry_id = registry.resolve("lh1", "node")
-    conn = sqlite3.connect(db_path)  # what version 1 left: no application id, user_version 1
-    conn.execute("PRAGMA application_id = 0")
-    conn.execute("PRAGMA user_version = 1")
-    conn.execute("DELETE FROM schema_migration WHERE version > 1")
+    # What version 1 left: its schema only, no application id, user_version 1, one entry.
+    backend = open_backend(locate(db_path), timeout=10.0, synchronous="NORMAL")
+    try:
+        with backend.write() as tx:
+            available()[0].module.upgrade(MigrationContext(tx, backend))
+            tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (1, 'initial schema', 0)")
+            backend.set_schema_version(tx, 1)
+    finally:
+        backend.close()
+    entry_id = "01J00000000000000000000000"
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO entry (id, workspace_id, kind_id, name, created_at, updated_at, last_seen_at) "
+                 "VALUES (?, 1, (SELECT id FROM kind WHERE name = 'node'), 'lh1', 0, 0, 0)", (entry_id,))
     conn.commit()
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == 0
     conn.close()
     with Registry(db_path) as registry:
         assert registry.migrations_applied == list(range(2, latest_version() + 1))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nameplate import Event, InvalidInputError, Registry, _eventlog
+from nameplate import Event, InvalidInputError, Registry, _watch
 
 from conftest import run_processes
 
@@ -122,17 +122,17 @@ def test_follow_starts_now_by_default_and_from_since_when_told(registry: Registr
     assert list(registry.follow(interval=0.01, stop=lambda: True)) == []
 
 
-def test_follow_polls_data_version_not_the_log(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_follow_polls_the_commit_signal_not_the_log(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[int] = []
-    real = _eventlog.changes
-    monkeypatch.setattr(_eventlog, "changes", lambda *a, **k: reads.append(1) or real(*a, **k))
+    real = _watch.scan
+    monkeypatch.setattr(_watch, "scan", lambda *a, **k: reads.append(1) or real(*a, **k))
     started = time.monotonic()
     assert list(registry.follow(interval=0.01, stop=lambda: time.monotonic() - started > 0.5)) == []
-    assert len(reads) == 1  # the catch-up read only: ~50 idle polls cost a PRAGMA each, no query of the log
+    assert len(reads) == 1  # the catch-up read only: idle looks at the commit signal never query the log
 
 
 def test_follow_also_sees_writes_of_its_own_connection(registry: Registry) -> None:
-    # data_version does not move for this connection's own commits; the periodic full poll catches them
+    # data_version does not move for this connection's own commits; the commit signal counts them too
     seen: list[str] = []
     wrote = False
     started = time.monotonic()

@@ -40,8 +40,8 @@ def test_a_sound_registry_checks_ok(registry: Registry) -> None:
     registry.acquire("lh", "node", workspace="dev1")
     report = registry.check()
     assert isinstance(report, CheckReport) and report.ok and report.problems == () and report.warnings == ()
-    assert report.checked == {"entries": 3, "definitions": 1, "kinds": 10, "workspaces": 2, "leases": 1,
-                              "sessions": 1}
+    assert report.checked == {"entries": 3, "definitions": 1, "kinds": 12, "workspaces": 2, "leases": 1,
+                              "sessions": 1, "plugins": 0}
     assert report.to_dict()["ok"] is True
 
 
@@ -138,7 +138,7 @@ def test_stats_counts_what_is_there(registry: Registry) -> None:
     assert stats["revision"] == registry.revision == stats["events"]
     assert stats["schema_version"] == stats["latest_schema_version"] == latest_version()
     assert stats["file_bytes"] > 0 and stats["wal_bytes"] >= 0 and stats["path"] == str(registry.location)
-    assert stats["live_sessions"] == 0 and stats["leases"] == 0 and stats["kinds"] == 10
+    assert stats["live_sessions"] == 0 and stats["leases"] == 0 and stats["kinds"] == 12
 
 
 @pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas

@@ -15,13 +15,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._definitions import Registration
 from ._documents import ImportPlan
+from ._election import Leader, Leadership
 from ._health import CheckReport, Finding
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, Layer, WorkspaceInfo
 from ._lease import Lease
+from ._load_errors import LoadFailure
 from ._paths import Location
+from ._plugins import Discovery, LoadResults, StalePlugin
 from ._records import Entry, Event
 from ._session import HeldLease, Session, SessionInfo
+from ._transaction import Pending, Transaction
 from .backends.migrate import MigrationStatus
 from .errors import (
     AmbiguousNameError,
@@ -43,14 +47,18 @@ from .errors import (
     NetworkFilesystemError,
     NoMatchError,
     NotFoundError,
+    NotImportableError,
     NotLeaseHolderError,
     RegistryBusyError,
     RegistryClosedError,
+    RevisionMismatchError,
     SchemaTooNewError,
+    SemaphoreLimitError,
     SessionClosedError,
     SessionNotFoundError,
     StorageError,
     TargetImportError,
+    TransactionStateError,
     UnknownKindError,
     UnknownStrategyError,
     UnknownWorkspaceError,
@@ -117,4 +125,16 @@ __all__ = [
     "WorkspaceError",
     "WorkspaceInfo",
     "__version__",
+    "Discovery",
+    "LoadFailure",
+    "LoadResults",
+    "NotImportableError",
+    "StalePlugin",
+    "RevisionMismatchError",
+    "TransactionStateError",
+    "Transaction",
+    "Pending",
+    "Leader",
+    "Leadership",
+    "SemaphoreLimitError",
 ]

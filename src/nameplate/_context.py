@@ -40,3 +40,19 @@ def active_workspace(name: str) -> Iterator[str]:
         yield name
     finally:
         _active.reset(token)
+
+
+def context_workspace() -> str | None:
+    """The workspace this thread/task set (``active_workspace`` or :func:`set_context_workspace`), or
+    ``None``: neither an argument nor ``NAMEPLATE_WORKSPACE`` is consulted."""
+    return _active.get()
+
+
+def set_context_workspace(name: str | None) -> None:
+    """Set (or with ``None`` clear) this thread's/task's workspace until it is set again.
+
+    Unlike :func:`active_workspace` there is no block to end it; it is still a context variable, so
+    it holds for the calling thread or asyncio task (and the tasks it creates afterwards), never for
+    other threads or processes.
+    """
+    _active.set(None if name is None else check_workspace_name(name))

@@ -12,9 +12,8 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from typing import Any
 
 from ulid import ULID
@@ -37,6 +36,7 @@ from ._kind_schema import (
 )
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._leasing import Leasing, WorkspaceOf
+from ._load_errors import clear_failure, record_failure
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import (
@@ -258,14 +258,22 @@ class Definitions:
         origins: list[str | None] = [None] * len(registrations)
         return self._leasing.reaping_first(lambda: self._register(ws, registrations, origins, on_conflict))
 
+    def register_discovered(self, ws: str, registrations: list[Registration], origins: list[str | None], *,
+                            before: Callable[[Tx], None]) -> list[Entry]:
+        """Register what discovery found (``origins``: the entry point of each), running ``before`` first
+        in the same transaction (discovery forgets missing plugins there)."""
+        return self._leasing.reaping_first(lambda: self._register(ws, registrations, origins, "keep", before))
+
     def _register(self, ws: str, registrations: list[Registration], origins: list[str | None],
-                  on_conflict: str) -> list[Entry]:
+                  on_conflict: str, before: Callable[[Tx], None] | None = None) -> list[Entry]:
         for _ in range(_ATTEMPTS):
             prepared = self._prepare(ws, registrations, origins)
             owner = self._leasing.session().id if any(p.owned for p in prepared) else None
             with self._backend.write() as tx:
                 if not _kinds_unchanged(tx, prepared):
                     continue  # a kind was redefined since we validated: validate again, outside the lock
+                if before is not None:
+                    before(tx)
                 return [self._write_registration(tx, ws, item, on_conflict, owner if item.owned else None)
                         for item in prepared]
         raise ConflictError("kinds kept changing while registering; retry", workspace=ws)
@@ -445,30 +453,17 @@ class Definitions:
         with _process_lock:
             if cache_key in _loaded:
                 return _loaded[cache_key]
-        value = _import_target(entry)
+        try:
+            value = _import_target(entry)
+        except TargetImportError as error:
+            try:
+                record_failure(self._backend, entry, error)
+            except NameplateError as unrecorded:  # the import error is what the caller must see
+                error.add_note(f"(nameplate could not record this load error: {unrecorded})")
+            raise
+        clear_failure(self._backend, row[0], entry)
         with _process_lock:
             return _loaded.setdefault(cache_key, value)
-
-    def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
-                 workspace: str | None = None) -> list[Entry]:
-        ws = self._ws(workspace)
-        check_kind_name(kind)
-        items: list[Registration] = []
-        origins: list[str | None] = []
-        for point in sorted(importlib_metadata.entry_points(group=group), key=lambda p: p.name):
-            point_kind, sep, point_name = point.name.partition(":")
-            if not sep:
-                point_kind, point_name = kind, point.name
-            origin = f"{group}:{point.name}"
-            provenance: dict[str, Any] = {"entry_point": origin}
-            dist = getattr(point, "dist", None)
-            if dist is not None:
-                provenance.update({"distribution": dist.name, "version": dist.version})
-            items.append(Registration(point_name, point_kind, None, point.value, (), provenance))
-            origins.append(origin)
-        if not items:
-            return []
-        return self._leasing.reaping_first(lambda: self._register(ws, items, origins, "keep"))
 
     # -- capabilities and selection ----------------------------------------------------------------
 
@@ -505,6 +500,21 @@ class Definitions:
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen
+
+    # -- registrations inside a Registry.transaction (see _transaction.py) -----------------------
+
+    def prepare_registrations(self, ws: str, registrations: list[Registration]) -> list[_Prepared]:
+        """Validate registrations for a transaction, outside any lock (every problem at once)."""
+        _check_metadata(registrations)
+        return self._prepare(ws, registrations, [None] * len(registrations))
+
+    def kinds_unchanged(self, tx: Tx, prepared: list[_Prepared]) -> bool:
+        """Inside the write: whether the kinds the registrations were validated against still stand."""
+        return _kinds_unchanged(tx, prepared)
+
+    def write_registration(self, tx: Tx, ws: str, item: _Prepared, on_conflict: str) -> Entry:
+        """Inside the caller's write transaction: one prepared (not owned) registration."""
+        return self._write_registration(tx, ws, item, on_conflict, None)
 
 
 def _check_metadata(registrations: list[Registration]) -> None:

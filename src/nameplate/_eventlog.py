@@ -1,4 +1,4 @@
-"""The audit log: reading changes since a revision, following new ones, pruning old ones.
+"""The audit log: reading changes since a revision, pruning old ones (following them: ``_watch``).
 
 A cold path, so it goes through the peewee models (``_models.Event``), run on the backend's own
 connection: inside ``backend.write()`` a model query joins the open transaction.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import peewee
@@ -17,14 +17,8 @@ from ._models import Event as EventRow
 from ._models import Session as SessionRow
 from ._records import Event, utc
 from ._store import Store
-from ._validation import check_seconds
 from .backends.base import Backend
 from .errors import InvalidInputError
-
-#: A follower re-reads the log at least this often even when ``data_version`` stands still: that
-#: counter moves only for other connections' commits, so writes made through this very connection
-#: (the follower's own thread writing between two events) would otherwise wait for someone else.
-_FULL_POLL = 2.0
 
 T = TypeVar("T")
 
@@ -60,38 +54,6 @@ def changes(backend: Backend, since: int = 0, limit: int | None = None) -> list[
 def revision(backend: Backend) -> int:
     """The newest revision (0 when the log is empty and was never written)."""
     return int(backend.query_one("SELECT coalesce(max(rev), 0) FROM event")[0])
-
-
-def follow(backend: Backend, since: int | None = None, *, interval: float = 0.25,
-           stop: Callable[[], bool] | None = None) -> Iterator[Event]:
-    """Yield events after ``since`` (default: from now on) as they are committed, until ``stop()``.
-
-    Between polls it asks SQLite's ``data_version`` (microseconds) and reads the log only when another
-    connection has committed (or every ``_FULL_POLL`` seconds, for this connection's own commits). The
-    arguments are checked at the call, not at the first ``next()``.
-    """
-    interval = check_seconds(interval, "interval")
-    if since is not None:
-        _check_revision(since, "since")
-    return _follow(backend, since, interval, stop)
-
-
-def _follow(backend: Backend, since: int | None, interval: float, stop: Callable[[], bool] | None) -> Iterator[Event]:
-    last = revision(backend) if since is None else since
-    counter = backend.change_counter()
-    for event in changes(backend, last):
-        last = event.rev
-        yield event
-    checked = time.monotonic()
-    while stop is None or not stop():
-        time.sleep(interval)
-        now = backend.change_counter()
-        if now == counter and time.monotonic() - checked < _FULL_POLL:
-            continue
-        counter, checked = now, time.monotonic()
-        for event in changes(backend, last):
-            last = event.rev
-            yield event
 
 
 def gc(backend: Backend, store: Store, keep_days: float) -> dict[str, int]:

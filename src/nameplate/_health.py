@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._kind_schema import Kind, list_kinds, name_problems, validate
+from ._plugins import stale_findings
 from ._session import list_sessions
 from .backends.base import Backend, Tx
 from .backends.migrate import latest_version
@@ -18,7 +19,7 @@ from .errors import NameplateError
 
 #: The checks ``check()`` runs, in order; each finding names the one that found it.
 CHECKS = ("integrity", "foreign_key", "definition", "metadata", "capability_index", "lease", "layer", "ephemeral",
-          "permissions")
+          "permissions", "plugin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,9 @@ def check(backend: Backend) -> CheckReport:
                    "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0]),
                    "sessions": int(tx.execute("SELECT count(*) FROM session WHERE state = 'live'").fetchone()[0])}
     _permissions(backend.location.path, problems, warnings)
+    # Outside the read above: judging plugins reads installed distributions' metadata from disk.
+    stale, checked["plugins"] = stale_findings(backend)
+    warnings += [Finding("plugin", message) for message in stale]
     skipped = tuple(c for c in CHECKS if c in backend.not_applicable())
     return CheckReport(tuple(problems), tuple(warnings), checked, skipped)
 

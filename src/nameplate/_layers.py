@@ -21,7 +21,7 @@ from ._models import Entry as EntryRow
 from ._models import Workspace as WorkspaceRow
 from ._models import WorkspaceAncestor as WorkspaceAncestorRow
 from ._records import Entry, utc
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Guard, Store, decode_entry
+from ._store import ENTRY_COLUMN_COUNT, ENTRY_COLUMNS, RESOLVED, VISIBLE, Guard, Store, decode_entry
 from ._validation import check_workspace_name
 from .backends.base import Backend, Tx
 from .errors import EntryNotFoundError, NameTakenError, WorkspaceError
@@ -319,8 +319,8 @@ def conflicts(store: Store) -> list[Conflict]:
             "ORDER BY k.name, r.name, w.name").fetchall()
         by_parent: dict[tuple[Any, str, str], list[Entry]] = {}
         for row in rows:
-            entry = decode_entry(row[:12])
-            by_parent.setdefault((row[12], entry.kind, entry.name), []).append(entry)
+            entry = decode_entry(row[:ENTRY_COLUMN_COUNT])
+            by_parent.setdefault((row[ENTRY_COLUMN_COUNT], entry.kind, entry.name), []).append(entry)
         for (_, kind, name), entries in by_parent.items():
             if len(entries) > 1 and len({_comparable(e)[1:] for e in entries}) > 1:
                 found.append(Conflict("sibling", kind, name, tuple(e.workspace for e in entries),

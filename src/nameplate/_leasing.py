@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import _fork
-from ._lease import Delayed, HeldByThread, Holder, Lease, ReapFirst, find_holder, reap_holder, try_acquire
+from ._lease import Delayed, HeldByThread, Holder, Lease, Queued, ReapFirst, find_holder, reap_holder, try_acquire
 from ._records import Entry
 from ._session import (
     HeldLease,
@@ -25,11 +28,13 @@ from ._session import (
 from ._store import _PROBE_KIND as _PROBE_NAME
 from ._store import ENTRY_COLUMNS, Guard, LocalRow, Resolved, Store, decode_entry
 from ._validation import check_kind_name, check_name, check_seconds
+from ._waiting import NO_TICKET, Ticket, enqueue, free_and_first, leave, pause, still_waiting, waiter_ahead
 from .backends.base import Backend, Tx
 from .errors import (
     ConflictError,
     InvalidInputError,
     LeaseHeldError,
+    NameplateError,
     NotLeaseHolderError,
 )
 
@@ -39,8 +44,22 @@ DEFAULT_LOCK_DELAY = 15.0  # Consul's default lock-delay
 _REAP_ATTEMPTS = 3
 T = TypeVar("T")
 
-_FIRST_POLL = 0.01
-_MAX_POLL = 0.25
+log = logging.getLogger("nameplate.lease")
+
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """A semaphore as one attempt sees it: the entry that holds its limit and queue, and its slots."""
+
+    anchor: LocalRow
+    name: str
+    limit: int
+    slots: list[LocalRow]
+    names: list[str]
+
+
+#: What one attempt comes back with (None: our own session was ended meanwhile).
+Attempt = Lease | Holder | Delayed | HeldByThread | Queued | None
 
 
 _open_leasings: weakref.WeakSet[Leasing] = weakref.WeakSet()
@@ -119,19 +138,22 @@ class Leasing:
     # -- leases ----------------------------------------------------------------------------------
 
     def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
-                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None,
+                ttl: float | None = None) -> Lease:
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
-        _check_wait(wait)
+        check_wait(wait)
+        if ttl is not None:
+            ttl = check_seconds(ttl, "ttl")
         current = self._session_obj
         if current is None or not current.usable:
             # Opening a session is a write of its own: refuse an unknown name before making it.
             with self._backend.read() as tx:
                 self._store.visible_row(tx, ws, name, kind, "lease")
         lease = self._acquire(name, wait, on_lost, lambda tx, session: self._store.visible_row(
-            tx, ws, name, kind, "lease"))
+            tx, ws, name, kind, "lease"), ttl=ttl)
         assert lease is not None, "visible_row raises rather than returning None"
         return lease
 
@@ -139,7 +161,7 @@ class Leasing:
                         wait: float | None, ephemeral: bool, sole_name: bool = False) -> str:
         """``resolve(..., lock=True)``: find or create the entry, take its lease and merge the metadata,
         all in one transaction, so that a caller who cannot get the lease changes nothing."""
-        _check_wait(wait)
+        check_wait(wait)
         pattern = None
         if self._store.backend.query_one(_PROBE_NAME, (ws, name, kind)) is None:
             pattern = self._store.checked_pattern(ws, kind, name)  # user input: outside the lock
@@ -166,57 +188,149 @@ class Leasing:
         raise ConflictError(f"kind {kind!r} kept changing while {name!r} was being created; retry", kind=kind)
 
     def _acquire(self, name: str, wait: float | None, on_lost: Callable[[Lease], Any] | None,
-                 prepare: Callable[[Tx, Session], LocalRow | None],
-                 after: Callable[[Tx, Lease], None] | None = None) -> Lease | None:
-        """The acquire loop: ``prepare`` names the row inside each attempt's write transaction (None:
-        give up, nothing written), ``after`` runs in the transaction that took (or re-entered) the lease."""
+                 prepare: Callable[[Tx, Session], LocalRow | Slots | None],
+                 after: Callable[[Tx, Lease], None] | None = None, ttl: float | None = None) -> Lease | None:
+        """The acquire loop: ``prepare`` names the row (or a semaphore's slots) inside each attempt's write
+        transaction (None: give up, nothing written), ``after`` runs in the transaction that took (or
+        re-entered) the lease.
+
+        Fair: a caller that is going to wait takes a ticket in the queue of the entry (or semaphore) in
+        its first failed attempt, and a free lease goes to the oldest live ticket (see ``_waiting``).
+        Between attempts it waits outside any transaction, waking when anything commits.
+        """
         deadline = None if wait is None else time.monotonic() + wait
-        poll = _FIRST_POLL
-        while True:
-            session = self.session()
-            try:
-                with self._backend.write() as tx:
-                    row = prepare(tx, session)
-                    if row is None:
-                        return None
-                    mine = session.held(row.pk)
-                    outcome: Lease | Holder | Delayed | HeldByThread | None
-                    if mine is not None and mine.held and mine.owned_here():
-                        mine.reenter()
-                        outcome = mine
-                    elif mine is not None and mine.held and mine.owner_thread.is_alive():
-                        outcome = HeldByThread(mine)
-                    else:
-                        if mine is not None and mine.held:  # its thread ended without releasing it
-                            self._end_abandoned(tx, session, mine)
-                        outcome = try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id,
-                                              name=name, kind=row.kind, workspace=row.workspace,
-                                              lock_delay=self._lock_delay, releaser=self._release_lease,
-                                              on_lost=on_lost)
-                    if isinstance(outcome, Lease) and after is not None:
-                        try:
-                            after(tx, outcome)
-                        except BaseException:
-                            if outcome is mine:
-                                mine.leave()
-                            raise
-            except ReapFirst as first:  # a dead holder's ephemeral row: reap it on its own, then retry
-                self._reap_first(first)
-                continue
-            if isinstance(outcome, Lease):
-                if outcome is not mine:
-                    session.track(outcome)
-                return outcome
-            if outcome is None:  # our session was ended under us: the next round opens a new one
-                session._mark_lost("the session was ended by another process")
-                continue
-            # Held by a live session or another thread, or in lock-delay: wait outside any
-            # transaction, or give up.
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is None or remaining <= 0:
-                raise _held_error(name, row, outcome, wait)
-            time.sleep(min(poll, remaining))
-            poll = min(poll * 2, _MAX_POLL)
+        ticket: Ticket | None = None
+        try:
+            while True:
+                session = self.session()
+                if ticket is not None and ticket.session_id != session.id:
+                    ticket = None  # that session ended, and its tickets with it: queue again
+                try:
+                    with self._backend.write() as tx:
+                        target = prepare(tx, session)
+                        if target is None:
+                            return None
+                        anchor = target.anchor if isinstance(target, Slots) else target
+                        seq = None if ticket is None else ticket.seq
+                        ahead = self._queue_check(tx, anchor.pk, NO_TICKET if seq is None else seq)
+                        if isinstance(target, Slots):
+                            outcome, mine = self._attempt_slots(tx, session, name, target, on_lost, ttl, ahead, seq)
+                        else:
+                            outcome, mine = self._attempt_one(tx, session, name, target, on_lost, ttl, ahead, seq)
+                        if isinstance(outcome, Lease):
+                            if after is not None:
+                                try:
+                                    after(tx, outcome)
+                                except BaseException:
+                                    if outcome is mine:
+                                        mine.leave()
+                                    raise
+                            if ticket is not None:
+                                leave(tx, ticket)
+                        elif outcome is not None and deadline is not None and deadline > time.monotonic():
+                            if ticket is None:
+                                ticket = enqueue(tx, anchor.pk, session.id)
+                            else:
+                                still_waiting(tx, ticket, session.ttl)
+                except ReapFirst as first:  # a dead holder's ephemeral row: reap it on its own, then retry
+                    self._reap_first(first)
+                    continue
+                if isinstance(outcome, Lease):
+                    ticket = None  # served: its row went in the committed transaction
+                    if outcome is not mine:
+                        session.track(outcome)
+                        outcome.schedule_expiry()
+                    return outcome
+                if outcome is None:  # our session was ended under us: the next round opens a new one
+                    session._mark_lost("the session was ended by another process")
+                    continue
+                # Held by a live session or another thread, promised to an earlier waiter, or in
+                # lock-delay: wait outside any transaction, or give up.
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is None or remaining <= 0:
+                    raise _held_error(name, target, outcome, wait)
+                if isinstance(outcome, Delayed):
+                    # Nothing a commit could change; wake in time to keep the ticket fresh.
+                    time.sleep(min(outcome.seconds, remaining, session.ttl / 4))
+                else:
+                    rows = target.slots if isinstance(target, Slots) else [target]
+                    pause(self._backend, remaining, functools.partial(
+                        free_and_first, self._backend, [row.pk for row in rows], anchor.pk,
+                        NO_TICKET if ticket is None else ticket.seq))
+        finally:
+            if ticket is not None:
+                self._leave_queue(ticket)
+
+    def _attempt_one(self, tx: Tx, session: Session, name: str, row: LocalRow,
+                     on_lost: Callable[[Lease], Any] | None, ttl: float | None,
+                     ahead: Callable[[], bool], ticket: int | None) -> tuple[Attempt, Lease | None]:
+        """One attempt on one entry's lease, inside the write transaction; also returns this session's own
+        lease on it, if any (a re-entry returns that very object)."""
+        mine = session.held(row.pk)
+        if mine is not None and mine.held and mine.remaining() == 0.0:
+            mine.mark_lost(f"its own ttl of {mine.ttl:g} s ran out (refresh() keeps it)")  # before its timer
+        if mine is not None and mine.held and mine.owned_here():
+            mine.reenter()
+            return mine, mine
+        if mine is not None and mine.held and mine.owner_thread.is_alive():
+            return HeldByThread(mine), mine
+        if mine is not None and mine.held:  # its thread ended without releasing it
+            self._end_abandoned(tx, session, mine)
+        return try_acquire(tx, self._store, session, entry_pk=row.pk, entry_id=row.id, name=name,
+                           kind=row.kind, workspace=row.workspace, lock_delay=self._lock_delay,
+                           releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead,
+                           ticket=ticket), mine
+
+    def _attempt_slots(self, tx: Tx, session: Session, name: str, slots: Slots,
+                       on_lost: Callable[[Lease], Any] | None, ttl: float | None,
+                       ahead: Callable[[], bool], ticket: int | None) -> tuple[Attempt, Lease | None]:
+        """One attempt at any free slot of a semaphore. A slot this process holds is not free to it (a
+        thread may hold several slots; each acquisition takes a new one)."""
+        first: Attempt = None
+        for slot, slot_name in zip(slots.slots, slots.names, strict=True):
+            mine = session.held(slot.pk)
+            if mine is not None and mine.held:
+                if mine.owner_thread.is_alive():
+                    first = first or HeldByThread(mine)
+                    continue
+                self._end_abandoned(tx, session, mine)
+            outcome = try_acquire(tx, self._store, session, entry_pk=slot.pk, entry_id=slot.id, name=slot_name,
+                                  kind=slot.kind, workspace=slot.workspace, lock_delay=self._lock_delay,
+                                  releaser=self._release_lease, on_lost=on_lost, ttl=ttl, waiter_ahead=ahead,
+                                  ticket=ticket)
+            if outcome is None or isinstance(outcome, (Lease, Queued)):
+                return outcome, None
+            first = first or outcome
+        return first, None
+
+    def _queue_check(self, tx: Tx, entry_pk: int, seq: int) -> Callable[[], bool]:
+        """``waiter_ahead`` for this attempt, asked at most once (a semaphore's slots share the answer)."""
+        answer: list[bool] = []
+
+        def ahead() -> bool:
+            if not answer:
+                answer.append(waiter_ahead(tx, self._store, entry_pk, seq, lock_delay=self._lock_delay))
+            return answer[0]
+
+        return ahead
+
+    def _leave_queue(self, ticket: Ticket) -> None:
+        """A waiting call ends without the lease: give up its place (if this fails, the place lapses after
+        the session's ttl, see ``_waiting``)."""
+        try:
+            with self._backend.write() as tx:
+                leave(tx, ticket)
+        except NameplateError as error:
+            log.warning("nameplate: could not leave the queue of entry %d: %s", ticket.entry_pk, error)
+
+    def hold(self, name: str, wait: float | None, prepare: Callable[[Tx, Session], LocalRow | Slots], *,
+             after: Callable[[Tx, Lease], None] | None = None, ttl: float | None = None,
+             on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """The acquire loop for the features built on leases (semaphores, elections): fenced, fair, and
+        freed with dead holders, as every lease."""
+        lease = self._acquire(name, wait, on_lost, prepare, after, ttl)
+        assert lease is not None, "prepare never gives up here"
+        return lease
 
     def _reap_first(self, first: ReapFirst) -> None:
         reap(self._backend, self._store, lock_delay=self._lock_delay, only=first.session_id)
@@ -394,26 +508,36 @@ class Leasing:
         return [decode_entry(row) for row in rows]
 
 
-def _check_wait(wait: object) -> None:
+def check_wait(wait: object) -> None:
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0):
         raise InvalidInputError(f"wait must be None or a number of seconds >= 0, not {wait!r}", wait=wait)
 
 
-def _held_error(name: str, row: LocalRow, outcome: Holder | Delayed | HeldByThread,
+def _held_error(name: str, target: LocalRow | Slots, outcome: Holder | Delayed | HeldByThread | Queued,
                 wait: float | None) -> LeaseHeldError:
     waited = "" if wait is None else f" after waiting {wait:g} s"
+    if isinstance(target, Slots):
+        return LeaseHeldError(
+            f"all {target.limit} slots of semaphore {target.name!r} are taken{waited}"
+            + (" (one is in lock-delay)" if isinstance(outcome, Delayed) else "")
+            + ("; earlier waiters come first" if isinstance(outcome, Queued) else "")
+            + "; pass wait=seconds to wait for one", name=name, holder=None)
+    if isinstance(outcome, Queued):
+        return LeaseHeldError(f"{target.kind} {name!r} is free but promised to an earlier waiter{waited} (waiters "
+                              "are served in arrival order); pass wait=seconds to wait for your turn", name=name,
+                              holder=None)
     if isinstance(outcome, HeldByThread):
-        return LeaseHeldError(f"{row.kind} {name!r} is held by {outcome.describe()}{waited}; a lease is exclusive "
+        return LeaseHeldError(f"{target.kind} {name!r} is held by {outcome.describe()}{waited}; a lease is exclusive "
                               "between threads too (pass wait=seconds to wait for it)", name=name,
                               holder=outcome.describe())
     if isinstance(outcome, Delayed):
         return LeaseHeldError(
-            f"{row.kind} {name!r} is in lock-delay for {outcome.seconds:.1f} s more{waited}: its last holder's "
+            f"{target.kind} {name!r} is in lock-delay for {outcome.seconds:.1f} s more{waited}: its last holder's "
             "session expired (it may be hung, not dead); retry later or pass wait=", name=name, holder=None,
             delay_remaining=outcome.seconds)
     holder = outcome.describe()
     return LeaseHeldError(
-        f"{row.kind} {name!r} is held by pid {holder['pid']} on {holder['host']} ({holder['label']}) since "
+        f"{target.kind} {name!r} is held by pid {holder['pid']} on {holder['host']} ({holder['label']}) since "
         f"{holder['since']}{waited}; pass wait=seconds to wait for it", name=name, holder=holder)
 
 

@@ -82,6 +82,16 @@ def check_runnable(command: Sequence[str]) -> None:
         raise CommandNotRunnableError(f"cannot run {program!r}: not found on PATH", command=program)
 
 
+def open_session(registry: Registry, label: str) -> None:
+    """Open the session with the forwarded signals blocked, so its heartbeat thread never takes them
+    (``nameplate lock``, ``campaign`` and ``semaphore`` open it so before taking their lease)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    try:
+        registry.session(label=label, status="running")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def take_lease(registry: Registry, name: str, kind: str | None, workspace: str | None, wait: float | None,
                label: str) -> Lease:
     """Open the session (its heartbeat thread never takes the forwarded signals), then the lease.
@@ -89,11 +99,7 @@ def take_lease(registry: Registry, name: str, kind: str | None, workspace: str |
     With a kind, a missing entry is created and leased in one transaction (as ``flock`` creates its
     file); without one, the name must exist.
     """
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
-    try:
-        registry.session(label=label, status="running")
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    open_session(registry, label)
     if kind is not None:
         registry.resolve(name, kind, workspace=workspace, lock=True, wait=wait)
         lease = registry.lease(name, kind, workspace=workspace)
@@ -106,10 +112,11 @@ def take_lease(registry: Registry, name: str, kind: str | None, workspace: str |
     return registry.acquire(name, None, wait=wait, workspace=workspace)
 
 
-def run_command(lease: Lease, command: Sequence[str], *, grace: float) -> int:
+def run_command(lease: Lease, command: Sequence[str], *, grace: float,
+                extra_env: dict[str, str] | None = None) -> int:
     """Run ``command`` while ``lease`` is held; return its exit code, or raise
     :class:`CommandLeaseLostError` after stopping it if the lease is lost first."""
-    env = {**os.environ, ENV_TOKEN: str(lease.token), ENV_ENTRY_ID: lease.entry_id}
+    env = {**os.environ, ENV_TOKEN: str(lease.token), ENV_ENTRY_ID: lease.entry_id, **(extra_env or {})}
     arrived: list[int] = []  # signals that reached a thread without the mask, by Python's handlers
     previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum)) for signum in FORWARDED}
     argv = ([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *command]

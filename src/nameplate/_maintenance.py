@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,6 @@ class Maintenance:
     def changes(self, since: int = 0, limit: int | None = None) -> list[Event]:
         self._ws(None)
         return _eventlog.changes(self._backend, since, limit)
-
-    def follow(self, since: int | None = None, *, interval: float = 0.25,
-               stop: Callable[[], bool] | None = None) -> Iterator[Event]:
-        self._ws(None)
-        return _eventlog.follow(self._backend, since, interval=interval, stop=stop)
 
     def gc_events(self, keep_days: float) -> dict[str, int]:
         self._ws(None)

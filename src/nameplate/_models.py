@@ -88,6 +88,7 @@ class Entry(_Model):
     fence = pw.IntegerField(default=0)
     selected_at = pw.FloatField(null=True)
     selected_count = pw.IntegerField(default=0)
+    revision = pw.IntegerField(default=0)
 
 
 class EntryCapability(_Model):
@@ -103,6 +104,9 @@ class Lease(_Model):
     session = pw.ForeignKeyField(Session, column_name="session_id", on_delete="CASCADE")
     token = pw.IntegerField()
     acquired_at = pw.FloatField()
+    ttl = pw.FloatField(null=True)
+    expires_wall = pw.FloatField(null=True)
+    expires_mono = pw.FloatField(null=True)
 
 
 class LockDelay(_Model):

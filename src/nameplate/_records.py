@@ -44,6 +44,11 @@ class Entry:
     ``workspace`` is the layer the row lives in (which may be an ancestor of the workspace you asked
     in). ``metadata`` and ``definition`` are read-only mappings; ``definition`` is ``None`` for entries
     that were only resolved, never registered with a definition.
+
+    ``revision`` is the revision of the last event that changed the entry's name, layer, metadata,
+    definition, target or capabilities (etcd's ``mod_revision``, Consul's ``ModifyIndex``): pass it as
+    ``expected_revision=`` to :meth:`Registry.update` or :meth:`Registry.delete` to change the entry only
+    if nobody changed it since. Leases and usage stamps (``last_seen_at``) leave it as it is.
     """
 
     id: str
@@ -57,6 +62,7 @@ class Entry:
     capabilities: frozenset[str] = frozenset()
     target: str | None = None
     definition: Mapping[str, Any] | None = None
+    revision: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (timestamps as ISO 8601 UTC)."""
@@ -72,6 +78,7 @@ class Entry:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "last_seen_at": self.last_seen_at.isoformat(),
+            "revision": self.revision,
         }
 
 

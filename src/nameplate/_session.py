@@ -167,10 +167,7 @@ def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reaso
         if lock_delay > 0:
             # The owner may be hung rather than dead: keep the entry unclaimable for a while so a
             # holder that wakes up cannot overlap with the next one before it notices its loss.
-            tx.execute("INSERT INTO lock_delay (entry_pk, until_wall, until_mono, boot_id) VALUES (?, ?, ?, ?) "
-                       "ON CONFLICT (entry_pk) DO UPDATE SET until_wall = excluded.until_wall, "
-                       "until_mono = excluded.until_mono, boot_id = excluded.boot_id",
-                       (entry_pk, now_wall + lock_delay, now_mono + lock_delay, BOOT_ID))
+            start_lock_delay(tx, entry_pk, lock_delay, now_wall, now_mono)
         store.record(tx, action, workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now_wall,
                      token=int(token), session=session_id, reason=reason,
                      **({"lock_delay": lock_delay} if lock_delay > 0 else {}))
@@ -189,9 +186,65 @@ def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reaso
         tx.execute("DELETE FROM entry WHERE pk = ?", (pk,))
         store.record(tx, "delete", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now_wall,
                      reason=f"ephemeral entry of session {session_id} ({state})")
+    tx.execute("DELETE FROM lease_waiter WHERE session_id = ?", (session_id,))  # it waits no more
     tx.execute("UPDATE session SET state = ?, ended_at = ?, end_reason = ? WHERE id = ?",
                (state, now_wall, reason, session_id))
     return len(leases)
+
+
+def start_lock_delay(tx: Tx, entry_pk: int, seconds: float, now_wall: float, now_mono: float) -> None:
+    """Inside a write transaction: keep ``entry_pk`` unclaimable for ``seconds`` from now."""
+    tx.execute("INSERT INTO lock_delay (entry_pk, until_wall, until_mono, boot_id) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (entry_pk) DO UPDATE SET until_wall = excluded.until_wall, "
+               "until_mono = excluded.until_mono, boot_id = excluded.boot_id",
+               (entry_pk, now_wall + seconds, now_mono + seconds, BOOT_ID))
+
+
+#: Leases with a ttl of their own (``acquire(..., ttl=)``) and the clocks their end is judged on.
+_BOUNDED_LEASES = ("SELECT l.entry_pk, l.session_id, l.token, l.ttl, l.expires_wall, l.expires_mono, s.boot_id "
+                   "FROM lease AS l JOIN session AS s ON s.id = l.session_id WHERE l.expires_mono IS NOT NULL")
+
+
+def lease_overdue(expires_mono: float, expires_wall: float, boot_id: str) -> bool:
+    """Whether a lease's own ttl ran out: on the monotonic clock of the boot that set it, else the wall clock
+    (the same reading as lock-delays and session ttls)."""
+    if boot_id == BOOT_ID:
+        return time.monotonic() >= expires_mono
+    return time.time() >= expires_wall
+
+
+def expire_lease(tx: Tx, store: Store, entry_pk: int, session_id: str, token: int, ttl: float, *,
+                 lock_delay: float) -> bool:
+    """Inside a write transaction: end one lease whose own ttl ran out (its holder may be hung, not dead:
+    the entry then stays in lock-delay). Return whether the row was still there."""
+    named = tx.execute("SELECT e.id, e.name, k.name, w.name FROM lease AS l JOIN entry AS e ON e.pk = l.entry_pk "
+                       "JOIN kind AS k ON k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id "
+                       "WHERE l.entry_pk = ? AND l.session_id = ? AND l.token = ?",
+                       (entry_pk, session_id, token)).fetchone()
+    if named is None:
+        return False
+    now_wall, now_mono = time.time(), time.monotonic()
+    tx.execute("DELETE FROM lease WHERE entry_pk = ? AND session_id = ? AND token = ?", (entry_pk, session_id, token))
+    if lock_delay > 0:
+        start_lock_delay(tx, entry_pk, lock_delay, now_wall, now_mono)
+    store.record(tx, "lease.expire", workspace=named[3], kind=named[2], name=named[1], entry_id=named[0],
+                 at=now_wall, token=token, session=session_id, reason=f"its own ttl of {ttl:g} s ran out",
+                 **({"lock_delay": lock_delay} if lock_delay > 0 else {}))
+    return True
+
+
+def expire_overdue_leases(backend: Backend, store: Store, *, lock_delay: float) -> int:
+    """End every lease whose own ttl ran out; return how many. Reads first: writes only if there are some."""
+    if not any(lease_overdue(float(r[5]), float(r[4]), r[6]) for r in backend.query_all(_BOUNDED_LEASES)):
+        return 0
+    ended = 0
+    with backend.write() as tx:
+        for entry_pk, session_id, token, ttl, expires_wall, expires_mono, boot_id in tx.execute(
+                _BOUNDED_LEASES).fetchall():
+            if lease_overdue(float(expires_mono), float(expires_wall), boot_id):
+                ended += expire_lease(tx, store, int(entry_pk), str(session_id), int(token), float(ttl),
+                                      lock_delay=lock_delay)
+    return ended
 
 
 def _end_reason(judged: str, owner: Owner) -> str:
@@ -222,7 +275,10 @@ def reap_if_gone(tx: Tx, store: Store, session_id: str, owner: Owner, *, lock_de
 
 
 def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None = None) -> list[str]:
-    """End every live session whose owner is dead or whose ttl ran out; return their ids."""
+    """End every live session whose owner is dead or whose ttl ran out, and every lease whose own ttl ran
+    out; return the sessions' ids."""
+    if only is None:
+        expire_overdue_leases(backend, store, lock_delay=lock_delay)
     sql = f"SELECT {_SESSION_OWNER_COLUMNS} FROM session WHERE state = 'live'" + (" AND id = ?" if only else "")
     rows = backend.query_all(sql, (only,) if only else ())
     # Judged outside the transaction (one /proc read per live session, too many to make every other

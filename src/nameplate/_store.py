@@ -42,7 +42,9 @@ LAST_SEEN_RESOLUTION = 60.0
 
 
 ENTRY_COLUMNS = ("r.pk, r.id, r.name, k.name, w.name, r.metadata, r.capabilities, r.definition, r.target, "
-                 "r.created_at, r.updated_at, r.last_seen_at")
+                 "r.created_at, r.updated_at, r.last_seen_at, r.revision")
+#: How many columns :data:`ENTRY_COLUMNS` selects (a query may select more after them).
+ENTRY_COLUMN_COUNT = 13
 RESOLVED = """
 FROM resolved_entry AS r
 JOIN workspace AS viewer ON viewer.id = r.viewer_id
@@ -80,7 +82,11 @@ _MISSING = object()
 _TOUCH = "UPDATE entry SET last_seen_at = ? WHERE pk = ?"
 _SET_METADATA = "UPDATE entry SET metadata = ?, updated_at = ?, last_seen_at = ? WHERE pk = ?"
 _INSERT_EVENT = ("INSERT INTO event (at, action, workspace, kind, name, entry_id, session_id, actor, detail)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING rev")
+_STAMP_REVISION = "UPDATE entry SET revision = ? WHERE id = ?"
+#: The event actions that change an entry's content (name, layer, metadata, definition, target,
+#: capabilities): each stamps its revision on the entry row. Lease events and usage stamps do not.
+CHANGING = frozenset({"create", "update", "rename", "register", "promote"})
 
 
 _ENTRY_BY_PK = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
@@ -98,7 +104,7 @@ def decode_entry(row: Sequence[Any]) -> Entry:
         id=row[1], name=row[2], kind=row[3], workspace=row[4],
         metadata=frozen_json(row[5]), capabilities=string_set(row[6]),
         definition=frozen_json_or_none(row[7]), target=row[8],
-        created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]),
+        created_at=utc(row[9]), updated_at=utc(row[10]), last_seen_at=utc(row[11]), revision=row[12],
     )
 
 
@@ -145,11 +151,20 @@ class Store:
 
     def record(self, tx: Tx, action: str, *, workspace: str | None = None, kind: str | None = None,
                name: str | None = None, entry_id: str | None = None, at: float | None = None,
-               **detail: Any) -> None:
-        """Append one event in the caller's transaction."""
+               **detail: Any) -> int:
+        """Append one event in the caller's transaction and return its revision.
+
+        An event that changes an entry's content (:data:`CHANGING`) also stamps its revision on the
+        entry row ``entry_id``, in the same transaction: what ``Entry.revision`` and every
+        compare-and-swap read.
+        """
         session_id, actor = self._actor()
-        tx.execute(_INSERT_EVENT, (time.time() if at is None else at, action, workspace, kind, name, entry_id,
-                                   session_id, actor, json.dumps(detail, sort_keys=True, default=str)))
+        rev = int(tx.execute(_INSERT_EVENT, (time.time() if at is None else at, action, workspace, kind, name,
+                                             entry_id, session_id, actor,
+                                             json.dumps(detail, sort_keys=True, default=str))).fetchone()[0])
+        if entry_id is not None and action in CHANGING:
+            tx.execute(_STAMP_REVISION, (rev, entry_id))
+        return rev
 
     # -- names of things -------------------------------------------------------------------------
 
@@ -425,40 +440,51 @@ class Store:
                 checked: tuple[str, str] | None) -> str | tuple[str, str]:
         """One attempt: the id, or the (kind, pattern) to check ``new`` against before trying again."""
         with self.backend.write() as tx:
-            local = self.visible_local(tx, workspace, old, kind, "rename")
-            if guard is not None:
-                guard(tx, local.pk, local.id, local.kind)
-            if new == old:
-                return local.id
-            current = (local.kind, tx.execute(_KIND_ROW, (local.kind,)).fetchone()[1] or "")
-            if current != checked:
-                return current
-            taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
-                               "AND k.name = ?", (workspace, new, local.kind)).fetchone()
-            if taken is not None and not taken[2]:
-                raise NameTakenError(f"cannot rename {local.kind} {old!r} to {new!r}: {new!r} already exists "
-                                     f"(id {taken[0]}, workspace {taken[1]!r}); pick another name or delete it "
-                                     "first", name=new, kind=local.kind, existing_id=taken[0])
-            # Our own tombstone for the new name would collide with the unique key; the renamed entry
-            # now takes that name in this layer, which is what the tombstone was hiding it for.
-            tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ? AND hidden = 1",
-                       (local.workspace_id, local.kind_id, new))
-            now = time.time()
-            tx.execute("UPDATE entry SET name = ?, updated_at = ? WHERE pk = ?", (new, now, local.pk))
-            self.record(tx, "rename", workspace=workspace, kind=local.kind, name=new, entry_id=local.id, at=now,
-                        old_name=old, new_name=new)
+            return self.rename_in(tx, workspace, old, new, kind, guard, checked)
+
+    def rename_in(self, tx: Tx, workspace: str, old: str, new: str, kind: str | None, guard: Guard | None,
+                  checked: tuple[str, str] | None) -> str | tuple[str, str]:
+        """A rename inside the caller's write transaction, ``new`` having been matched outside it against
+        the kind and pattern ``checked``: the id, or the current (kind, pattern) when that changed (then
+        nothing was written; check ``new`` against it and try again)."""
+        local = self.visible_local(tx, workspace, old, kind, "rename")
+        if guard is not None:
+            guard(tx, local.pk, local.id, local.kind)
+        if new == old:
             return local.id
+        current = (local.kind, tx.execute(_KIND_ROW, (local.kind,)).fetchone()[1] or "")
+        if current != checked:
+            return current
+        taken = tx.execute(f"SELECT r.id, w.name, r.hidden {RESOLVED} WHERE viewer.name = ? AND r.name = ? "
+                           "AND k.name = ?", (workspace, new, local.kind)).fetchone()
+        if taken is not None and not taken[2]:
+            raise NameTakenError(f"cannot rename {local.kind} {old!r} to {new!r}: {new!r} already exists "
+                                 f"(id {taken[0]}, workspace {taken[1]!r}); pick another name or delete it "
+                                 "first", name=new, kind=local.kind, existing_id=taken[0])
+        # Our own tombstone for the new name would collide with the unique key; the renamed entry
+        # now takes that name in this layer, which is what the tombstone was hiding it for.
+        tx.execute("DELETE FROM entry WHERE workspace_id = ? AND kind_id = ? AND name = ? AND hidden = 1",
+                   (local.workspace_id, local.kind_id, new))
+        now = time.time()
+        tx.execute("UPDATE entry SET name = ?, updated_at = ? WHERE pk = ?", (new, now, local.pk))
+        self.record(tx, "rename", workspace=workspace, kind=local.kind, name=new, entry_id=local.id, at=now,
+                    old_name=old, new_name=new)
+        return local.id
 
     def delete(self, workspace: str, name: str, kind: str | None, guard: Guard | None = None) -> Entry:
         with self.backend.write() as tx:
-            local = self.visible_local(tx, workspace, name, kind, "delete")
-            if guard is not None:
-                guard(tx, local.pk, local.id, local.kind)
-            entry = entry_by_pk(tx, local.pk)
-            tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
-            self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
-                        metadata=dict(entry.metadata))
-            return entry
+            return self.delete_in(tx, workspace, name, kind, guard)
+
+    def delete_in(self, tx: Tx, workspace: str, name: str, kind: str | None, guard: Guard | None = None) -> Entry:
+        """A delete inside the caller's write transaction; returns what the entry was."""
+        local = self.visible_local(tx, workspace, name, kind, "delete")
+        if guard is not None:
+            guard(tx, local.pk, local.id, local.kind)
+        entry = entry_by_pk(tx, local.pk)
+        tx.execute("DELETE FROM entry WHERE pk = ?", (local.pk,))
+        self.record(tx, "delete", workspace=workspace, kind=local.kind, name=name, entry_id=local.id,
+                    metadata=dict(entry.metadata))
+        return entry
 
 
 def _needs_write(row: Sequence[Any], metadata: dict[str, Any] | None, now: float) -> bool:

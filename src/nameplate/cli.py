@@ -31,7 +31,7 @@ from ._completion import complete_entry, complete_kind, complete_path, complete_
 from ._context import ENV_WORKSPACE
 from ._export_file import encode_document, write_private
 from ._leasing import DEFAULT_TTL
-from ._lock_command import check_runnable, run_command, take_lease
+from ._lock_command import check_runnable, open_session, run_command, take_lease
 from ._paths import ENV_DB, PROJECT_DIR, locate
 from ._validation import MAX_DEPTH
 from .errors import (
@@ -41,6 +41,7 @@ from .errors import (
     InvalidMetadataError,
     NameplateError,
     StorageError,
+    TargetImportError,
 )
 from .registry import Registry
 
@@ -48,9 +49,9 @@ EXIT_CODES = """\b
 Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 held or conflict,
 5 integrity problem (damaged, foreign or too new database, or problems
 found by check), 6 unusable location (permissions, not a file, name
-too long, network filesystem), 7 disk full or disk error, 8 lock lost
-its lease and stopped its command, 126/127 lock's command cannot run
-(otherwise lock exits with its command's code).
+too long, network filesystem), 7 disk full or disk error, 8 lock
+(campaign, semaphore) lost its lease and stopped its command, 126/127
+its command cannot run (otherwise they exit with their command's code).
 Shell completion: add to ~/.bashrc
   eval "$(_NAMEPLATE_COMPLETE=bash_source nameplate)"
 (zsh: zsh_source in ~/.zshrc; fish: fish_source in
@@ -85,8 +86,11 @@ CLI_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern
     (re.escape("break it with release(..., force=True)"), "break it with nameplate release --force"),
     (re.escape("pass wait=seconds to wait for it"), "pass --wait SECONDS to wait for it"),
     (re.escape("retry later or pass wait="), "retry later or pass --wait SECONDS"),
+    (re.escape("pass wait=seconds to wait for "), "pass --wait SECONDS to wait for "),
     (r"it there \(workspace='([^']*)'\) or hide it here with hide\(\)",
      r"it there (--workspace \1), or hide it here with the library's Registry.hide()"),
+    (re.escape("read it again (get()) and retry with its new revision"),
+     "read it again (nameplate show) and retry with --if-revision set to its new revision"),
 ))
 
 
@@ -272,14 +276,39 @@ def entry_rows(entries: Iterable[Any]) -> list[list[Any]]:
 @kind_option()
 @click.option("--capability", "-c", "capabilities", multiple=True, help="Only entries offering this (repeatable).")
 @click.option("--stale", metavar="DURATION", help="Only entries not seen for this long (e.g. 7d).")
+@click.option("--meta", "-m", "meta", multiple=True, metavar="KEY=VALUE",
+              help="Only entries whose metadata has KEY with this value (repeatable; JSON when valid JSON; "
+                   "needs --kind).")
+@click.option("--prefix", metavar="TEXT", help="Only names starting with TEXT.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="At most N entries; when more follow, stderr says which --after gives the next page.")
+@click.option("--after", metavar="[KIND:]NAME",
+              help="Start after this entry (the previous page's last; KIND:NAME without --kind).")
 @pass_settings
 @handle_errors
-def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, ...], stale: str | None) -> None:
-    """List the entries visible in the workspace."""
+def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, ...], stale: str | None,
+                 meta: tuple[str, ...], prefix: str | None, limit: int | None, after: str | None) -> None:
+    """List the entries visible in the workspace (by kind, then name)."""
     cutoff = None if stale is None else time.time() - parse_duration(stale).total_seconds()
+    metadata = parse_pairs(meta)
+    if metadata and kind is None:
+        raise click.UsageError("--meta needs --kind")
+    paged = prefix is not None or limit is not None or after is not None
+    if paged and (capabilities or metadata or stale):
+        raise click.UsageError("--prefix, --limit and --after page the plain listing; they do not combine with "
+                               "--capability, --meta or --stale")
+    start: str | tuple[str, str] | None = after
+    if after is not None and kind is None:
+        after_kind, sep, after_name = after.partition(":")
+        if not sep:
+            raise click.BadParameter("without --kind, give KIND:NAME (as the previous page printed it)",
+                                     param_hint="--after")
+        start = (after_kind, after_name)
     with settings.open() as registry:
-        if capabilities and kind:
-            entries = registry.find(kind, capabilities, workspace=settings.workspace)
+        if paged:
+            entries = registry.list(kind, workspace=settings.workspace, prefix=prefix, limit=limit, after=start)
+        elif (capabilities or metadata) and kind:
+            entries = registry.find(kind, capabilities, metadata=metadata or None, workspace=settings.workspace)
         else:
             entries = [e for e in registry.list(kind, workspace=settings.workspace)
                        if set(capabilities) <= e.capabilities]
@@ -287,6 +316,9 @@ def list_entries(settings: Settings, kind: str | None, capabilities: tuple[str, 
         entries = [e for e in entries if e.last_seen_at.timestamp() < cutoff]
     emit(settings, [e.to_dict() for e in entries],
          lambda: table(["kind", "name", "id", "workspace", "capabilities", "last seen"], entry_rows(entries)))
+    if limit is not None and len(entries) == limit:
+        last = entries[-1]
+        click.echo(f"more may follow: --after {last.name if kind else f'{last.kind}:{last.name}'}", err=True)
 
 
 @main.command()
@@ -298,20 +330,24 @@ def show(settings: Settings, name: str, kind: str | None) -> None:
     """Show one entry in full."""
     with settings.open() as registry:
         entry = registry.require(name, kind, workspace=settings.workspace)
+        failure = registry.load_error(entry.name, entry.kind, workspace=settings.workspace)
 
     def human() -> None:
         for label, value in (("id", entry.id), ("name", entry.name), ("kind", entry.kind),
                              ("workspace", entry.workspace), ("target", entry.target or "-"),
+                             ("load error", "-" if failure is None else
+                              f"{failure} (pid {failure.pid} on {failure.hostname}, {ago(failure.at)})"),
                              ("capabilities", ", ".join(sorted(entry.capabilities)) or "-"),
                              ("created", f"{entry.created_at.isoformat()} ({ago(entry.created_at)})"),
                              ("updated", f"{entry.updated_at.isoformat()} ({ago(entry.updated_at)})"),
                              ("last seen", f"{entry.last_seen_at.isoformat()} ({ago(entry.last_seen_at)})"),
+                             ("revision", entry.revision),
                              ("metadata", json.dumps(dict(entry.metadata), sort_keys=True)),
                              ("definition", "-" if entry.definition is None
                               else json.dumps(dict(entry.definition), sort_keys=True))):
             click.echo(f"{label + ':':<14}{value}")
 
-    emit(settings, entry.to_dict(), human)
+    emit(settings, {**entry.to_dict(), "load_error": None if failure is None else failure.to_dict()}, human)
 
 
 @main.command()
@@ -371,12 +407,14 @@ def rename(settings: Settings, old: str, new: str, kind: str | None) -> None:
 @main.command("rm")
 @click.argument("name", shell_complete=complete_entry)
 @kind_option()
+@click.option("--if-revision", "if_revision", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Only if the entry is still at this revision (compare-and-swap; exit 4 otherwise).")
 @pass_settings
 @handle_errors
-def remove(settings: Settings, name: str, kind: str | None) -> None:
+def remove(settings: Settings, name: str, kind: str | None, if_revision: int | None) -> None:
     """Delete an entry (the event log keeps its history)."""
     with settings.open() as registry:
-        entry = registry.delete(name, kind, workspace=settings.workspace)
+        entry = registry.delete(name, kind, workspace=settings.workspace, expected_revision=if_revision)
     emit(settings, entry.to_dict(), lambda: click.echo(f"deleted {entry.kind} {entry.name} ({entry.id})"))
 
 
@@ -714,9 +752,15 @@ def _log_row(event: Any) -> list[str]:
               help="Show revisions after this one.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many events.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until interrupted (Ctrl-C).")
+@click.option("--name", "name", metavar="NAME", help="Only events of this name (a rename: old or new name).")
+@click.option("--prefix", metavar="TEXT", help="Only events of names starting with TEXT.")
+@kind_option()
+@click.option("--in-workspace", "in_workspace", metavar="NAME", shell_complete=complete_workspace,
+              help="Only events that happened in this workspace (default: every workspace).")
 @pass_settings
 @handle_errors
-def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None:
+def log(settings: Settings, since: int, limit: int | None, follow: bool, name: str | None, prefix: str | None,
+        kind: str | None, in_workspace: str | None) -> None:
     """Show the audit log: revision, time, session, action, kind, name, change.
 
     With --json, prints a JSON list; with --json --follow, one JSON object per line.
@@ -727,7 +771,7 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     with settings.open() as registry:
-        events = registry.changes(since, limit)
+        events = registry.changes(since, limit, name=name, prefix=prefix, kind=kind, workspace=in_workspace)
         if not follow:
             emit(settings, [e.to_dict() for e in events],
                  lambda: table(list(_LOG_COLUMNS), [_log_row(e) for e in events]))
@@ -742,7 +786,7 @@ def log(settings: Settings, since: int, limit: int | None, follow: bool) -> None
         # Not registry.revision: a commit between the read above and that one would be skipped.
         last = events[-1].rev if events else since
         try:
-            for event in registry.follow(last):
+            for event in registry.follow(last, name=name, prefix=prefix, kind=kind, workspace=in_workspace):
                 click.echo(json.dumps(event.to_dict(), sort_keys=True) if settings.as_json
                            else line(_log_row(event)))
         except KeyboardInterrupt:
@@ -954,8 +998,168 @@ def export_schema_text() -> str:
 #: The export document's JSON Schema, a file of the package (``nameplate/export.schema.json``).
 EXPORT_SCHEMA = "export.schema.json"
 
-#: Commands whose standard output is not nameplate's: ``lock`` passes its command's output through.
-WITHOUT_JSON = frozenset({"lock"})
+# -- coordination, as etcd and Consul give it ---------------------------------------------------------
+
+
+@main.command()
+@click.argument("name", shell_complete=complete_entry)
+@kind_option()
+@click.option("--meta", "-m", "meta", multiple=True, required=True, metavar="KEY=VALUE",
+              help="Metadata to set (repeatable; VALUE is parsed as JSON when it is valid JSON).")
+@click.option("--merge", is_flag=True, help="Merge over the stored metadata instead of replacing it.")
+@click.option("--if-revision", "if_revision", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Only if the entry is still at this revision (compare-and-swap; exit 4 otherwise).")
+@pass_settings
+@handle_errors
+def update(settings: Settings, name: str, kind: str | None, meta: tuple[str, ...], merge: bool,
+           if_revision: int | None) -> None:
+    """Set the metadata of an entry of this workspace; prints its new revision."""
+    metadata = parse_pairs(meta)
+    with settings.open() as registry:
+        entry = registry.update(name, kind, metadata=metadata, merge=merge, workspace=settings.workspace,
+                                expected_revision=if_revision)
+    emit(settings, entry.to_dict(), lambda: click.echo(entry.revision))
+
+
+@main.command()
+@click.argument("name", shell_complete=complete_entry)
+@kind_option(required=True)
+@click.option("--since", type=click.IntRange(min=0, max=2**63 - 1), metavar="REV",
+              help="Wake on a change after this revision (default: from now; a past one returns at once).")
+@click.option("--timeout", "wait_timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up after this long (exit 1); default: wait until a change comes.")
+@pass_settings
+@handle_errors
+def wait(settings: Settings, name: str, kind: str, since: int | None, wait_timeout: float | None) -> None:
+    """Block until NAME changes as this workspace sees it, then print that event (Consul's blocking query).
+
+    Loop on it with --since set to the printed revision to miss nothing.
+    """
+    with settings.open() as registry:
+        try:
+            event = registry.wait_for_change(name, kind, since=since, timeout=wait_timeout,
+                                             workspace=settings.workspace)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    if event is None:
+        fail(f"no change of {kind} {name!r} within {wait_timeout:g} s", 1)
+        return
+    emit(settings, event.to_dict(), lambda: click.echo("  ".join(_log_row(event))))
+
+
+# -- coordination on leases: leader election and semaphores (see _election.py, _semaphore.py) --------------
+
+
+def _command_after_dashes(command: tuple[str, ...], usage: str) -> tuple[str, ...]:
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise click.UsageError(f"give the command to run after --: {usage}")
+    check_runnable(command)
+    return command
+
+
+def _leader_line(leader: Any) -> str:
+    return (f"{json.dumps(leader.value, sort_keys=True)}  term {leader.term}  pid {leader.pid} on {leader.hostname}"
+            f"  since {ago(leader.since)}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--watch", is_flag=True, help="Print each new leader as it takes over (one JSON line each with "
+                                            "--json), until interrupted.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N leaders.")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="With --watch: stop after this long.")
+@pass_settings
+@handle_errors
+def leader(settings: Settings, name: str, watch: bool, count: int | None, timeout: float | None) -> None:
+    """Show who leads election NAME: its value, term (fencing token) and process. Exit 3 if nobody leads."""
+    with settings.open() as registry:
+        if not watch:
+            current = registry.leader(name, workspace=settings.workspace)
+            if current is None:
+                fail(f"nobody leads election {name!r} now", EntryNotFoundError.exit_code)
+                return
+            emit(settings, current.to_dict(), lambda: click.echo(_leader_line(current)))
+            return
+        shown: list[Any] = []
+        try:
+            for current in registry.observe(name, workspace=settings.workspace, timeout=timeout,
+                                            stop=lambda: count is not None and len(shown) >= count):
+                shown.append(current)
+                click.echo(json.dumps(current.to_dict(), sort_keys=True) if settings.as_json
+                           else _leader_line(current))
+        except KeyboardInterrupt:
+            return
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("value")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up (exit 4) if not leading by then (default: wait as long as it takes).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: a hung leader is replaced after it (and the lock-delay).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the leadership: time between SIGTERM and SIGKILL of the command.")
+@pass_settings
+@handle_errors
+def campaign(settings: Settings, name: str, value: str, command: tuple[str, ...], timeout: float | None,
+             ttl: float, grace: float) -> None:
+    """Wait to lead election NAME with VALUE, then run COMMAND as the leader (like etcdctl elect).
+
+    Campaigners are served in arrival order. The command finds its term (the fencing token) in
+    NAMEPLATE_FENCING_TOKEN and VALUE in NAMEPLATE_LEADER_VALUE. Exit: the command's own code; 4 on
+    --timeout; 8 if the leadership was lost meanwhile (the command got SIGTERM, then SIGKILL after
+    --grace); the leadership ends with the command.
+    """
+    command = _command_after_dashes(command, "nameplate campaign NAME VALUE -- COMMAND...")
+    try:
+        with settings.open(ttl=ttl) as registry:
+            open_session(registry, f"nameplate campaign: {os.path.basename(command[0])}")
+            leadership = registry.campaign(name, value, timeout=timeout, workspace=settings.workspace)
+            code = run_command(leadership.lease, command, grace=grace, extra_env={"NAMEPLATE_LEADER_VALUE": value})
+    except KeyboardInterrupt:
+        fail("interrupted while campaigning", 130)
+    sys.exit(code)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- COMMAND...")
+@click.option("--limit", "-n", type=click.IntRange(min=1), required=True, metavar="N",
+              help="At most N holders at once (fixed by the first user of NAME).")
+@click.option("--wait", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Wait up to this long for a slot (default: fail at once, exit 4).")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TTL, show_default=True,
+              metavar="SECONDS", help="Session ttl: a hung holder's slot is freed after it (and the lock-delay).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On losing the slot: time between SIGTERM and SIGKILL of the command.")
+@pass_settings
+@handle_errors
+def semaphore(settings: Settings, name: str, command: tuple[str, ...], limit: int, wait: float | None, ttl: float,
+              grace: float) -> None:
+    """Run COMMAND holding one of the N slots of semaphore NAME: at most N such commands at once.
+
+    The command finds its slot in NAMEPLATE_SEMAPHORE_SLOT and the slot's fencing token in
+    NAMEPLATE_FENCING_TOKEN. Exit: the command's own code; 4 if no slot is free (see --wait); 8 if the
+    slot was lost meanwhile (the command got SIGTERM, then SIGKILL after --grace).
+    """
+    command = _command_after_dashes(command, "nameplate semaphore NAME --limit N -- COMMAND...")
+    try:
+        with settings.open(ttl=ttl) as registry:
+            open_session(registry, f"nameplate semaphore: {os.path.basename(command[0])}")
+            slot = registry.semaphore(name, limit, wait, workspace=settings.workspace)
+            code = run_command(slot, command, grace=grace, extra_env={"NAMEPLATE_SEMAPHORE_SLOT": slot.name})
+    except KeyboardInterrupt:
+        fail("interrupted while waiting for a slot", 130)
+    sys.exit(code)
+
+
+#: Commands whose standard output is not nameplate's: ``lock`` (and ``campaign``, ``semaphore``) pass their
+#: command's output through.
+WITHOUT_JSON = frozenset({"lock", "campaign", "semaphore"})
 
 
 def _add_json_option(group: click.Group) -> None:
@@ -967,3 +1171,60 @@ def _add_json_option(group: click.Group) -> None:
 
 
 _add_json_option(main)
+
+
+# -- plugins ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("group", default="nameplate.components")
+@click.option("--kind", "-k", default="provider", show_default=True, shell_complete=complete_kind,
+              help="Kind of entry points named without a 'kind:' prefix.")
+@click.option("--forget-missing", is_flag=True,
+              help="Delete entries discovered earlier whose distribution is gone or no longer declares them.")
+@json_option
+@pass_settings
+@handle_errors
+def discover(settings: Settings, group: str, kind: str, forget_missing: bool) -> None:
+    """Register the entry points of GROUP installed in this Python environment.
+
+    Entries discovered earlier (in this environment) whose distribution was uninstalled or no longer
+    declares the entry point are listed as missing; --forget-missing deletes them.
+    """
+    with settings.open() as registry:
+        found = registry.discover(group, kind=kind, workspace=settings.workspace, forget_missing=forget_missing)
+
+    def human() -> None:
+        table(["kind", "name", "target", "distribution", "version"],
+              [[e.kind, e.name, e.target, e.metadata.get("distribution", "-"), e.metadata.get("version", "-")]
+               for e in found])
+        forgotten = {e.id for e in found.forgotten}
+        for stale in found.missing:
+            click.echo(f"{'forgot' if stale.entry.id in forgotten else 'missing'}  {stale}")
+        if found.missing and not found.forgotten:
+            click.echo(f"{len(found.missing)} missing; `nameplate discover --forget-missing` deletes them")
+
+    emit(settings, found.to_dict(), human)
+
+
+@main.command("load-all")
+@click.argument("kind", shell_complete=complete_kind)
+@json_option
+@pass_settings
+@handle_errors
+def load_all(settings: Settings, kind: str) -> None:
+    """Import the target of every KIND entry in this process; exit 1 if any fails.
+
+    Each failure is recorded on its entry (see `nameplate show NAME`); a success clears it. The
+    targets are imported in this Python environment, which may differ from your application's.
+    """
+    with settings.open() as registry:
+        results = registry.load_all(kind, workspace=settings.workspace)
+        targets = {e.name: e.target for e in registry.list(kind, workspace=settings.workspace)}
+    rows = [[name, targets.get(name) or "(bound)", "ok"] for name in sorted(results.loaded)]
+    rows += [[name, failure.target, str(failure)] for name, failure in sorted(results.failed.items())]
+    emit(settings, results.to_dict(), lambda: table(["name", "target", "result"], sorted(rows)))
+    if results.failed:
+        raise TargetImportError(f"{len(results.failed)} of {len(results.failed) + len(results.loaded)} {kind} "
+                                f"entries failed to load: {', '.join(sorted(results.failed))}",
+                                failed=sorted(results.failed))

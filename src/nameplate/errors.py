@@ -14,13 +14,14 @@ lease and stopped the command, 126/127 its command cannot be run (2 is click's u
     ├── InvalidInputError (ValueError)         bad arguments; nothing was written
     │   ├── InvalidNameError, InvalidMetadataError, ValidationError
     │   ├── UnknownStrategyError, ImportFileError
+    │   ├── NotImportableError                 registrar(): other processes could not import it
     │   └── CommandNotRunnableError            exit 127 (not found) or 126 (not executable)
     ├── NotFoundError (LookupError)            exit 3
     │   └── EntryNotFoundError (KeyError), UnknownKindError, UnknownWorkspaceError,
     │       SessionNotFoundError, NoMatchError
     ├── ConflictError                          exit 4
     │   └── AmbiguousNameError, NameTakenError, WorkspaceError, KindInUseError,
-    │       LeaseHeldError, LeaseLost, NotLeaseHolderError
+    │       LeaseHeldError, LeaseLost, NotLeaseHolderError, SemaphoreLimitError
     │       └── CommandLeaseLostError          exit 8: `nameplate lock` stopped its command
     ├── RegistryBusyError (TimeoutError), RegistryClosedError, SessionClosedError (RuntimeError)
     ├── DatabaseError (OSError)                exit 5
@@ -29,7 +30,9 @@ lease and stopped the command, 126/127 its command cannot be run (2 is click's u
     │   │   └── NetworkFilesystemError
     │   └── StorageError                       exit 7
     ├── TargetImportError (ImportError)
-    └── IntegrityProblemError                  exit 5
+    ├── IntegrityProblemError                  exit 5
+    ├── RevisionMismatchError (ConflictError)  exit 4: a compare-and-swap or transaction guard failed
+    └── TransactionStateError (RuntimeError)   a transaction used outside its block, or a result read early
 """
 
 from __future__ import annotations
@@ -165,6 +168,11 @@ class CommandLeaseLostError(LeaseLost):
     exit_code = 8
 
 
+class SemaphoreLimitError(ConflictError):
+    """A semaphore was asked for with another limit than the one it was created with (Consul refuses the
+    same way). ``limit`` is the stored limit, ``asked`` the one given."""
+
+
 class NotLeaseHolderError(ConflictError):
     """Only the session holding a lease may release it (operators pass ``force=True``)."""
 
@@ -223,10 +231,27 @@ class TargetImportError(NameplateError, ImportError):
     """An entry's ``target`` could not be imported. Names the entry and the dotted path."""
 
 
+class NotImportableError(InvalidInputError):
+    """``registrar`` was given an object other processes cannot import by its dotted path (a lambda, a
+    function defined inside another, an object of a script run as ``__main__``). Nothing was written."""
+
+
 class IntegrityProblemError(NameplateError):
     """``check`` found problems. ``problems`` lists each one."""
 
     exit_code = 5
+
+
+class RevisionMismatchError(ConflictError):
+    """A compare-and-swap or a transaction guard found the entry changed (or absent, or present) since
+    the revision the caller expected; nothing was written. ``name``, ``kind``, ``expected`` (a revision,
+    or ``None`` for a guard on existence: ``require`` or ``require_absent``) and ``actual`` (the entry's
+    revision now, ``None`` when there is none)."""
+
+
+class TransactionStateError(NameplateError, RuntimeError):
+    """A :meth:`Registry.transaction` was used wrongly: an operation queued after its block ended, or a
+    result read before the block committed."""
 
 
 __all__ = [
@@ -254,14 +279,17 @@ __all__ = [
     "NotLeaseHolderError",
     "RegistryBusyError",
     "RegistryClosedError",
+    "RevisionMismatchError",
     "SchemaTooNewError",
     "SessionClosedError",
     "SessionNotFoundError",
     "StorageError",
     "TargetImportError",
+    "TransactionStateError",
     "UnknownKindError",
     "UnknownStrategyError",
     "UnknownWorkspaceError",
     "ValidationError",
     "WorkspaceError",
+    "NotImportableError",
 ]

@@ -3,8 +3,9 @@
 ``Registry.__init__`` opens the backend and builds the features, each given its collaborators
 explicitly: the :class:`~nameplate._store.Store` (entries and the event log's writer), :class:`Leasing`
 (sessions, leases, and the lease guard every entry write goes through), :class:`Definitions`
-(workspaces, kinds, registration, targets, selection) and :class:`Maintenance` (export and import,
-the event log, checks, housekeeping). Every public method here checks its input or picks the
+(workspaces, kinds, registration, targets, selection), :class:`Maintenance` (export and import,
+the event log, checks, housekeeping) and :class:`Plugins` (decorator registration, ``load_all``, load
+errors, entry-point discovery). Every public method here checks its input or picks the
 workspace and makes one call into a feature; the flat verbs (``registry.acquire``,
 ``registry.register``) stay, as users of MADSci and Cursus expect them.
 """
@@ -17,27 +18,41 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from . import _aliases
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
 from ._documents import ImportPlan
+from ._election import Elections, Leader, Leadership
 from ._health import CheckReport
 from ._kind_schema import Kind
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._lease import Lease
 from ._leasing import DEFAULT_LOCK_DELAY, DEFAULT_TTL, Leasing
 from ._liveness import HOSTNAME
+from ._load_errors import LoadFailure
 from ._maintenance import Maintenance
 from ._paths import Location, locate
+from ._plugins import Discovery, LoadResults, Plugins
+from ._query import check_metadata_filter, check_page, list_page, with_metadata
 from ._readcache import ReadCache
 from ._records import Entry, Event
+from ._revisions import check_expected, require_revision, revision_guarded
+from ._semaphore import Semaphores
 from ._session import HeldLease, Session, SessionInfo
 from ._store import Store, entry_by_pk
+from ._transaction import Transaction, Transactions
 from ._validation import check_kind_name, check_name, check_seconds, encode_object
+from ._watch import changes as watch_changes
+from ._watch import event_filter
+from ._watch import follow as watch_follow
+from ._watch import wait_for_change as watch_wait
 from .backends import open_backend
 from .backends.migrate import MigrationStatus, migrate
 from .errors import EntryNotFoundError, InvalidInputError, NameTakenError, RegistryClosedError
+
+T = TypeVar("T")
 
 
 class Registry:
@@ -91,6 +106,10 @@ class Registry:
         self._leasing = Leasing(self._backend, self._store, self._ws, ttl=ttl, lock_delay=lock_delay, label=label)
         self._definitions = Definitions(self._backend, self._store, self._ws, self._leasing)
         self._maintenance = Maintenance(self._backend, self._store, self._ws)
+        self._plugins = Plugins(self._backend, self._store, self._ws, self._definitions, self._leasing)
+        self._transactions = Transactions(self._backend, self._store, self._leasing, self._definitions)
+        self._semaphores = Semaphores(self._backend, self._store, self._leasing, self._ws)
+        self._elections = Elections(self._backend, self._store, self._leasing, self._ws)
         self._closed = False
 
     def _actor(self) -> tuple[str | None, str]:
@@ -241,32 +260,49 @@ class Registry:
             raise EntryNotFoundError(f"no entry {what} in workspace {ws!r}", name=name, kind=kind, workspace=ws)
         return entry
 
-    def list(self, kind: str | None = None, *, workspace: str | None = None) -> builtins.list[Entry]:
-        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name."""
+    def list(self, kind: str | None = None, *, workspace: str | None = None, prefix: str | None = None,
+             limit: int | None = None, after: str | Entry | tuple[str, str] | None = None) -> builtins.list[Entry]:
+        """Every entry visible in the workspace (its own over its ancestors'), sorted by kind and name.
+
+        ``prefix`` keeps names starting with it. ``limit`` and ``after`` page through the listing by
+        keyset (etcd's range with a start key): ``after`` is the last :class:`Entry` of the previous page
+        (or its ``(kind, name)``, or with ``kind=`` its name); a page never repeats or skips entries that
+        existed throughout.
+        """
         ws = self._ws(workspace)
         if kind is not None:
             check_kind_name(kind)
-        return self._store.list(ws, kind)
+        if prefix is None and limit is None and after is None:
+            return self._store.list(ws, kind)
+        checked_prefix, checked_limit, keyset = check_page(kind, prefix, limit, after)
+        return list_page(self._store, ws, kind, checked_prefix, checked_limit, keyset)
 
     def update(self, name: str, kind: str | None = None, *, metadata: Mapping[str, Any],
-               merge: bool = False, lease: Lease | None = None, workspace: str | None = None) -> Entry:
+               merge: bool = False, lease: Lease | None = None, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
         """Replace (or with ``merge=True`` shallow-merge) the metadata of an entry of this workspace.
 
         With ``lease=``, the write is fenced: inside its transaction the lease must still be this
         process's, with the same token, else :class:`LeaseLost` and nothing is written. An entry leased
         by another process cannot be changed (:class:`LeaseHeldError`).
+
+        With ``expected_revision=R`` (an :attr:`Entry.revision`), it is a compare-and-swap: the write
+        happens only if the entry is still at revision ``R``, else :class:`RevisionMismatchError` and
+        nothing is written (etcd's ``mod_revision`` compare, Consul's ``?cas=``).
         """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
         meta = _validated(metadata)
-        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease))
+        expected = check_expected(expected_revision)
+        return self._leasing.reaping_first(lambda: self._update(ws, name, kind, meta, merge, lease, expected))
 
     def _update(self, ws: str, name: str, kind: str | None, meta: dict[str, Any], merge: bool,
-                lease: Lease | None) -> Entry:
+                lease: Lease | None, expected: int | None = None) -> Entry:
         with self._backend.write() as tx:
             local = self._store.visible_local(tx, ws, name, kind, "update")
+            require_revision(tx, local.pk, expected, name=name, kind=local.kind, workspace=ws, verb="updated")
             if lease is not None:
                 if lease.entry_pk != local.pk:
                     raise InvalidInputError(f"the lease given is on {lease.kind} {lease.name!r}, not on {name!r}",
@@ -286,14 +322,22 @@ class Registry:
             check_kind_name(kind)
         return self._leasing.reaping_first(lambda: self._store.rename(ws, old, new, kind, guard=self._leasing.guard))
 
-    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Entry:
-        """Remove an entry of this workspace and return what it was. The event log keeps its history."""
+    def delete(self, name: str, kind: str | None = None, *, workspace: str | None = None,
+               expected_revision: int | None = None) -> Entry:
+        """Remove an entry of this workspace and return what it was. The event log keeps its history.
+
+        With ``expected_revision=R``, only if the entry is still at revision ``R``
+        (:class:`RevisionMismatchError` otherwise, and nothing is deleted).
+        """
         ws = self._ws(workspace)
         name = check_name(name)
         if kind is not None:
             check_kind_name(kind)
+        expected = check_expected(expected_revision)
         ended: builtins.list[Lease] = []
         removal_guard = self._leasing.guard_removal(ended)
+        if expected is not None:
+            removal_guard = revision_guarded(removal_guard, expected, name, ws)
         entry = self._leasing.reaping_first(lambda: self._store.delete(ws, name, kind, guard=removal_guard))
         self._leasing.finish_removal(ended)
         return entry
@@ -319,18 +363,24 @@ class Registry:
         return self._leasing.reap()
 
     def acquire(self, name: str, kind: str | None = None, wait: float | None = None, *,
-                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+                workspace: str | None = None, on_lost: Callable[[Lease], Any] | None = None,
+                ttl: float | None = None) -> Lease:
         """Take the exclusive lease on an entry, or raise :class:`LeaseHeldError` naming the holder.
 
-        ``wait=None`` fails at once; ``wait=seconds`` retries until then. A holder whose process is
-        gone is reaped on the spot (no waiting for its ttl); one whose ttl ran out leaves the entry in
-        lock-delay for ``lock_delay`` seconds.
+        ``wait=None`` fails at once; ``wait=seconds`` retries until then. Waiters are served in arrival
+        order (a free lease goes to the oldest live waiter; a newcomer, waiting or not, never overtakes
+        one). A holder whose process is gone is reaped on the spot (no waiting for its ttl); one whose
+        ttl ran out leaves the entry in lock-delay for ``lock_delay`` seconds.
+
+        ``ttl=seconds`` gives this lease a ttl of its own: it ends that long after it was taken unless
+        :meth:`Lease.refresh` renews it (the heartbeat does not), or with the session if that ends
+        first; :meth:`Lease.remaining` says how long is left.
 
         Leases are exclusive between the threads of a process too, re-entrant like
         ``threading.RLock``: the thread holding the lease gets the same :class:`Lease` back (and owes
         one more release), another thread waits or gets :class:`LeaseHeldError` naming the thread.
         """
-        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost)
+        return self._leasing.acquire(name, kind, wait, workspace=workspace, on_lost=on_lost, ttl=ttl)
 
     def lease(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> Lease | None:
         """The lease this process holds on ``name``, if any (e.g. after ``resolve(..., lock=True)``)."""
@@ -483,29 +533,42 @@ class Registry:
         Layers decide as for every read: walking up from the workspace, the first layer that binds
         the name, defines it or hides it answers (a binding beats the row of its own layer). The
         import happens on first use and is cached for the process, per entry id and target. Import
-        failures raise :class:`TargetImportError` naming the entry and the dotted path.
+        failures raise :class:`TargetImportError` naming the entry and the dotted path, and are recorded
+        on the entry for every process to see (:meth:`load_error`); a successful import clears that.
         """
         return self._definitions.load(name, kind, workspace=workspace)
 
     def discover(self, group: str = "nameplate.components", *, kind: str = "provider",
-                 workspace: str | None = None) -> builtins.list[Entry]:
+                 workspace: str | None = None, forget_missing: bool = False) -> Discovery:
         """Register the installed entry points of ``group`` in one transaction; idempotent.
 
         An entry point named ``kind:name`` registers ``name`` under that kind; a plain ``name`` uses
-        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution`` and ``version``
-        go into the metadata. Running it again writes nothing unless a package changed; an entry
-        registered by hand under the same name is left as it is; an entry discovered before keeps
-        its definition and capabilities and gets the new target and version.
-        """
-        return self._definitions.discover(group, kind=kind, workspace=workspace)
+        ``kind``. Its value becomes the target, and ``entry_point``, ``distribution``, ``version`` and
+        ``environment`` (``sys.prefix``) go into the metadata. Running it again writes nothing unless a
+        package changed; an entry registered by hand under the same name is left as it is; an entry
+        discovered before keeps its definition and capabilities and gets the new target and version.
 
-    def find(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> builtins.list[Entry]:
+        The result is the list of entries registered, as always, with ``.missing``: the entries of this
+        workspace discovered earlier from ``group`` in this Python environment whose distribution was
+        uninstalled or no longer declares the entry point (:class:`StalePlugin`, judged before the write).
+        They are only reported, unless ``forget_missing=True``: then they are deleted in the same
+        transaction (listed in ``.forgotten``); one leased by another live process stops the whole call
+        (:class:`LeaseHeldError`, nothing written). Entries discovered in another environment (another
+        virtualenv sharing the registry) are never judged here.
+        """
+        return self._plugins.discover(group, kind=kind, workspace=workspace, forget_missing=forget_missing)
+
+    def find(self, kind: str, requires: Iterable[str] = (), *, metadata: Mapping[str, Any] | None = None,
+             workspace: str | None = None) -> builtins.list[Entry]:
         """Entries of ``kind`` visible here whose capabilities include all of ``requires``, by name.
 
         With a requirement the query starts from the capability index, never from every entry of
-        the kind.
+        the kind. ``metadata={"room": "A"}`` keeps entries whose metadata has each of those keys with
+        that very JSON value (compared in Python over the kind's candidates: the SQL stays portable).
         """
-        return self._definitions.find(kind, requires, workspace=workspace)
+        wanted = check_metadata_filter(metadata)
+        found = self._definitions.find(kind, requires, workspace=workspace)
+        return found if wanted is None else with_metadata(found, wanted)
 
     def select(self, kind: str, requires: Iterable[str] = (), strategy: str = "first", *,
                workspace: str | None = None) -> Entry:
@@ -576,18 +639,34 @@ class Registry:
         """The newest revision in the event log (0 for a new registry)."""
         return self._maintenance.revision
 
-    def changes(self, since: int = 0, limit: int | None = None) -> builtins.list[Event]:
-        """Events with a revision above ``since``, oldest first (at most ``limit`` of them)."""
-        return self._maintenance.changes(since, limit)
+    def changes(self, since: int = 0, limit: int | None = None, *, name: str | None = None,
+                prefix: str | None = None, kind: str | None = None,
+                workspace: str | None = None) -> builtins.list[Event]:
+        """Events with a revision above ``since``, oldest first (at most ``limit`` of them).
 
-    def follow(self, since: int | None = None, *, interval: float = 0.25,
-               stop: Callable[[], bool] | None = None) -> Iterator[Event]:
+        Filters, as for :meth:`follow`: ``name`` (a rename matches by its old or new name), ``prefix`` of
+        the name, ``kind``, and ``workspace`` (the workspace the event happened in; default: every one).
+        """
+        flt = event_filter(name, prefix, kind, workspace)
+        if flt.everything:
+            return self._maintenance.changes(since, limit)
+        self._ws(None)
+        return watch_changes(self._backend, since, limit, flt)
+
+    def follow(self, since: int | None = None, *, interval: float = 0.25, stop: Callable[[], bool] | None = None,
+               name: str | None = None, prefix: str | None = None, kind: str | None = None,
+               workspace: str | None = None) -> Iterator[Event]:
         """Yield events as they are committed, from ``since`` (default: now on), until ``stop()`` is true.
 
-        Between polls it reads SQLite's ``data_version`` (microseconds) and reads the log only when a
-        commit happened, so an idle follower costs next to nothing.
+        Every matching event once, in revision order, also after a past ``since`` (etcd's watch with
+        ``WithRev``). Filters: ``name``, name ``prefix``, ``kind``, and ``workspace`` (the workspace the
+        event happened in; default: every one). It sleeps until the backend signals a commit (on
+        SQLite: the WAL-index in shared memory, looked at every 1 to 5 ms) and reads the log only then,
+        so an idle follower costs next to nothing; ``stop()`` is asked at least every ``interval`` seconds.
         """
-        return self._maintenance.follow(since, interval=interval, stop=stop)
+        flt = event_filter(name, prefix, kind, workspace)
+        self._ws(None)
+        return watch_follow(self._backend, since, interval=interval, stop=stop, flt=flt)
 
     def gc_events(self, keep_days: float) -> dict[str, int]:
         """Prune events (and ended sessions) older than ``keep_days`` days. Revisions are never reused."""
@@ -628,6 +707,164 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+    # -- coordination, as etcd and Consul give it (see _transaction.py, _watch.py) ---------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Group resolves, registers, updates, renames and deletes into one all-or-nothing write.
+
+        ``with registry.transaction() as tx:`` queues operations (``tx.resolve``, ``tx.register``,
+        ``tx.update``, ``tx.rename``, ``tx.delete``) and guards (``tx.require(name, kind, revision=R)``,
+        ``tx.require_absent(name, kind)``); each returns at once, having only checked its arguments.
+        When the block ends, names and definitions are validated outside any lock, then one write
+        transaction checks every guard and applies every operation in order (later ones see earlier
+        ones), or none: a failed guard raises :class:`RevisionMismatchError`, a failed operation its own
+        error, and nothing is written. Results are :class:`Pending` objects whose ``.value`` (and
+        ``.id``) is there after the block; ``tx.revision`` is the registry's revision after the commit.
+        An exception raised inside the block discards the queue. Like etcd's ``Txn(If(...).Then(...))``.
+        """
+        tx = Transaction(self._ws)
+        try:
+            yield tx
+        except BaseException:
+            self._transactions.discard(tx)
+            raise
+        self._transactions.commit(tx)
+
+    def wait_for_change(self, name: str, kind: str, *, since: int | None = None, timeout: float | None = None,
+                        workspace: str | None = None) -> Event | None:
+        """Block until ``(kind, name)`` changes as this workspace sees it; return that event, or ``None``
+        after ``timeout`` seconds (``None``: no limit). Consul's blocking query.
+
+        ``since`` is a revision (an :attr:`Entry.revision`, an :attr:`Event.rev`, ``registry.revision``;
+        default: now): an event after it returns at once, so a loop that passes the last event's ``rev``
+        misses nothing. A change counts in this workspace or an ancestor it inherits from: a create,
+        update, register, rename to or from the name, promote, delete, hide, unhide, and lease events.
+        It wakes on the commit (see :meth:`follow`), not on a fixed poll interval.
+        """
+        ws = self._ws(workspace)
+        name = check_name(name)
+        check_kind_name(kind)
+        return watch_wait(self._backend, self._store, ws, name, kind, since, timeout)
+
+    # -- plugins: decorator registration, load_all, load errors (see _plugins.py) -----------------
+
+    def registrar(self, kind: str, name: str | None = None, *, definition: Mapping[str, Any] | None = None,
+                  capabilities: Iterable[str] = (), metadata: Mapping[str, Any] | None = None,
+                  on_conflict: str = "error", workspace: str | None = None) -> Callable[[T], T]:
+        """A decorator that registers a class or function under ``kind`` (catalogue's
+        ``@registry.register(name)``) and returns it unchanged.
+
+        ``name`` defaults to the object's ``__name__``. The entry's target is the object's dotted path
+        (``"module:Qualified.name"``), so every process can :meth:`load` it, and the object is also
+        bound here (:meth:`bind`), so :meth:`load` in this process returns that very object. The other
+        arguments are :meth:`register`'s (``on_conflict="error"``: a second object under the same name
+        is refused with :class:`NameTakenError`; registering the same object again writes nothing).
+
+        An object other processes cannot import by its path is refused with
+        :class:`NotImportableError` and nothing is written: a lambda, a function defined inside another
+        function, an object of a script run as ``__main__`` (run it with ``python -m`` instead), an
+        object of code run with ``exec``. For such objects use :meth:`bind` (this process only).
+        The workspace is chosen when ``registrar()`` is called.
+        """
+        return self._plugins.registrar(kind, name, definition=definition, capabilities=capabilities,
+                                       metadata=metadata, on_conflict=on_conflict, workspace=workspace)
+
+    def load_all(self, kind: str, *, workspace: str | None = None,
+                 on_load_failure: Callable[[Entry, str, BaseException], Any] | None = None) -> LoadResults:
+        """:meth:`load` every entry of ``kind`` visible in the workspace that has a target or a binding
+        (stevedore's ``ExtensionManager``).
+
+        ``results.loaded`` maps names to objects, ``results.failed`` names to :class:`LoadFailure`
+        records; one failure never stops the others. ``on_load_failure(entry, target, error)`` is called
+        for each failure (``error`` is the :class:`TargetImportError`, its ``__cause__`` what the import
+        raised); an exception it raises propagates, as with stevedore's ``on_load_failure_callback``.
+        Each failure is also recorded on its entry, as every failed :meth:`load` is (see
+        :meth:`load_error`).
+        """
+        return self._plugins.load_all(kind, workspace=workspace, on_load_failure=on_load_failure)
+
+    def load_error(self, name: str, kind: str | None = None, *, workspace: str | None = None) -> LoadFailure | None:
+        """The last load error recorded for ``name`` by any process, or ``None``.
+
+        Every :meth:`load` (and :meth:`load_all`) whose import fails records what it raised, when, and in
+        which process, in a short transaction of its own after the import (never while user code runs
+        under a lock); the next successful import of the target, in any process, clears it. Only the
+        first :meth:`load` in a process imports; later ones answer from the process's cache and write
+        nothing. :class:`EntryNotFoundError` if there is no such entry.
+        """
+        return self._plugins.load_error(name, kind, workspace=workspace)
+
+    # -- aliases: other names of an entry, resolved by the registry (see _aliases.py) -------------
+
+    def add_alias(self, alias: str, name: str, kind: str, *, replace: bool = False,
+                  workspace: str | None = None) -> Entry:
+        """Make ``alias`` another name of ``kind`` ``name`` in this workspace (and the ones below it).
+
+        Stored as an entry of the kind ``alias`` (logged, exported, seen by every process). Refused:
+        an alias that is the name itself, one whose target is an alias (one hop only), one named like
+        a visible entry of the kind (:class:`NameTakenError`), one pointing elsewhere already
+        (:class:`NameTakenError` unless ``replace=True``). The target need not exist yet.
+        """
+        return _aliases.add(self._definitions, self._store, self._ws(workspace), alias, name, kind, replace)
+
+    def remove_alias(self, alias: str, kind: str, *, workspace: str | None = None) -> bool:
+        """Forget an alias of this workspace (an inherited one is hidden here); False if there was none."""
+        return _aliases.remove(self._store, self._ws(workspace), alias, kind,
+                               delete=lambda n, k, w: self.delete(n, k, workspace=w),
+                               hide=lambda n, k, w: self.hide(n, k, workspace=w))
+
+    def resolve_alias(self, name: str, kind: str, *, workspace: str | None = None) -> str | None:
+        """The name ``name`` is an alias of (for ``kind``, as seen in the workspace), or ``None``.
+
+        ``lookup``/``get`` stay exact; callers that accept aliases ask this after a miss.
+        """
+        return _aliases.resolve(self._store, self._ws(workspace), name, kind)
+
+    def aliases(self, kind: str, *, workspace: str | None = None) -> dict[str, str]:
+        """Every alias of ``kind`` visible in the workspace: alias → the name it stands for."""
+        return _aliases.aliases(self._store, self._ws(workspace), kind)
+    # -- coordination on leases: semaphores and leader election (see _semaphore.py, _election.py) --
+
+    def semaphore(self, name: str, limit: int, wait: float | None = None, *, workspace: str | None = None,
+                  ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Lease:
+        """Take one of the ``limit`` slots of semaphore ``name``: at most ``limit`` holders at once, from
+        any processes. Returns the slot's :class:`Lease` (``lease.name`` is ``NAME#k``, its token fences
+        that slot), a context manager like any lease; :class:`LeaseHeldError` when all are taken
+        (``wait=seconds`` to wait, served in arrival order).
+
+        A slot is freed as a lease is: released, its holder's process gone (at once), hung (after the
+        session's ttl and the lock-delay), or its own ``ttl=`` run out. The first call fixes the limit;
+        another limit raises :class:`SemaphoreLimitError`. Slots held by this process are not free to it:
+        each call takes another.
+        """
+        return self._semaphores.acquire(name, limit, wait, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def campaign(self, name: str, value: Any, *, timeout: float | None = None, workspace: str | None = None,
+                 ttl: float | None = None, on_lost: Callable[[Lease], Any] | None = None) -> Leadership:
+        """Block until this process leads election ``name`` and return the :class:`Leadership`, whose
+        ``term`` (the lease's fencing token) grows at every new leader. ``value`` (JSON) is what
+        :meth:`leader` and :meth:`observe` report. Campaigners are served in arrival order;
+        ``timeout=seconds`` gives up with :class:`LeaseHeldError`. ``ttl=`` bounds the leadership by a
+        ttl of its own, kept by ``leadership.lease.refresh()``.
+
+        One leader at a time: a leader whose process dies is replaced at once, a hung one after its
+        session's ttl and the lock-delay, and it learns of its loss (``lost``, ``on_lost``, ``LeaseLost``).
+        """
+        return self._elections.campaign(name, value, timeout=timeout, workspace=workspace, ttl=ttl, on_lost=on_lost)
+
+    def leader(self, name: str, *, workspace: str | None = None) -> Leader | None:
+        """The current leader of election ``name`` (value, term, process), or None: nobody leads, or the
+        holder's process is gone."""
+        return self._elections.leader(name, workspace=workspace)
+
+    def observe(self, name: str, *, workspace: str | None = None, stop: Callable[[], bool] | None = None,
+                timeout: float | None = None) -> Iterator[Leader]:
+        """Yield the leader of election ``name`` now (if any) and each new leader after it (a new term),
+        until ``stop()`` is true or ``timeout`` seconds passed. Between looks it waits for a commit (the
+        commit signal, microseconds) or a quarter second at most."""
+        return self._elections.observe(name, workspace=workspace, stop=stop, timeout=timeout)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Foreign APIs on nameplate, one module per system whose users switch by changing an import.
 
 Each module wraps a :class:`~nameplate.Registry` (no second storage, no process-global state):
-``nameplate.compat.cursus`` has Cursus's step/builder/hyperparameter registry functions. Those are
-also importable from ``nameplate.compat`` itself, where they lived before this package existed.
+``nameplate.compat.cursus`` has Cursus's registry API (step names, builders, hyperparameters, the
+unified manager), ``nameplate.compat.madsci`` MADSci's ``LocalRegistryManager``. The Cursus functions
+listed below are also importable from ``nameplate.compat`` itself, where they lived first.
 """
 
 from __future__ import annotations
