@@ -398,31 +398,59 @@ class PostgresqlBackend(Backend):
 
     # -- change signals ---------------------------------------------------------------------------
 
-    def change_counter(self) -> int:
-        """Notifications received since this backend began listening; the revision when it cannot listen."""
+    def _notified(self, wait: float) -> int | None:
+        """Notifications received so far, after waiting up to ``wait`` seconds for one; ``None`` when
+        this backend cannot listen (a pooler in transaction mode, say: then callers poll)."""
         with self._listener_lock:
             if self._pid != os.getpid():
                 self._forget_connections()
-            if not self._listener_broken:
-                try:
-                    listener = self._listener
-                    if listener is None:
-                        conn = self.connection()
-                        channel = self._registry_keys(conn)[2]
-                        listener = self._psycopg.connect(self.peewee.database, autocommit=True,
-                                                         **self.peewee.connect_params)
-                        listener.execute(f"LISTEN {channel}")
-                        self._listener = listener
-                    self._notifications += sum(1 for _ in listener.notifies(timeout=0))
-                    return self._notifications
-                except self._psycopg.Error:
-                    # No listening connection (a pooler in transaction mode, say): poll the log instead.
-                    self._listener_broken = True
-                    self._listener = None
+            if self._listener_broken:
+                return None
+            try:
+                listener = self._listener
+                if listener is None:
+                    channel = self._registry_keys(self.connection())[2]
+                    listener = self._psycopg.connect(self.peewee.database, autocommit=True,
+                                                     **self.peewee.connect_params)
+                    listener.execute(f"LISTEN {channel}")
+                    self._listener = listener
+                got = sum(1 for _ in listener.notifies(timeout=wait, stop_after=1))
+                if got:
+                    got += sum(1 for _ in listener.notifies(timeout=0))
+                self._notifications += got
+                return self._notifications
+            except self._psycopg.Error:
+                self._listener_broken = True
+                self._listener = None
+                return None
+
+    def change_counter(self) -> int:
+        """Notifications received since this backend began listening; the revision when it cannot listen."""
+        count = self._notified(0.0)
+        if count is not None:
+            return count
         return int(self.query_one("SELECT coalesce(max(rev), 0) FROM event")[0])
 
     def commit_signal(self) -> Hashable:
-        return next(self._signal)  # see the module docstring: no cheap signal is never late
+        # Every commit notifies; a notification can arrive just after its commit is visible, so this
+        # is late by that much (why no read cache trusts it here, see the module docstring) but never
+        # misses a commit: watchers that read after taking it wake for any commit after their read.
+        count = self._notified(0.0)
+        return ("polled", next(self._signal)) if count is None else ("notified", count)
+
+    def wait_for_commit(self, signal: Hashable, timeout: float) -> Hashable:
+        """Block on LISTEN until a commit notifies (in slices of at most 50 ms, so that the threads of
+        this process sharing the listening connection take turns), or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            count = self._notified(max(0.0, min(remaining, _WAIT_SLICE)))
+            if count is None:  # cannot listen: sleep out the timeout, then report "maybe changed"
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return ("polled", next(self._signal))
+            now = ("notified", count)
+            if now != signal or deadline - time.monotonic() <= 0:
+                return now
 
     # -- housekeeping -----------------------------------------------------------------------------
 
@@ -462,6 +490,9 @@ class PostgresqlBackend(Backend):
         row = tx.execute(sql).fetchone() if tx is not None else self.query_one(sql)
         return float(row[0])
 
+
+#: The longest a waiter holds the listening connection before letting another thread look.
+_WAIT_SLICE = 0.05
 
 _BUSY_STATES = frozenset({"55P03", "40001", "40P01", "57014"})
 _LOCATION_STATES = ("28", "3D", "42501", "25006", "08")
