@@ -3,6 +3,7 @@
 
     python scripts/bench.py --out bench-result.json            # everything (about 5 minutes on 2 cores)
     python scripts/bench.py --quick --out quick.json           # smaller sizes and shorter runs
+    python scripts/bench.py --db postgresql://u@host/db --out pg.json   # that server beside SQLite
 
 Each figure is the median over several repetitions of a timed loop (per operation). The floor is plain
 ``sqlite3`` on a file with nameplate's own schema and pragmas (WAL, same synchronous): a point select
@@ -519,6 +520,112 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"- {'met' if ok else 'MISSED'}: {text} ({detail})")
 
 
+# -- a server database beside SQLite (--db URL) ------------------------------------------------------
+
+RACE_NAMES = 300
+RACE_ACQUIRES = 25
+
+
+def _race_worker(barrier: Any, results: Any, index: int, spec: str) -> None:
+    try:
+        names = [f"race-{i}" for i in range(RACE_NAMES)]
+        random.Random(index).shuffle(names)
+        with Registry(spec, timeout=60, lock_delay=0) as registry:
+            barrier.wait(timeout=60)
+            ids = {name: registry.resolve(name, "node") for name in names}
+            tokens = []
+            for _ in range(RACE_ACQUIRES):
+                lease = registry.acquire("race-shared", "node", wait=60)
+                tokens.append(lease.token)
+                lease.release()
+        results.put((index, {"ids": ids, "tokens": tokens}))
+    except BaseException as error:  # reported, so the parent counts it instead of hanging
+        results.put((index, {"error": repr(error)}))
+
+
+def bench_race(spec: str, processes: int = 8) -> dict[str, Any]:
+    """``processes`` processes resolve the same 300 names in shuffled orders, then take turns on one lease."""
+    with Registry(spec, timeout=60) as registry:
+        registry.resolve("race-shared", "node")
+    barrier, results = SPAWN.Barrier(processes), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_race_worker, args=(barrier, results, i, spec)) for i in range(processes)]
+    started = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=600)[1] for _ in procs]
+    elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.join()
+    errors = [o["error"] for o in outcomes if "error" in o]
+    good = [o for o in outcomes if "error" not in o]
+    ids_per_name: dict[str, set[str]] = {}
+    for outcome in good:
+        for name, entry_id in outcome["ids"].items():
+            ids_per_name.setdefault(name, set()).add(entry_id)
+    tokens = sorted(t for o in good for t in o["tokens"])
+    return {"processes": processes, "names": RACE_NAMES, "errors": len(errors), "first_error": errors[:1],
+            "names_with_several_ids": sum(1 for ids in ids_per_name.values() if len(ids) > 1),
+            "tokens_exactly_1_to_n": tokens == list(range(1, len(tokens) + 1)), "acquisitions": len(tokens),
+            "seconds": elapsed}
+
+
+def bench_backend(spec: str, quick: bool) -> dict[str, Any]:
+    """The hot operations on one registry (``spec``: a file path or a server URL), one process."""
+    n, reps = (500, 3) if quick else (2000, 5)
+    results: dict[str, Any] = {}
+    with Registry(spec, timeout=60) as registry:
+        for i in range(1000):
+            registry.resolve(f"n{i}", "node")
+        results["lookup"] = per_op(lambda i: registry.lookup(f"n{i % 1000}", "node"), n, reps)
+        results["resolve_existing"] = per_op(lambda i: registry.resolve(f"n{i % 1000}", "node"), n, reps)
+        results["resolve_create"] = per_op(lambda i: registry.resolve(f"new-{i}", "node"), n // 5, reps)
+
+        def acquire_release(i: int) -> None:
+            registry.acquire(f"n{i % 200}", "node").release()
+
+        acquire_release(0)  # opens the session outside the timing
+        results["acquire_release"] = per_op(acquire_release, n // 5, reps)
+    with Registry(spec, timeout=60, cache=False) as uncached:
+        results["lookup_uncached"] = per_op(lambda i: uncached.lookup(f"n{i % 1000}", "node"), n, reps)
+    results["race_8_processes"] = bench_race(spec)
+    return results
+
+
+def _server_schema(url: str) -> tuple[str, Callable[[], None]]:
+    """A throwaway schema on the server for the run, and how to drop it."""
+    import psycopg
+
+    schema = f"nameplate_bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-csearch_path%3D{schema}", drop
+
+
+def bench_server_beside_sqlite(url: str, work: Path, quick: bool) -> dict[str, Any]:
+    spec, drop = _server_schema(url)
+    try:
+        server = bench_backend(spec, quick)
+    finally:
+        drop()
+    return {"server": server, "sqlite": bench_backend(str(work / "beside.db"), quick)}
+
+
+def print_backends(result: dict[str, Any]) -> None:
+    server, lite = result["server"], result["sqlite"]
+    print("\n| operation (µs, median) | server | SQLite |\n|---|---:|---:|")
+    for key in ("lookup", "lookup_uncached", "resolve_existing", "resolve_create", "acquire_release"):
+        print(f"| {key} | {server[key]['median_us']:,.1f} | {lite[key]['median_us']:,.1f} |")
+    print("\n| 8-process race | server | SQLite |\n|---|---|---|")
+    for key in ("names_with_several_ids", "tokens_exactly_1_to_n", "acquisitions", "errors", "seconds"):
+        print(f"| {key} | {server['race_8_processes'][key]} | {lite['race_8_processes'][key]} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="where to write the JSON result")
@@ -527,7 +634,17 @@ def main() -> None:
                         help="comma-separated subset of: operations, scale, contention, predecessor, "
                              "coordination")
     parser.add_argument("--sizes", default=None, help="entry counts for the scale section (default 1k,100k,1M)")
+    parser.add_argument("--db", default=None, help="a postgresql:// URL: measure the hot operations and the "
+                        "8-process race there (in a throwaway schema) beside a SQLite file, and only that")
     args = parser.parse_args()
+    if args.db:
+        with tempfile.TemporaryDirectory(prefix="nameplate-bench-") as tmp:
+            backends = bench_server_beside_sqlite(args.db, Path(tmp), args.quick)
+        Path(args.out).write_text(json.dumps({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "backends": backends},
+                                             indent=2))
+        print_backends(backends)
+        print(f"\nwrote {args.out}", file=sys.stderr)
+        return
     sections = set(args.sections.split(","))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [1000, 100_000] if args.quick else [1000, 100_000, 1_000_000])

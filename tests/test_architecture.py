@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "nameplate"
 #: Modules above the features: they hold a Registry rather than being part of one.
 FRONTS = {"registry.py", "cli.py", "__init__.py", "__main__.py", "_lock_command.py"}
 #: The backend modules that hold one database's code (what the fronts must not import).
-CONCRETE_BACKENDS = {"nameplate.backends.sqlite", "nameplate.backends._held_files"}
+CONCRETE_BACKENDS = {"nameplate.backends.sqlite", "nameplate.backends._held_files", "nameplate.backends.postgresql"}
 #: SQL as this code base writes it (upper-case keywords), not English prose that says "select from".
 SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+(TABLE|INDEX))\b",
                  re.DOTALL)
@@ -69,6 +69,7 @@ def test_the_walk_sees_the_modules_it_rules_on() -> None:
     assert {"nameplate.registry", "nameplate.cli", "nameplate.compat.cursus", "nameplate._leasing",
             "nameplate.backends", "nameplate.backends.sqlite"} <= names
     assert "nameplate.backends.sqlite" in _imports(PACKAGE / "backends" / "__init__.py")
+    assert "nameplate.backends.postgresql" in _imports(PACKAGE / "backends" / "__init__.py")
 
 
 @pytest.mark.parametrize("path", [p for p in _modules() if _is_front(p)], ids=_name)

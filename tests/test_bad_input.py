@@ -761,8 +761,8 @@ ARGUMENT_CASES: list[Case] = [
     api("arguments/db-url-in-memory", lambda w: open_registry("sqlite:///:memory:"), InvalidInputError,
         "names no file"),
     api("arguments/db-postgresql-url-hides-password",
-        lambda w: open_registry(f"postgresql://ada:{PASSWORD}@db.example/registry"), InvalidInputError,
-        "SQLite files only", absent=(PASSWORD,)),
+        lambda w: open_registry(f"postgresql://ada:{PASSWORD}@127.0.0.1:1/registry"), DatabaseLocationError,
+        "cannot connect to postgresql://ada:***@127.0.0.1:1/registry", absent=(PASSWORD,)),
 ]
 
 LEASE_CASES: list[Case] = [
@@ -975,8 +975,8 @@ CLI_CASES: list[Case] = [
         setup=text_file("notes.txt", "shopping\n")),
     cli("cli/db-unknown-url-scheme", ["--db", "mysql://db.example/registry", "ls"], 1,
         "unsupported database URL scheme"),
-    cli("cli/db-postgresql-url-hides-password", ["--db", f"postgresql://ada:{PASSWORD}@db.example/registry", "ls"],
-        1, "SQLite files only", absent=(PASSWORD,)),
+    cli("cli/db-postgresql-url-hides-password", ["--db", f"postgresql://ada:{PASSWORD}@127.0.0.1:1/registry", "ls"],
+        6, "cannot connect to postgresql://ada:***@127.0.0.1:1/registry", absent=(PASSWORD,)),
     # Real processes: what a shell user sees, end to end.
     cli("cli-process/db-text-file", ["--db", "{tmp}/notes.txt", "ls"], 5, "is not a SQLite database",
         setup=text_file("notes.txt", "shopping: milk, eggs\n"), process=True),

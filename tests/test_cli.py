@@ -522,10 +522,16 @@ def test_errors_name_cli_flags_not_python_keywords(cli, db_path: Path) -> None: 
         assert not python_words.search(message), message
 
 
-@pytest.mark.parametrize("spec", ["postgresql://u:p@host/db", "mysql://host/db"])
-def test_database_urls_are_refused_as_sqlite_only(tmp_path: Path, spec: str) -> None:
-    result = CliRunner().invoke(main, ["--db", spec, "ls"])
-    assert result.exit_code == 1 and "SQLite files only" in result.stderr
-    # No advice to use a URL this version refuses, and never the password back.
-    assert "use a PostgreSQL" not in result.stderr and "or postgresql://" not in result.stderr
+def test_an_unknown_database_url_is_refused_naming_what_is_supported() -> None:
+    result = CliRunner().invoke(main, ["--db", "mysql://u:p@host/db", "ls"])
+    assert result.exit_code == 1 and "SQLite files or PostgreSQL" in result.stderr
     assert ":p@" not in result.stderr
+
+
+def test_a_postgresql_url_never_shows_its_password() -> None:
+    url = "postgresql://u:s3cret@127.0.0.1:1/db?password=s3cret"
+    path = CliRunner().invoke(main, ["--db", url, "path"])
+    assert path.exit_code == 0 and "postgresql://u:***@127.0.0.1:1/db?password=***" in path.output
+    failed = CliRunner().invoke(main, ["--db", url, "ls"])
+    assert failed.exit_code == 6 and "cannot connect to postgresql://u:***@127.0.0.1:1/db" in failed.stderr
+    assert "s3cret" not in path.output + failed.output + failed.stderr

@@ -177,7 +177,7 @@ def test_sigint_to_nameplate_lock_reaches_the_command(lock, tmp_path: Path) -> N
     assert holder.returncode == 42, err
 
 
-def test_a_command_that_cannot_run_takes_no_lease(lock, db_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_command_that_cannot_run_takes_no_lease(lock, db_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     missing = lock("job", "-k", "process", "--", "no-such-command-anywhere")
     _, err = missing.communicate(timeout=60)
     assert missing.returncode == 127 and err == "nameplate: error: cannot run 'no-such-command-anywhere': " \
@@ -187,7 +187,7 @@ def test_a_command_that_cannot_run_takes_no_lease(lock, db_path: Path, tmp_path:
     refused = lock("job", "-k", "process", "--", str(plain))
     _, err = refused.communicate(timeout=60)
     assert refused.returncode == 126 and "not an executable file" in err
-    with Registry(db_path) as registry:
+    with Registry(db_url) as registry:
         assert registry.lookup("job", "process") is None  # nothing created, nothing leased
 
 

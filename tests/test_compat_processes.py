@@ -165,6 +165,7 @@ def _health(processes: ProcessRegistry, process_id: str) -> str | None:
     return None if record is None else record.health
 
 
+@pytest.mark.sqlite_only  # counts SQLite's traced statements
 def test_clear_registry_is_one_transaction(processes: ProcessRegistry) -> None:
     for index in range(5):
         processes.register_process(f"job{index}", ParallelTrainingCoordinator())

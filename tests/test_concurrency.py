@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from nameplate import Registry
 from nameplate.backends.migrate import latest_version
 
-from conftest import run_processes
+from conftest import query_db, run_processes
 
 PROCESSES = 8
 NAMES = 500
@@ -34,8 +32,8 @@ def _resolve_all(barrier: Any, results: Any, index: int, path: str, names: list[
         results.put((index, ("error", repr(error))))
 
 
-def test_many_processes_resolving_the_same_names_get_the_same_ids(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
+def test_many_processes_resolving_the_same_names_get_the_same_ids(db_url: str) -> None:
+    path = db_url
     Registry(path).close()  # the migrations race has its own test; here the schema exists
     names = [f"component-{i}" for i in range(NAMES)]
     outcomes = run_processes(_resolve_all, [(str(path), names)] * PROCESSES, timeout=240)
@@ -44,10 +42,8 @@ def test_many_processes_resolving_the_same_names_get_the_same_ids(tmp_path: Path
     reference = outcomes[0]
     for seen in outcomes[1:]:
         assert seen == reference
-    conn = sqlite3.connect(path)
-    rows = conn.execute("SELECT name, id FROM entry").fetchall()
-    creates = conn.execute("SELECT count(*) FROM event WHERE action = 'create'").fetchone()[0]
-    conn.close()
+    rows = query_db(path, "SELECT name, id FROM entry")
+    creates = query_db(path, "SELECT count(*) FROM event WHERE action = 'create'")[0][0]
     assert len(rows) == NAMES
     assert dict(rows) == reference
     assert creates == NAMES
@@ -64,20 +60,19 @@ def _open_fresh(barrier: Any, results: Any, index: int, path: str) -> None:
         results.put((index, ("error", repr(error))))
 
 
-def test_processes_opening_a_new_file_at_once_migrate_it_exactly_once(tmp_path: Path) -> None:
-    path = tmp_path / "fresh.db"
+def test_processes_opening_a_new_file_at_once_migrate_it_exactly_once(db_url: str) -> None:
+    path = db_url
     outcomes = run_processes(_open_fresh, [(str(path),)] * PROCESSES, timeout=120)
     assert all(o[0] != "error" for o in outcomes), outcomes
     applied = [o[0] for o in outcomes]
     assert sorted(applied, key=len) == [[]] * (PROCESSES - 1) + [list(range(1, latest_version() + 1))]
     assert len({o[1] for o in outcomes}) == 1
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_version()
-    versions = conn.execute("SELECT version FROM schema_migration").fetchall()
+    if "://" not in path:
+        assert query_db(path, "PRAGMA user_version")[0][0] == latest_version()
+    versions = query_db(path, "SELECT version FROM schema_migration ORDER BY version")
     assert versions == [(v,) for v in range(1, latest_version() + 1)]
-    assert conn.execute("SELECT count(*) FROM workspace").fetchone()[0] == 1
-    assert conn.execute("SELECT count(*) FROM kind WHERE builtin = 1").fetchone()[0] == 12
-    conn.close()
+    assert query_db(path, "SELECT count(*) FROM workspace")[0][0] == 1
+    assert query_db(path, "SELECT count(*) FROM kind WHERE builtin = 1")[0][0] == 12
 
 
 def test_a_forked_child_resolves_on_its_parents_registry(registry: Registry) -> None:
@@ -144,8 +139,8 @@ while True:
 """
 
 
-def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path: Path) -> None:
-    path = tmp_path / "crash.db"
+def test_kill_9_during_writes_leaves_a_consistent_database(db_url: str) -> None:
+    path = db_url
     Registry(path).close()
     for round_number in range(3):
         child = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
@@ -157,12 +152,11 @@ def test_kill_9_during_writes_leaves_a_consistent_database(tmp_path: Path) -> No
             child.wait(timeout=30)
             if child.stdout is not None:
                 child.stdout.close()
-        conn = sqlite3.connect(path)
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        entries = conn.execute("SELECT count(*) FROM entry").fetchone()[0]
-        creates = conn.execute("SELECT count(*) FROM event WHERE action = 'create'").fetchone()[0]
-        conn.close()
+        if "://" not in path:  # the server checks its own pages and enforces foreign keys on every statement
+            assert query_db(path, "PRAGMA integrity_check")[0][0] == "ok"
+            assert query_db(path, "PRAGMA foreign_key_check") == []
+        entries = query_db(path, "SELECT count(*) FROM entry")[0][0]
+        creates = query_db(path, "SELECT count(*) FROM event WHERE action = 'create'")[0][0]
         assert entries == creates > 0  # every committed entry has its event: no half-written change
         with Registry(path) as registry:
             assert len(registry.list("node")) == entries

@@ -374,7 +374,7 @@ def test_wait_for_change_returns_past_changes_at_once_and_none_after_its_timeout
 
     def change_core() -> None:
         time.sleep(0.2)
-        with Registry(registry.path) as other:
+        with Registry(registry.location.url or registry.path) as other:  # the same registry, on either backend
             other.update("lh1", "node", metadata={"v": 2})
 
     thread = threading.Thread(target=change_core)
@@ -469,7 +469,7 @@ def test_wait_for_change_sees_a_name_being_created_and_deleted(registry: Registr
     since = registry.revision
 
     def create_then_delete() -> None:
-        with Registry(registry.path) as other:
+        with Registry(registry.location.url or registry.path) as other:  # the same registry, on either backend
             time.sleep(0.1)
             other.resolve("later", "node")
             time.sleep(0.1)

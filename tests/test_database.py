@@ -34,6 +34,7 @@ from nameplate.backends.sqlite import APPLICATION_ID
 from conftest import table_snapshot
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_every_connection_gets_the_declared_pragmas(registry: Registry) -> None:
     conn = registry._backend.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -57,6 +58,7 @@ def _traced(registry: Registry) -> list[str]:
     return statements
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_resolve_create_is_one_immediate_transaction(registry: Registry) -> None:
     statements = _traced(registry)
     registry.resolve("new", "node")
@@ -79,6 +81,7 @@ def test_resolve_of_an_existing_name_is_one_read_and_no_transaction(db_path: Pat
         assert all(s.startswith("SELECT") for s in statements)
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_with_the_read_cache_a_repeated_resolve_or_lookup_runs_no_statement(registry: Registry) -> None:
     registry.resolve("existing", "node")
     registry.resolve("existing", "node")
@@ -265,10 +268,10 @@ def test_a_schema_too_new_leaves_the_file_as_it_was(db_path: Path) -> None:
 
 
 def test_models_match_the_migrated_schema(registry: Registry) -> None:
-    conn = registry._backend.connection()
+    database = registry._backend.peewee
     for model in ALL_MODELS:
         table = model._meta.table_name
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        columns = {column.name for column in database.get_columns(table)}
         fields = {field.column_name for field in model._meta.sorted_fields}
         assert fields == columns, table
     # and a model query runs on the registry's own connection

@@ -140,11 +140,11 @@ def test_invalid_documents_are_rejected_and_change_nothing(registry: Registry, t
         assert table_snapshot(target) == before
 
 
-def test_truncated_and_unreadable_files_are_rejected(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+def test_truncated_and_unreadable_files_are_rejected(registry: Registry, db_url: str, tmp_path: Path) -> None:
     populate(registry)
     path = tmp_path / "export.json"
     path.write_text(json.dumps(registry.export())[:-40])
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ImportFileError, match="truncated"):
         registry.import_file(path)
     with pytest.raises(ImportFileError, match="cannot read"):
@@ -152,18 +152,18 @@ def test_truncated_and_unreadable_files_are_rejected(registry: Registry, db_path
     (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ImportFileError):
         registry.import_file(tmp_path / "binary.json")
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
-def test_an_id_that_belongs_to_another_entry_is_refused(registry: Registry, db_path: Path) -> None:
+def test_an_id_that_belongs_to_another_entry_is_refused(registry: Registry, db_url: str) -> None:
     registry.resolve("a", "node")
     document = registry.export()
     document["entries"][0]["name"] = "renamed_elsewhere"
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ConflictError, match="already belongs to core/node/a") as caught:
         registry.import_document(document)
     assert caught.value.exit_code == 4 and len(caught.value.problems) == 1
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_madsci_file_imports_and_exports_back_equal(registry: Registry, tmp_path: Path) -> None:
@@ -198,13 +198,13 @@ def test_madsci_lock_fields_and_the_compatible_import_entries(registry: Registry
     assert lock["holder_pid"] > 1 and lock["holder_instance"] == registry.session().id
 
 
-def test_madsci_file_with_an_unknown_component_type_is_rejected(registry: Registry, db_path: Path) -> None:
+def test_madsci_file_with_an_unknown_component_type_is_rejected(registry: Registry, db_url: str) -> None:
     original = json.loads(MADSCI_FILE.read_text())
     next(iter(original["entries"].values()))["component_type"] = "robot_arm"
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ImportFileError, match="robot_arm"):
         registry.import_document(original)
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_the_fixture_is_a_real_madsci_file() -> None:
@@ -214,6 +214,7 @@ def test_the_fixture_is_a_real_madsci_file() -> None:
                for item in data["entries"].values())
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_export_reads_one_snapshot_and_import_writes_one_transaction(registry: Registry, tmp_path: Path) -> None:
     populate(registry)
     statements: list[str] = []
@@ -286,7 +287,7 @@ def test_replace_needs_every_user_kind_in_the_file(registry: Registry, tmp_path:
         assert other.import_document(document).applied  # merge keeps them, so the entries have their kind
 
 
-def test_import_validates_again_when_the_registry_moved(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+def test_import_validates_again_when_the_registry_moved(registry: Registry, db_url: str, tmp_path: Path) -> None:
     registry.resolve("a", "node")
     registry.resolve("b", "node")
     document = registry.export()
@@ -325,16 +326,16 @@ def test_an_import_validates_again_outside_the_lock_when_a_kind_changed(registry
         assert calls.count(0) == 2  # validated a second time, against the new schema, still outside the lock
 
 
-def test_duplicate_keys_in_a_file_are_refused(registry: Registry, db_path: Path, tmp_path: Path) -> None:
+def test_duplicate_keys_in_a_file_are_refused(registry: Registry, db_url: str, tmp_path: Path) -> None:
     entry = json.dumps({"id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "component_type": "node",
                         "created_at": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "metadata": {},
                         "lock": None, "workcell_id": None})
     path = tmp_path / "registry.json"
     path.write_text(f'{{"version": 1, "entries": {{"lh": {entry}, "lh": {entry}}}}}')
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ImportFileError, match="'lh' twice"):
         registry.import_file(path)
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def _madsci_entry(entry_id: str, kind: str = "node", **extra: Any) -> dict[str, Any]:
@@ -400,14 +401,14 @@ def test_madsci_merge_keeps_a_name_under_any_kind(registry: Registry) -> None:
     (lambda d: d["entries"]["lh"].update(workcell_id=7), "workcell_id must be a string"),
     (lambda d: d["entries"].update({" lh": d["entries"]["lh"]}), "leading or trailing whitespace"),
 ])
-def test_invalid_madsci_files_are_rejected(registry: Registry, db_path: Path, change: Any, message: str) -> None:
+def test_invalid_madsci_files_are_rejected(registry: Registry, db_url: str, change: Any, message: str) -> None:
     data = {"version": 1, "entries": {"lh": _madsci_entry("01ARZ3NDEKTSV4RRFFQ69G5FAV")}}
     change(data)
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ImportFileError) as caught:
         registry.import_document(data, format="madsci")
     assert message in str(caught.value)
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_madsci_import_into_a_missing_workspace(registry: Registry) -> None:

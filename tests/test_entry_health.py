@@ -172,6 +172,7 @@ def test_checks_run_on_the_heartbeat_and_a_raising_check_reports_critical(db_pat
         assert registry.unwatch_health("api", "provider") and not registry.unwatch_health("api", "provider")
 
 
+@pytest.mark.sqlite_only  # reads SQLite's traced statements
 def test_an_unchanged_report_is_not_written_again(llms: Registry) -> None:
     llms.watch_health("alpha", "provider", lambda: ("healthy", 0.5))
     statements: list[str] = []
@@ -268,7 +269,6 @@ def test_a_poll_racing_with_a_delete_writes_nothing_and_keeps_the_heartbeat(llms
     llms.delete("alpha", "provider")
     with llms._backend.write() as tx:  # what the poll writes after reading a pk that is gone by now
         tx.execute(_entry_health._UPSERT_IF_PRESENT, (pk, llms.session().id, "healthy", None, "{}", time.time(), pk))
-    with sqlite3.connect(llms.path or "") as conn:
-        assert conn.execute("SELECT count(*) FROM entry_health WHERE entry_pk = ?", (pk,)).fetchone() == (0,)
+    assert llms._backend.query_one("SELECT count(*) FROM entry_health WHERE entry_pk = ?", (pk,))[0] == 0
     llms._health.poll()  # the watch of the deleted entry stops, quietly
     assert llms.session().usable and not llms.unwatch_health("alpha", "provider")

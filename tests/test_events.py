@@ -89,7 +89,7 @@ def _writer(barrier: Any, results: Any, index: int, db: str, names: list[str]) -
     results.put((index, "done"))
 
 
-def test_follow_sees_commits_of_other_processes_in_order(registry: Registry, db_path: Path) -> None:
+def test_follow_sees_commits_of_other_processes_in_order(registry: Registry, db_url: str) -> None:
     seen: list[Event] = []
     done = threading.Event()
 
@@ -101,7 +101,7 @@ def test_follow_sees_commits_of_other_processes_in_order(registry: Registry, db_
     follower.start()
     try:
         time.sleep(0.2)
-        run_processes(_writer, [(str(db_path), [f"p{i}_{n}" for n in range(10)]) for i in range(2)])
+        run_processes(_writer, [(str(db_url), [f"p{i}_{n}" for n in range(10)]) for i in range(2)])
         deadline = time.monotonic() + 20
         while len(seen) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)

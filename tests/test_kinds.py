@@ -31,8 +31,8 @@ def test_step_definitions_get_their_defaults_from_the_name(registry: Registry) -
     assert registry.get("XGBoostTraining", "step").definition == entry.definition
 
 
-def test_validation_reports_every_problem_at_once_with_suggestions(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_validation_reports_every_problem_at_once_with_suggestions(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     with pytest.raises(ValidationError) as caught:
         registry.register("xgboost_training", "step", {"sagemaker_step_typ": "Training", "confg_class": "X"})
     problems = caught.value.problems
@@ -41,11 +41,11 @@ def test_validation_reports_every_problem_at_once_with_suggestions(registry: Reg
     assert "did you mean 'XgboostTraining'?" in text
     assert "required field 'sagemaker_step_type' is missing" in text
     assert "did you mean 'sagemaker_step_type'?" in text and "did you mean 'config_class'?" in text
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
-def test_a_batch_is_all_or_nothing(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_a_batch_is_all_or_nothing(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     with pytest.raises(ValidationError) as caught:
         registry.register_many([
             {"name": "Good", "kind": "step", "definition": {"sagemaker_step_type": "Processing"}},
@@ -56,7 +56,7 @@ def test_a_batch_is_all_or_nothing(registry: Registry, db_path: Path) -> None:
     text = str(caught.value)
     assert "item 1" in text and "item 2" in text and "listed twice" in text
     assert "kind 'robot' is not defined" in text
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
     entries = registry.register_many(
         [{"name": f"Legacy{i}", "kind": "step", "definition": {"sagemaker_step_type": "Processing"},
           "metadata": {"provenance": "legacy-import"}} for i in range(5)])
@@ -123,8 +123,8 @@ def test_resolve_checks_the_kinds_name_pattern(registry: Registry) -> None:
 
 
 
-def test_every_problem_with_a_kind_schema_is_reported_at_once(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_every_problem_with_a_kind_schema_is_reported_at_once(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     with pytest.raises(ValidationError) as caught:
         registry.define_kind("gadget", required=["a", "bad field"], optional=["a"], defaults={"zzz": 1},
                              name_pattern="([", validator="not a dotted path")
@@ -133,7 +133,7 @@ def test_every_problem_with_a_kind_schema_is_reported_at_once(registry: Registry
     text = str(caught.value)
     assert "'bad field'" in text and "both required and optional" in text and "'zzz'" in text
     assert "not a valid regular expression" in text and "'package.module:attribute'" in text
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_definitions_come_back_as_read_only_mappings(registry: Registry) -> None:
@@ -143,16 +143,16 @@ def test_definitions_come_back_as_read_only_mappings(registry: Registry) -> None
     assert registry.get("Train", "step").definition["sagemaker_step_type"] == "Training"
 
 
-def test_a_target_or_capabilities_change_is_a_conflict_too(registry: Registry, db_path: Path) -> None:
+def test_a_target_or_capabilities_change_is_a_conflict_too(registry: Registry, db_url: str) -> None:
     first = registry.register("json", "builder", target="json:JSONEncoder")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(NameTakenError, match="different target"):
         registry.register("json", "builder", target="json:JSONDecoder")
     with pytest.raises(NameTakenError, match="different capabilities"):
         registry.register("json", "builder", target="json:JSONEncoder", capabilities=["encode"])
     with pytest.raises(NameTakenError, match="different metadata"):
         registry.register("json", "builder", target="json:JSONEncoder", metadata={"owner": "me"})
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
     # Leaving metadata out keeps the stored metadata: that is the same registration again.
     assert registry.register("json", "builder", target="json:JSONEncoder").id == first.id
     replaced = registry.register("json", "builder", target="json:JSONDecoder", capabilities=["decode"],
@@ -162,13 +162,14 @@ def test_a_target_or_capabilities_change_is_a_conflict_too(registry: Registry, d
     assert registry.find("builder", {"encode"}) == []
 
 
-def test_a_string_is_not_taken_for_a_list_of_capabilities(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_a_string_is_not_taken_for_a_list_of_capabilities(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     with pytest.raises(ValidationError, match="write \\['llm'\\]"):
         registry.register("gpt", "provider", capabilities="llm")
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_a_batch_is_one_immediate_transaction(registry: Registry) -> None:
     statements: list[str] = []
     registry._backend.connection().set_trace_callback(statements.append)
@@ -220,6 +221,7 @@ def rules(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, d
     sys.modules.pop("np_rules", None)
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_validators_run_outside_every_transaction(registry: Registry, rules: object) -> None:
     registry.define_kind("widget", optional=["size"], validator="np_rules:check", name_pattern="^[a-z]+$")
     registry.register("one", "widget", {"size": 1})
@@ -228,9 +230,10 @@ def test_validators_run_outside_every_transaction(registry: Registry, rules: obj
     assert rules.calls and all(call == ("free", False) for call in rules.calls), rules.calls  # type: ignore[attr-defined]
 
 
-def test_validator_findings_come_with_the_other_problems(registry: Registry, rules: object, db_path: Path) -> None:
+@pytest.mark.sqlite_only  # its validator asks the SQLite connection whether a transaction is open
+def test_validator_findings_come_with_the_other_problems(registry: Registry, rules: object, db_url: str) -> None:
     registry.define_kind("widget", optional=["size"], validator="np_rules:check", name_pattern="^[a-z]+$")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(ValidationError) as caught:
         registry.register("Bad_Name", "widget", {"size": -1})
     assert len(caught.value.problems) == 2 and "size must not be negative" in str(caught.value)
@@ -241,7 +244,7 @@ def test_validator_findings_come_with_the_other_problems(registry: Registry, rul
     with pytest.raises(ValidationError) as shaped:  # a malformed definition never reaches the validator
         registry.register("typo", "widget", {"sise": -1})
     assert shaped.value.problems == ["widget 'typo': unknown field 'sise'; did you mean 'size'?"]
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_a_new_name_pattern_must_fit_entries_without_definitions(registry: Registry) -> None:

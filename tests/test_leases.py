@@ -32,7 +32,7 @@ from _session_helpers import events, insert_session, session_row, sleeper, stop_
 from conftest import run_processes, table_snapshot
 
 
-def _content(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+def _content(path: str | Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every table but ``session``, whose rows the heartbeats keep renewing meanwhile."""
     snapshot = table_snapshot(path)
     del snapshot["session"]
@@ -55,17 +55,17 @@ def _contend(barrier: Any, results: Any, index: int, path: str, rounds: int) -> 
         results.put((index, ("error", repr(error))))
 
 
-def test_two_processes_contending_never_hold_the_lease_at_once(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_two_processes_contending_never_hold_the_lease_at_once(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("shared", "node")
-    outcomes = run_processes(_contend, [(str(db_path), 60)] * 2, timeout=240)
+    outcomes = run_processes(_contend, [(str(db_url), 60)] * 2, timeout=240)
     assert all(not (isinstance(o, tuple) and o and o[0] == "error") for o in outcomes), outcomes
     for tokens in outcomes:
         assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
     assert sorted(outcomes[0] + outcomes[1]) == list(range(1, 121))  # every acquisition the next token
     # In log order, every fenced write carries the token of the latest acquisition, and every
     # acquisition follows the previous holder's release: never two holders, never a stale write.
-    log = events(db_path, "lease.acquire", "lease.release", "update")
+    log = events(db_url, "lease.acquire", "lease.release", "update")
     assert len(log) == 3 * 120
     current = None
     for action, detail in log:
@@ -119,12 +119,12 @@ def _start_holder(path: Path, ttl: float, lock_delay: float) -> tuple[subprocess
     return child, json.loads(line)
 
 
-def test_a_killed_holder_frees_its_lease_without_waiting_for_the_ttl(db_path: Path) -> None:
-    with Registry(db_path) as setup:
+def test_a_killed_holder_frees_its_lease_without_waiting_for_the_ttl(db_url: str) -> None:
+    with Registry(db_url) as setup:
         setup.resolve("device", "node")
-    child, info = _start_holder(db_path, ttl=60, lock_delay=60)
+    child, info = _start_holder(db_url, ttl=60, lock_delay=60)
     try:
-        with Registry(db_path, ttl=60) as registry:
+        with Registry(db_url, ttl=60) as registry:
             with pytest.raises(LeaseHeldError) as caught:
                 registry.acquire("device", "node")
             assert caught.value.holder["pid"] == info["pid"]
@@ -139,26 +139,26 @@ def test_a_killed_holder_frees_its_lease_without_waiting_for_the_ttl(db_path: Pa
             assert [s.state for s in dead] == ["dead"]
     finally:
         stop_child(child)
-    assert [a for a, _ in events(db_path, "lease.free", "session.reap")] == ["lease.free", "session.reap"]
-    assert all("lock_delay" not in detail for _, detail in events(db_path, "lease.free"))
+    assert [a for a, _ in events(db_url, "lease.free", "session.reap")] == ["lease.free", "session.reap"]
+    assert all("lock_delay" not in detail for _, detail in events(db_url, "lease.free"))
 
 
-def test_a_hung_holder_loses_its_lease_after_ttl_and_lock_delay_and_learns_it(db_path: Path) -> None:
+def test_a_hung_holder_loses_its_lease_after_ttl_and_lock_delay_and_learns_it(db_url: str) -> None:
     ttl, lock_delay = 1.0, 1.5
-    with Registry(db_path) as setup:
+    with Registry(db_url) as setup:
         setup.resolve("device", "node")
-    child, info = _start_holder(db_path, ttl=ttl, lock_delay=lock_delay)
+    child, info = _start_holder(db_url, ttl=ttl, lock_delay=lock_delay)
     assert child.stdin is not None and child.stdout is not None
     try:
         os.kill(child.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        with Registry(db_path, ttl=30, lock_delay=lock_delay) as registry:
+        with Registry(db_url, ttl=30, lock_delay=lock_delay) as registry:
             with pytest.raises(LeaseHeldError):
                 registry.acquire("device", "node")  # stopped, not dead: its ttl has not run out
             lease = registry.acquire("device", "node", wait=60)
             acquired_at = time.monotonic()
             # The stopped holder's last beat is its last word; both readings are CLOCK_MONOTONIC.
-            last_beat = session_row(db_path, info["session"])["beat_mono"]
+            last_beat = session_row(db_url, info["session"])["beat_mono"]
             assert acquired_at - last_beat >= ttl + lock_delay
             assert acquired_at - stopped_at < ttl + lock_delay + 30
             assert lease.token == info["token"] + 1
@@ -176,20 +176,20 @@ def test_a_hung_holder_loses_its_lease_after_ttl_and_lock_delay_and_learns_it(db
         if child.poll() is None:
             os.kill(child.pid, signal.SIGCONT)
         stop_child(child)
-    expired = events(db_path, "lease.expire", "session.reap")
+    expired = events(db_url, "lease.expire", "session.reap")
     assert [a for a, _ in expired][:2] == ["lease.expire", "session.reap"]
     assert expired[0][1]["lock_delay"] == lock_delay and expired[1][1]["state"] == "expired"
 
 
 @pytest.mark.parametrize("lock_delay", [0, 3600])
-def test_an_expired_holder_leaves_a_lock_delay_unless_it_is_zero(db_path: Path, lock_delay: float) -> None:
+def test_an_expired_holder_leaves_a_lock_delay_unless_it_is_zero(db_url: str, lock_delay: float) -> None:
     bystander = sleeper()  # alive, so only the missing heartbeat can end its session
     try:
         start = process_start(bystander.pid)
         assert start is not None
-        with Registry(db_path, lock_delay=lock_delay) as registry:
+        with Registry(db_url, lock_delay=lock_delay) as registry:
             registry.resolve("device", "node")
-            insert_session(db_path, "HUNG", pid=bystander.pid, process_start=start, ttl=1, beat_age=5,
+            insert_session(db_url, "HUNG", pid=bystander.pid, process_start=start, ttl=1, beat_age=5,
                            holds=("device",))
             if lock_delay == 0:
                 assert registry.acquire("device", "node").token == 2
@@ -197,20 +197,21 @@ def test_an_expired_holder_leaves_a_lock_delay_unless_it_is_zero(db_path: Path, 
                 with pytest.raises(LeaseHeldError, match="lock-delay") as caught:
                     registry.acquire("device", "node", wait=0.3)
                 assert caught.value.holder is None and caught.value.delay_remaining > 3000
-            assert session_row(db_path, "HUNG")["state"] == "expired"
+            assert session_row(db_url, "HUNG")["state"] == "expired"
     finally:
         stop_child(bystander)
 
 
-def test_a_dead_holder_is_reaped_inside_the_acquiring_transaction(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+@pytest.mark.sqlite_only  # reads SQLite's statement trace
+def test_a_dead_holder_is_reaped_inside_the_acquiring_transaction(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("device", "node")
         registry.session()  # opened beforehand: its own transaction is not the one under test
         gone = sleeper()
         start = process_start(gone.pid)
         stop_child(gone)
         assert start is not None
-        insert_session(db_path, "DEAD", pid=gone.pid, process_start=start, holds=("device",))
+        insert_session(db_url, "DEAD", pid=gone.pid, process_start=start, holds=("device",))
         statements: list[str] = []
         conn = registry._backend.connection()
         conn.set_trace_callback(statements.append)
@@ -221,16 +222,16 @@ def test_a_dead_holder_is_reaped_inside_the_acquiring_transaction(db_path: Path)
         assert lease.token == 2
         assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")] == [
             "BEGIN IMMEDIATE", "COMMIT"]
-        assert [a for a, _ in events(db_path, "lease.free", "session.reap", "lease.acquire")] == [
+        assert [a for a, _ in events(db_url, "lease.free", "session.reap", "lease.acquire")] == [
             "lease.free", "session.reap", "lease.acquire"]
 
 
 # -- fenced writes and who may change a leased entry -----------------------------------------------
 
 
-def test_a_stale_token_writes_nothing(db_path: Path) -> None:
+def test_a_stale_token_writes_nothing(db_url: str) -> None:
     lost: list[str] = []
-    with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
+    with Registry(db_url, ttl=0.6) as holder, Registry(db_url) as operator:
         holder.resolve("device", "node")
         lease = holder.acquire("device", "node", on_lost=lambda gone: lost.append(gone.name))
         with pytest.raises(NotLeaseHolderError):
@@ -238,22 +239,22 @@ def test_a_stale_token_writes_nothing(db_path: Path) -> None:
         assert operator.release("device", "node", force=True) is True
         successor = operator.acquire("device", "node")
         assert successor.token == lease.token + 1
-        before = _content(db_path)
+        before = _content(db_url)
         with pytest.raises(LeaseLost):
             holder.update("device", "node", metadata={"x": 1}, lease=lease)
-        assert _content(db_path) == before
+        assert _content(db_url) == before
         assert lost == ["device"]  # the fenced write found it first and said so
         with pytest.raises(LeaseLost):
             lease.check()
         assert lease.release() is False
         operator.update("device", "node", metadata={"x": 2}, lease=successor)
         assert holder.get("device", "node").metadata == {"x": 2}
-    breaks = events(db_path, "lease.break")
+    breaks = events(db_url, "lease.break")
     assert len(breaks) == 1 and breaks[0][1]["token"] == 1 and breaks[0][1]["holder_pid"] == os.getpid()
 
 
-def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> None:
-    with Registry(db_path, ttl=0.6) as holder, Registry(db_path) as operator:
+def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_url: str) -> None:
+    with Registry(db_url, ttl=0.6) as holder, Registry(db_url) as operator:
         holder.resolve("device", "node")
         noticed = threading.Event()
         lease = holder.acquire("device", "node", on_lost=lambda gone: noticed.set())
@@ -261,31 +262,31 @@ def test_a_lease_broken_by_force_is_noticed_by_the_heartbeat(db_path: Path) -> N
         assert noticed.wait(30) and lease.lost_event.is_set()  # no call of ours asked: the beat found it
 
 
-def test_only_the_holder_changes_a_leased_entry_but_a_dead_holder_does_not_pin_it(db_path: Path) -> None:
-    with Registry(db_path) as first, Registry(db_path) as second:
+def test_only_the_holder_changes_a_leased_entry_but_a_dead_holder_does_not_pin_it(db_url: str) -> None:
+    with Registry(db_url) as first, Registry(db_url) as second:
         for name in ("held", "orphan"):
             first.resolve(name, "node")
         first.acquire("held", "node")
-        before = _content(db_path)
+        before = _content(db_url)
         for change in (lambda: second.update("held", "node", metadata={"x": 1}),
                        lambda: second.rename("held", "renamed", "node"),
                        lambda: second.delete("held", "node")):
             with pytest.raises(LeaseHeldError, match="only the holder") as caught:
                 change()
             assert caught.value.holder["pid"] == os.getpid()
-        assert _content(db_path) == before
+        assert _content(db_url) == before
         first.update("held", "node", metadata={"x": 1})  # the holder itself may, fenced or not
         gone = sleeper()
         start = process_start(gone.pid)
         stop_child(gone)
         assert start is not None
-        insert_session(db_path, "DEAD", pid=gone.pid, process_start=start, holds=("orphan",))
+        insert_session(db_url, "DEAD", pid=gone.pid, process_start=start, holds=("orphan",))
         second.delete("orphan", "node")  # its holder died: reaped in the same transaction
-        assert session_row(db_path, "DEAD")["state"] == "dead"
+        assert session_row(db_url, "DEAD")["state"] == "dead"
 
 
-def test_update_refuses_a_lease_on_another_entry(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_update_refuses_a_lease_on_another_entry(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("a", "node")
         registry.resolve("b", "node")
         lease = registry.acquire("a", "node")
@@ -296,8 +297,8 @@ def test_update_refuses_a_lease_on_another_entry(db_path: Path) -> None:
 # -- acquire, release, wait ------------------------------------------------------------------------
 
 
-def test_tokens_grow_at_every_acquisition_and_a_clean_release_has_no_lock_delay(db_path: Path) -> None:
-    with Registry(db_path, lock_delay=3600) as first, Registry(db_path, lock_delay=3600) as second:
+def test_tokens_grow_at_every_acquisition_and_a_clean_release_has_no_lock_delay(db_url: str) -> None:
+    with Registry(db_url, lock_delay=3600) as first, Registry(db_url, lock_delay=3600) as second:
         first.resolve("device", "node", lock=True)
         lease = first.lease("device", "node")
         assert lease is not None and lease.token == 1 and lease.name == "device" and lease.kind == "node"
@@ -316,13 +317,13 @@ def test_tokens_grow_at_every_acquisition_and_a_clean_release_has_no_lock_delay(
             assert taken.token == 2 and taken.held
         assert taken.released and not taken.lost
         assert first.acquire("device", "node").token == 3
-    actions = [a for a, _ in events(db_path, "lease.acquire", "lease.release")]
+    actions = [a for a, _ in events(db_url, "lease.acquire", "lease.release")]
     assert actions == ["lease.acquire", "lease.release", "lease.acquire", "lease.release", "lease.acquire",
                        "lease.release"]  # the last one at close
 
 
-def test_waiting_acquire_gets_the_lease_when_it_is_released(db_path: Path) -> None:
-    with Registry(db_path) as first, Registry(db_path) as second:
+def test_waiting_acquire_gets_the_lease_when_it_is_released(db_url: str) -> None:
+    with Registry(db_url) as first, Registry(db_url) as second:
         first.resolve("device", "node")
         lease = first.acquire("device", "node")
         timer = threading.Timer(0.5, lease.release)
@@ -337,19 +338,19 @@ def test_waiting_acquire_gets_the_lease_when_it_is_released(db_path: Path) -> No
         assert time.monotonic() - started >= 0.3
 
 
-def test_acquire_validates_its_arguments(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_acquire_validates_its_arguments(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("device", "node")
-        before = _content(db_path)
+        before = _content(db_url)
         with pytest.raises(InvalidInputError):
             registry.acquire("device", "node", wait=-1)
         with pytest.raises(EntryNotFoundError):
             registry.acquire("missing", "node")
-        assert _content(db_path) == before
+        assert _content(db_url) == before
 
 
-def test_locks_lists_every_lease_with_its_holder(db_path: Path) -> None:
-    with Registry(db_path, label="robot-arm") as registry:
+def test_locks_lists_every_lease_with_its_holder(db_url: str) -> None:
+    with Registry(db_url, label="robot-arm") as registry:
         registry.resolve("device", "node")
         assert registry.locks() == []
         lease = registry.acquire("device", "node")
@@ -411,17 +412,17 @@ def _cli(db_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
-def test_no_write_path_changes_an_entry_leased_by_another_live_process(db_path: Path) -> None:
-    with Registry(db_path) as setup:
+def test_no_write_path_changes_an_entry_leased_by_another_live_process(db_url: str) -> None:
+    with Registry(db_url) as setup:
         setup.resolve("device", "node", {"v": 1})
         setup.register("probe", "provider", {"description": "a probe"}, capabilities=["scan"])
         setup.create_workspace("dev")
         setup.resolve("dev_device", "node", {"v": 1}, workspace="dev")
         setup.resolve("free", "node")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(db_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(db_url)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with Registry(db_path) as other:
+        with Registry(db_url) as other:
             before = other.export()
             revision = other.revision
             attempts: dict[str, Any] = {
@@ -461,7 +462,7 @@ def test_no_write_path_changes_an_entry_leased_by_another_live_process(db_path: 
             assert other.clean_stale(timedelta(microseconds=1)) != []  # it removes "free", never "device"
             for args in (("resolve", "device", "--kind", "node", "--meta", "v=2"),
                          ("rename", "device", "renamed", "--kind", "node"), ("rm", "device", "--kind", "node")):
-                result = _cli(db_path, *args)
+                result = _cli(db_url, *args)
                 assert result.returncode == 4 and result.stderr.count("\n") == 1, (args, result.stderr)
                 assert "leased by" in result.stderr or "held by" in result.stderr
             after = other.export()
@@ -481,8 +482,8 @@ def before_id(document: dict[str, Any], name: str) -> str:
 # -- threads of one process --------------------------------------------------------------------------
 
 
-def test_a_lease_is_exclusive_between_the_threads_of_one_registry(db_path: Path) -> None:
-    with Registry(db_path, lock_delay=0) as registry:
+def test_a_lease_is_exclusive_between_the_threads_of_one_registry(db_url: str) -> None:
+    with Registry(db_url, lock_delay=0) as registry:
         registry.resolve("shared", "node")
         inside: list[int] = []
         overlaps: list[tuple[int, ...]] = []
@@ -517,8 +518,8 @@ def test_a_lease_is_exclusive_between_the_threads_of_one_registry(db_path: Path)
         assert tokens == list(range(1, 81))  # one acquisition after the other, each with a new token
 
 
-def test_another_thread_is_told_which_thread_holds_the_lease(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_another_thread_is_told_which_thread_holds_the_lease(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("shared", "node")
         lease = registry.acquire("shared", "node")
         seen: dict[str, Any] = {}
@@ -543,8 +544,8 @@ def test_another_thread_is_told_which_thread_holds_the_lease(db_path: Path) -> N
         assert lease.held and registry.get("shared", "node").metadata == {"with": "the lease"}
 
 
-def test_re_entrant_in_the_holding_thread_and_freed_when_that_thread_ends(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_re_entrant_in_the_holding_thread_and_freed_when_that_thread_ends(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("shared", "node")
         with registry.acquire("shared", "node") as outer:
             with registry.acquire("shared", "node") as inner:
@@ -557,21 +558,21 @@ def test_re_entrant_in_the_holding_thread_and_freed_when_that_thread_ends(db_pat
         thread.join(timeout=30)  # ends holding it
         successor = registry.acquire("shared", "node", wait=5)
         assert taken[0].lost and successor.token == taken[0].token + 1
-        reasons = [detail.get("reason") for action, detail in events(db_path, "lease.release")]
+        reasons = [detail.get("reason") for action, detail in events(db_url, "lease.release")]
         assert any(reason and "ended without releasing" in reason for reason in reasons)
 
 
 # -- a leased row that is deleted ------------------------------------------------------------------
 
-def test_deleting_the_entry_you_hold_ends_the_lease_in_the_log(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_deleting_the_entry_you_hold_ends_the_lease_in_the_log(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("lh1", "node")
         lease = registry.acquire("lh1", "node")
         registry.delete("lh1", "node")
 
         assert lease.released and not lease.lost
         assert registry.locks() == []
-        ended = events(db_path, "lease.acquire", "lease.release", "delete")
+        ended = events(db_url, "lease.acquire", "lease.release", "delete")
         assert [action for action, _ in ended] == ["lease.acquire", "lease.release", "delete"]
         assert ended[1][1]["token"] == lease.token and ended[1][1]["reason"] == "its entry was deleted"
         # The name can be made and leased again, by anyone.
@@ -579,8 +580,8 @@ def test_deleting_the_entry_you_hold_ends_the_lease_in_the_log(db_path: Path) ->
         assert registry.acquire("lh1", "node").token > 0
 
 
-def test_promoting_over_an_entry_you_hold_ends_that_lease_in_the_log(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_promoting_over_an_entry_you_hold_ends_that_lease_in_the_log(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.create_workspace("dev")
         registry.resolve("lh1", "node")
         held = registry.acquire("lh1", "node")
@@ -591,7 +592,7 @@ def test_promoting_over_an_entry_you_hold_ends_that_lease_in_the_log(db_path: Pa
         registry.promote("lh1", "node", workspace="dev", replace=True)
 
         assert held.released
-        ends = [detail for action, detail in events(db_path, "lease.release")]
+        ends = [detail for action, detail in events(db_url, "lease.release")]
         assert [(d["token"], d["reason"]) for d in ends] == [(held.token, "its entry was deleted")]
 
 
@@ -607,17 +608,17 @@ print("lost" if lease.lost or not registry.locks() else "held", flush=True)
 
 
 def test_an_ephemeral_entry_removed_with_its_session_ends_another_sessions_lease_in_the_log(
-        db_path: Path) -> None:
-    owner = Registry(db_path)
+        db_url: str) -> None:
+    owner = Registry(db_url)
     owner.resolve("scratch", "process", ephemeral=True)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THEN_WAIT, str(db_path)], stdin=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_THEN_WAIT, str(db_url)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdin is not None
         token = int(holder.stdout.readline())
         owner.close()  # the owner's session ends: its ephemeral entry goes, and the other's lease with it
 
-        broken = events(db_path, "lease.break")
+        broken = events(db_url, "lease.break")
         assert len(broken) == 1 and broken[0][1]["token"] == token
         assert "ephemeral" in broken[0][1]["reason"]
         holder.stdin.write("\n")

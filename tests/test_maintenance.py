@@ -137,10 +137,11 @@ def test_stats_counts_what_is_there(registry: Registry) -> None:
     assert stats["entries_per_workspace"] == {"core": 2, "dev1": 1}
     assert stats["revision"] == registry.revision == stats["events"]
     assert stats["schema_version"] == stats["latest_schema_version"] == latest_version()
-    assert stats["file_bytes"] > 0 and stats["wal_bytes"] >= 0 and stats["path"] == str(registry.path)
+    assert stats["file_bytes"] > 0 and stats["wal_bytes"] >= 0 and stats["path"] == str(registry.location)
     assert stats["live_sessions"] == 0 and stats["leases"] == 0 and stats["kinds"] == 12
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_checkpoint_empties_the_wal_and_vacuum_shrinks_the_file(registry: Registry) -> None:
     for index in range(2000):
         registry.resolve(f"n{index}", "node", {"padding": "x" * 200})

@@ -31,6 +31,7 @@ def test_find_returns_supersets_of_the_required_capabilities(providers: Registry
     assert providers.find("provider", {"telepathy"}) == []
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 @pytest.mark.parametrize("shape", ["find", "first", "random", "round_robin", "least_recently_selected"])
 def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: Registry, shape: str) -> None:
     conn = providers._backend.connection()
@@ -43,6 +44,7 @@ def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: R
     assert [s for s in plan if s.startswith("SCAN")] == ["SCAN m"], plan  # only the index matches are scanned
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 @pytest.mark.parametrize("count", [0, 2])
 def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: int) -> None:
     conn = providers._backend.connection()
@@ -53,6 +55,7 @@ def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: in
     assert not any("entry_by_kind" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
 
 
+@pytest.mark.sqlite_only  # SQLite's query plan
 @pytest.mark.parametrize("count", [0, 2])
 def test_healthiest_finds_reported_entries_from_the_live_sessions(providers: Registry, count: int) -> None:
     conn = providers._backend.connection()
@@ -93,6 +96,7 @@ def test_every_named_strategy_is_implemented(providers: Registry) -> None:
         assert providers.select("provider", {"llm"}, strategy).capabilities >= {"llm"}
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_reads_only_strategies_write_nothing_and_recording_ones_one_short_transaction(providers: Registry) -> None:
     providers.session(label="test").report(status="healthy")
     providers.register("owned", "provider", capabilities=["llm"], owned=True)
@@ -146,8 +150,8 @@ for line in sys.stdin:
 """
 
 
-def test_round_robin_alternates_across_two_processes(providers: Registry, db_path: Path) -> None:
-    pickers = [subprocess.Popen([sys.executable, "-c", _PICKER, str(db_path)], stdin=subprocess.PIPE,
+def test_round_robin_alternates_across_two_processes(providers: Registry, db_url: str) -> None:
+    pickers = [subprocess.Popen([sys.executable, "-c", _PICKER, str(db_url)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
     picks = []
     try:
@@ -177,10 +181,10 @@ time.sleep(120)
 
 
 def test_healthiest_prefers_healthy_live_owners_and_ignores_a_killed_one(providers: Registry,
-                                                                         db_path: Path) -> None:
+                                                                         db_url: str) -> None:
     providers.session(label="test").report(status="degraded")
     providers.register("slow", "provider", capabilities=["llm"], owned=True)
-    child = subprocess.Popen([sys.executable, "-c", _PROVIDER, str(db_path)], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _PROVIDER, str(db_url)], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         assert providers.select("provider", {"llm"}, "healthiest").name == "fast"
@@ -217,11 +221,11 @@ def test_healthiest_never_returns_an_entry_without_a_live_owner(providers: Regis
         providers.select("provider", {"speech"}, "healthiest")
 
 
-def test_a_restarted_provider_takes_over_its_entry(db_path: Path) -> None:
-    with Registry(db_path) as first:
+def test_a_restarted_provider_takes_over_its_entry(db_url: str) -> None:
+    with Registry(db_url) as first:
         first.session(label="provider, first run").report(status="healthy")
         entry = first.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
-    with Registry(db_path) as second:  # the same definition again, from a new session
+    with Registry(db_url) as second:  # the same definition again, from a new session
         second.session(label="provider, second run").report(status="healthy")
         again = second.register("fast", "provider", {"description": "fast"}, capabilities=["llm"], owned=True)
         assert again.id == entry.id

@@ -83,15 +83,15 @@ def test_process_start_agrees_across_processes_and_treats_zombies_as_dead() -> N
 # -- sessions as the process registry ----------------------------------------------------------------
 
 
-def test_a_reused_pid_does_not_keep_a_dead_session_alive(db_path: Path) -> None:
+def test_a_reused_pid_does_not_keep_a_dead_session_alive(db_url: str) -> None:
     bystander = sleeper()
     try:
         start = process_start(bystander.pid)
         assert start is not None
-        with Registry(db_path, ttl=3600, lock_delay=3600) as registry:
+        with Registry(db_url, ttl=3600, lock_delay=3600) as registry:
             registry.resolve("device", "node")
             # The bystander's pid, but a start time a minute earlier: a pid reused after its owner died.
-            insert_session(db_path, "GHOST", pid=bystander.pid, process_start=start - 60, holds=("device",))
+            insert_session(db_url, "GHOST", pid=bystander.pid, process_start=start - 60, holds=("device",))
             assert "GHOST" not in [s.id for s in registry.sessions()]
             lease = registry.acquire("device", "node")  # at once: ttl and lock-delay are an hour
             assert lease.token == 2
@@ -99,27 +99,28 @@ def test_a_reused_pid_does_not_keep_a_dead_session_alive(db_path: Path) -> None:
             assert ghost[0].state == "dead" and not ghost[0].alive
             assert f"pid {bystander.pid}" in (ghost[0].end_reason or "")
             # The same row with the bystander's true start time is a live session.
-            insert_session(db_path, "TWIN", pid=bystander.pid, process_start=start)
+            insert_session(db_url, "TWIN", pid=bystander.pid, process_start=start)
             assert "TWIN" in [s.id for s in registry.sessions()]
             assert registry.reap() == []
     finally:
         stop_child(bystander)
 
 
-def test_reap_ends_dead_expired_and_rebooted_sessions_and_keeps_live_ones(db_path: Path) -> None:
+@pytest.mark.sqlite_only  # "another boot id is a reboot" holds on one host; test_postgresql.py has the shared rules
+def test_reap_ends_dead_expired_and_rebooted_sessions_and_keeps_live_ones(db_url: str) -> None:
     bystander = sleeper()
     try:
         start = process_start(bystander.pid)
         assert start is not None
-        with Registry(db_path, lock_delay=30) as registry:
+        with Registry(db_url, lock_delay=30) as registry:
             for name in ("a", "b", "c", "d", "e"):
                 registry.resolve(name, "node")
-            insert_session(db_path, "LIVE", pid=bystander.pid, process_start=start, ttl=60, holds=("a",))
-            insert_session(db_path, "HUNG", pid=bystander.pid, process_start=start, ttl=1, beat_age=5, holds=("b",))
-            insert_session(db_path, "REBOOTED", pid=bystander.pid, process_start=start, boot_id="old-boot",
+            insert_session(db_url, "LIVE", pid=bystander.pid, process_start=start, ttl=60, holds=("a",))
+            insert_session(db_url, "HUNG", pid=bystander.pid, process_start=start, ttl=1, beat_age=5, holds=("b",))
+            insert_session(db_url, "REBOOTED", pid=bystander.pid, process_start=start, boot_id="old-boot",
                            holds=("c",))
-            insert_session(db_path, "FAR", pid=1, process_start=0, hostname="elsewhere", ttl=60, holds=("d",))
-            insert_session(db_path, "FAR_STALE", pid=1, process_start=0, hostname="elsewhere", ttl=1,
+            insert_session(db_url, "FAR", pid=1, process_start=0, hostname="elsewhere", ttl=60, holds=("d",))
+            insert_session(db_url, "FAR_STALE", pid=1, process_start=0, hostname="elsewhere", ttl=1,
                            beat_age=5, holds=("e",))
             assert sorted(registry.reap()) == ["FAR_STALE", "HUNG", "REBOOTED"]
             states = {s.id: s.state for s in registry.sessions(alive=False)}
@@ -131,17 +132,17 @@ def test_reap_ends_dead_expired_and_rebooted_sessions_and_keeps_live_ones(db_pat
             for name in ("b", "e"):
                 with pytest.raises(LeaseHeldError, match="lock-delay"):
                     registry.acquire(name, "node")
-            reaps = [detail for _, detail in events(db_path, "session.reap")]
+            reaps = [detail for _, detail in events(db_url, "session.reap")]
             assert sorted((d["session"], d["state"], d["leases_freed"]) for d in reaps) == [
                 ("FAR_STALE", "expired", 1), ("HUNG", "expired", 1), ("REBOOTED", "dead", 1)]
-            freed = events(db_path, "lease.expire", "lease.free")
+            freed = events(db_url, "lease.expire", "lease.free")
             assert sorted(action for action, _ in freed) == ["lease.expire", "lease.expire", "lease.free"]
     finally:
         stop_child(bystander)
 
 
-def test_sessions_lists_processes_with_status_info_beat_and_leases(db_path: Path) -> None:
-    with Registry(db_path, ttl=30) as registry, Registry(db_path) as other:
+def test_sessions_lists_processes_with_status_info_beat_and_leases(db_url: str) -> None:
+    with Registry(db_url, ttl=30) as registry, Registry(db_url) as other:
         registry.resolve("device", "node")
         session = registry.session(label="ot2-driver", status="idle")
         assert registry.session() is session  # one session per registry, opened once
@@ -160,8 +161,8 @@ def test_sessions_lists_processes_with_status_info_beat_and_leases(db_path: Path
         assert json.loads(json.dumps(info.to_dict()))["leases"][0]["name"] == "device"
 
 
-def test_report_validates_before_writing(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_report_validates_before_writing(db_url: str) -> None:
+    with Registry(db_url) as registry:
         session = registry.session(status="starting")
         with pytest.raises(InvalidMetadataError):
             session.report(status="healthy", handle=object())
@@ -170,22 +171,22 @@ def test_report_validates_before_writing(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize("options", [{"ttl": 0}, {"ttl": "10"}, {"lock_delay": -1}, {"leases": True}])
-def test_bad_session_options_are_refused(db_path: Path, options: dict[str, Any]) -> None:
+def test_bad_session_options_are_refused(db_url: str, options: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):
-        Registry(db_path, **options)
+        Registry(db_url, **options)
 
 
 # -- heartbeat ---------------------------------------------------------------------------------------
 
 
-def test_heartbeat_renews_reports_and_stops_on_close(db_path: Path) -> None:
+def test_heartbeat_renews_reports_and_stops_on_close(db_url: str) -> None:
     before = set(_heartbeat_threads())
-    registry = Registry(db_path, ttl=0.6)
+    registry = Registry(db_url, ttl=0.6)
     session = registry.session(label="trainer", status="starting")
     assert session.heartbeat_thread.is_alive() and session.heartbeat_thread.daemon
-    first = session_row(db_path, session.id)
-    assert wait_until(lambda: session_row(db_path, session.id)["beats"] >= 3, timeout=30)
-    renewed = session_row(db_path, session.id)
+    first = session_row(db_url, session.id)
+    assert wait_until(lambda: session_row(db_url, session.id)["beats"] >= 3, timeout=30)
+    renewed = session_row(db_url, session.id)
     assert renewed["beat_mono"] > first["beat_mono"] and renewed["beat_at"] > first["beat_at"]
     session.report(status="healthy", epoch=3, loss=0.25)
     session.report(epoch=4)  # info merges; status stays
@@ -194,13 +195,13 @@ def test_heartbeat_renews_reports_and_stops_on_close(db_path: Path) -> None:
     registry.close()
     assert not session.heartbeat_thread.is_alive()
     assert set(_heartbeat_threads()) == before
-    beats = session_row(db_path, session.id)["beats"]
+    beats = session_row(db_url, session.id)["beats"]
     time.sleep(1.0)  # over three beat intervals: a beat that still ran would show
-    assert session_row(db_path, session.id)["beats"] == beats
-    with Registry(db_path) as again:
+    assert session_row(db_url, session.id)["beats"] == beats
+    with Registry(db_url) as again:
         assert again.sessions() == []
         assert [s.state for s in again.sessions(alive=False)] == ["closed"]
-    assert [a for a, _ in events(db_path, "session.open", "session.close")] == ["session.open", "session.close"]
+    assert [a for a, _ in events(db_url, "session.open", "session.close")] == ["session.open", "session.close"]
     with pytest.raises(SessionClosedError):
         session.report(status="late")
 
@@ -228,11 +229,11 @@ def test_heartbeat_notices_its_session_ended_elsewhere_and_says_so(db_path: Path
         assert fresh.session_id != session.id and fresh.token == 2
 
 
-def test_an_on_lost_callback_that_raises_does_not_stop_the_heartbeat(db_path: Path) -> None:
+def test_an_on_lost_callback_that_raises_does_not_stop_the_heartbeat(db_url: str) -> None:
     def explode(lease: Any) -> None:
         raise RuntimeError("user code failed")
 
-    with Registry(db_path, ttl=0.6) as registry, Registry(db_path) as operator:
+    with Registry(db_url, ttl=0.6) as registry, Registry(db_url) as operator:
         for name in ("a", "b"):
             registry.resolve(name, "node")
         doomed = registry.acquire("a", "node", on_lost=explode)
@@ -240,18 +241,19 @@ def test_an_on_lost_callback_that_raises_does_not_stop_the_heartbeat(db_path: Pa
         session = registry.session()
         operator.release("a", "node", force=True)
         assert wait_until(lambda: doomed.lost, timeout=30)
-        beats = session_row(db_path, session.id)["beats"]
-        assert wait_until(lambda: session_row(db_path, session.id)["beats"] >= beats + 3, timeout=30)
+        beats = session_row(db_url, session.id)["beats"]
+        assert wait_until(lambda: session_row(db_url, session.id)["beats"] >= beats + 3, timeout=30)
         assert session.heartbeat_thread.is_alive() and not session.lost.is_set()
         kept.check()
 
 
-def test_renewals_failing_past_the_ttl_mark_the_session_lost(db_path: Path) -> None:
-    with Registry(db_path, ttl=0.6, timeout=0.1) as registry:
+@pytest.mark.sqlite_only  # blocks writers with a raw SQLite lock
+def test_renewals_failing_past_the_ttl_mark_the_session_lost(db_url: str) -> None:
+    with Registry(db_url, ttl=0.6, timeout=0.1) as registry:
         registry.resolve("device", "node")
         lease = registry.acquire("device", "node")
         session = registry.session()
-        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker = sqlite3.connect(db_url, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another process sitting on the write lock
         try:
             assert wait_until(lambda: session.lost.is_set(), timeout=30)
@@ -263,11 +265,11 @@ def test_renewals_failing_past_the_ttl_mark_the_session_lost(db_path: Path) -> N
         assert wait_until(lambda: not session.heartbeat_thread.is_alive(), timeout=30)
         # Nobody reaped it meanwhile, so the row is still live: the next session() closes it
         # cleanly, which frees the lease at once (no lock-delay, as for any clean close).
-        assert session_row(db_path, session.id)["state"] == "live"
+        assert session_row(db_url, session.id)["state"] == "live"
         fresh = registry.session()
         assert fresh is not session
-        assert session_row(db_path, session.id)["state"] == "closed"
-        with Registry(db_path, lock_delay=3600) as other:
+        assert session_row(db_url, session.id)["state"] == "closed"
+        with Registry(db_url, lock_delay=3600) as other:
             assert other.acquire("device", "node").token == 2
 
 
@@ -284,13 +286,13 @@ print(registry.session().id, flush=True)
 """
 
 
-def test_interpreter_exit_closes_the_session_and_frees_what_it_held(db_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _EXITS_WITHOUT_CLOSE, str(db_path)], capture_output=True,
+def test_interpreter_exit_closes_the_session_and_frees_what_it_held(db_url: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _EXITS_WITHOUT_CLOSE, str(db_url)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     session_id = done.stdout.strip()
-    assert session_row(db_path, session_id)["state"] == "closed"
-    with Registry(db_path, lock_delay=3600) as registry:
+    assert session_row(db_url, session_id)["state"] == "closed"
+    with Registry(db_url, lock_delay=3600) as registry:
         assert registry.locks() == []
         assert registry.lookup("scratch", "process") is None
         assert registry.acquire("device", "node").token == 2  # a clean close leaves no lock-delay
@@ -318,9 +320,9 @@ def _forked(work: Any, timeout: float = 60.0) -> dict[str, Any]:
     return result
 
 
-def test_a_forked_child_does_not_inherit_the_session(db_path: Path) -> None:
+def test_a_forked_child_does_not_inherit_the_session(db_url: str) -> None:
     called: list[str] = []
-    with Registry(db_path, ttl=5) as registry:
+    with Registry(db_url, ttl=5) as registry:
         registry.resolve("device", "node")
         lease = registry.acquire("device", "node", on_lost=lambda lost: called.append(lost.name))
         parent_session = registry.session().id
@@ -343,11 +345,11 @@ def test_a_forked_child_does_not_inherit_the_session(db_path: Path) -> None:
         lease.check()  # the parent still holds it, and its session lives on
         assert not lease.lost and called == []
         assert registry.session().id == parent_session
-        assert session_row(db_path, parent_session)["state"] == "live"
+        assert session_row(db_url, parent_session)["state"] == "live"
 
 
-def test_a_fork_while_another_thread_opens_the_session_does_not_deadlock_the_child(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_a_fork_while_another_thread_opens_the_session_does_not_deadlock_the_child(db_url: str) -> None:
+    with Registry(db_url) as registry:
         holding = threading.Event()
         release = threading.Event()
 
@@ -367,14 +369,14 @@ def test_a_fork_while_another_thread_opens_the_session_does_not_deadlock_the_chi
         assert report["session"] != registry.session().id
 
 
-def test_ephemeral_entries_leave_with_their_session(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_ephemeral_entries_leave_with_their_session(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("worker-1", "process", ephemeral=True)
         registry.resolve("durable", "node")
         assert registry.lookup("worker-1", "process") is not None
         assert registry.sessions()[0].id == registry.session().id  # the ephemeral entry opened it
-    with Registry(db_path) as again:
+    with Registry(db_url) as again:
         assert again.lookup("worker-1", "process") is None
         assert again.lookup("durable", "node") is not None
-    deleted = [detail for _, detail in events(db_path, "delete")]
+    deleted = [detail for _, detail in events(db_url, "delete")]
     assert len(deleted) == 1 and "ephemeral" in deleted[0]["reason"]

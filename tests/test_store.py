@@ -21,15 +21,11 @@ from nameplate import (
     UnknownKindError,
 )
 
-from conftest import table_snapshot
+from conftest import query_db, table_snapshot
 
 
-def events(path: Path) -> list[tuple[str, str | None, str | None]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT action, name, entry_id FROM event ORDER BY rev").fetchall()
-    finally:
-        conn.close()
+def events(path: str | Path) -> list[tuple[str, str | None, str | None]]:
+    return [(a, n, e) for a, n, e in query_db(path, "SELECT action, name, entry_id FROM event ORDER BY rev")]
 
 
 def test_resolve_creates_once_and_returns_the_same_ulid(registry: Registry) -> None:
@@ -53,12 +49,12 @@ def test_same_name_different_kinds_are_different_entries(registry: Registry) -> 
         registry.get("pump")
 
 
-def test_lookup_of_a_missing_name_is_none_and_writes_nothing(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_lookup_of_a_missing_name_is_none_and_writes_nothing(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     assert registry.lookup("ghost", "node") is None
     assert registry.lookup("ghost") is None
     assert registry.get("ghost") is None
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_lookup_of_an_unknown_kind_raises(registry: Registry) -> None:
@@ -82,15 +78,15 @@ def test_get_returns_an_immutable_typed_entry(registry: Registry) -> None:
     assert json.loads(json.dumps(entry.to_dict()))["id"] == entry_id
 
 
-def test_resolve_merges_new_metadata_keys_and_writes_only_on_change(registry: Registry, db_path: Path) -> None:
+def test_resolve_merges_new_metadata_keys_and_writes_only_on_change(registry: Registry, db_url: str) -> None:
     registry.resolve("n", "node", {"a": 1, "b": 2})
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     registry.resolve("n", "node", {"a": 1})  # nothing new: no write at all
     registry.resolve("n", "node")
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
     registry.resolve("n", "node", {"b": 3, "c": 4})
     assert registry.get("n", "node").metadata == {"a": 1, "b": 3, "c": 4}
-    assert [e[0] for e in events(db_path)] == ["create", "update"]
+    assert [e[0] for e in events(db_url)] == ["create", "update"]
 
 
 def test_update_replaces_or_merges_metadata(registry: Registry) -> None:
@@ -125,10 +121,10 @@ def test_rename_keeps_the_id_and_history_keeps_the_old_name(registry: Registry, 
     assert detail == {"old_name": "old_name", "new_name": "new_name"}
 
 
-def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(registry: Registry, db_path: Path) -> None:
+def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(registry: Registry, db_url: str) -> None:
     registry.resolve("a", "node")
     registry.resolve("b", "node")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(NameTakenError) as caught:
         registry.rename("a", "b", "node")
     assert "already exists" in str(caught.value)
@@ -136,7 +132,7 @@ def test_rename_onto_a_taken_name_is_refused_and_changes_nothing(registry: Regis
         registry.rename("missing", "c", "node")
     with pytest.raises(InvalidNameError):
         registry.rename("a", " padded ", "node")
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_rename_to_the_same_name_under_another_kind_is_allowed(registry: Registry) -> None:
@@ -146,12 +142,12 @@ def test_rename_to_the_same_name_under_another_kind_is_allowed(registry: Registr
     assert registry.lookup("b", "node") is not None
 
 
-def test_delete_removes_the_entry_and_logs_it(registry: Registry, db_path: Path) -> None:
+def test_delete_removes_the_entry_and_logs_it(registry: Registry, db_url: str) -> None:
     entry_id = registry.resolve("gone", "node", {"k": "v"})
     deleted = registry.delete("gone")
     assert deleted.id == entry_id and deleted.metadata == {"k": "v"}
     assert registry.lookup("gone") is None
-    assert events(db_path)[-1] == ("delete", "gone", entry_id)
+    assert events(db_url)[-1] == ("delete", "gone", entry_id)
     assert registry.resolve("gone", "node") != entry_id  # a new entry, a new id
     with pytest.raises(EntryNotFoundError):
         registry.delete("never_there", "node")
@@ -175,12 +171,12 @@ def test_every_change_writes_one_event_in_order(registry: Registry, db_path: Pat
                                       # a byte-order mark, a soft hyphen, private use
                                       "admin\u202etxt.exe", "lh\u200b1", "lh\u20601", "\ufefflh1", "lh\u00ad1",
                                       "lh\ue0001"])
-def test_invalid_names_are_rejected_and_change_nothing(registry: Registry, db_path: Path, bad_name: object) -> None:
-    before = table_snapshot(db_path)
+def test_invalid_names_are_rejected_and_change_nothing(registry: Registry, db_url: str, bad_name: object) -> None:
+    before = table_snapshot(db_url)
     with pytest.raises(InvalidNameError) as caught:
         registry.resolve(bad_name, "node")  # type: ignore[arg-type]
     assert isinstance(caught.value, ValueError)
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_names_are_compared_in_nfc(registry: Registry) -> None:
@@ -201,9 +197,9 @@ def _nested(depth: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("depth", [65, 5000])
-def test_metadata_nested_too_deep_is_refused_on_every_path(registry: Registry, db_path: Path, depth: int) -> None:
+def test_metadata_nested_too_deep_is_refused_on_every_path(registry: Registry, db_url: str, depth: int) -> None:
     registry.resolve("exists", "node")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     attempts = [lambda: registry.resolve("exists", "node", _nested(depth)),
                 lambda: registry.resolve("new", "node", _nested(depth)),
                 lambda: registry.update("exists", "node", metadata=_nested(depth)),
@@ -216,7 +212,7 @@ def test_metadata_nested_too_deep_is_refused_on_every_path(registry: Registry, d
     session = registry.session()
     with pytest.raises(InvalidMetadataError, match="nests deeper than 64 levels"):
         session.report(status="healthy", progress=_nested(depth))
-    snapshot = table_snapshot(db_path)
+    snapshot = table_snapshot(db_url)
     del snapshot["session"], before["session"]
     assert {k: v for k, v in snapshot.items() if k != "event"} == {k: v for k, v in before.items() if k != "event"}
     assert registry.resolve("fine", "node", _nested(63)) == registry.lookup("fine", "node")
@@ -231,30 +227,30 @@ def test_a_255_character_unicode_name_is_fine(registry: Registry) -> None:
 @pytest.mark.parametrize("bad_metadata", [["not", "a", "dict"], "text", {"obj": object()}, {1: "int key"},
                                           {"nan": float("nan")}, {"nested": {"inf": float("inf")}},
                                           {"set": {1, 2}}, {"bytes": b"x"}])
-def test_invalid_metadata_is_rejected_before_any_write(registry: Registry, db_path: Path,
+def test_invalid_metadata_is_rejected_before_any_write(registry: Registry, db_url: str,
                                                        bad_metadata: object) -> None:
     registry.resolve("exists", "node", {"a": 1})
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(InvalidMetadataError):
         registry.resolve("new_one", "node", bad_metadata)  # type: ignore[arg-type]
     with pytest.raises(InvalidMetadataError):
         registry.resolve("exists", "node", bad_metadata)  # type: ignore[arg-type]
     with pytest.raises(InvalidMetadataError):
         registry.update("exists", "node", metadata=bad_metadata)  # type: ignore[arg-type]
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 @pytest.mark.parametrize("bad_kind", ["", "Node", "no spaces", "robot", None])
-def test_invalid_or_unknown_kinds_are_rejected_and_change_nothing(registry: Registry, db_path: Path,
+def test_invalid_or_unknown_kinds_are_rejected_and_change_nothing(registry: Registry, db_url: str,
                                                                   bad_kind: object) -> None:
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises((InvalidNameError, UnknownKindError)):
         registry.resolve("x", bad_kind)  # type: ignore[arg-type]
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
-def test_a_closed_registry_refuses_calls(db_path: Path) -> None:
-    registry = Registry(db_path)
+def test_a_closed_registry_refuses_calls(db_url: str) -> None:
+    registry = Registry(db_url)
     registry.close()
     registry.close()  # idempotent
     with pytest.raises(RegistryClosedError):
@@ -263,11 +259,11 @@ def test_a_closed_registry_refuses_calls(db_path: Path) -> None:
         registry.lookup("x")
 
 
-def test_context_manager_closes(db_path: Path) -> None:
-    with Registry(db_path) as registry:
+def test_context_manager_closes(db_url: str) -> None:
+    with Registry(db_url) as registry:
         registry.resolve("x", "node")
     assert registry.closed
-    with Registry(db_path) as again:
+    with Registry(db_url) as again:
         assert again.lookup("x", "node") is not None
 
 
@@ -295,13 +291,13 @@ def test_any_kind_with_lock_takes_the_lease_on_the_existing_entry(registry: Regi
     registry.release("robot", "node")
 
 
-def test_any_kind_refuses_a_name_already_under_several_kinds(registry: Registry, db_path: Path) -> None:
+def test_any_kind_refuses_a_name_already_under_several_kinds(registry: Registry, db_url: str) -> None:
     registry.resolve("twin", "node")
     registry.resolve("twin", "module")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(AmbiguousNameError):
         registry.resolve("twin", "manager", any_kind=True)
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def _resolve_as(barrier: object, results: object, index: int, path: str, kind: str) -> None:

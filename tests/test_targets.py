@@ -121,7 +121,7 @@ def test_load_of_an_unknown_name_says_so(registry: Registry) -> None:
         registry.load("Nope", "builder")
 
 
-def test_discover_registers_entry_points_idempotently(registry: Registry, tmp_path: Path, db_path: Path,
+def test_discover_registers_entry_points_idempotently(registry: Registry, tmp_path: Path, db_url: str,
                                                       monkeypatch: pytest.MonkeyPatch, plugin_module: str) -> None:
     dist = tmp_path / "np_test_plugin-1.2.3.dist-info"
     dist.mkdir()
@@ -137,10 +137,10 @@ def test_discover_registers_entry_points_idempotently(registry: Registry, tmp_pa
     assert step.target == f"{plugin_module}:Builder"
     assert step.metadata["distribution"] == "np-test-plugin" and step.metadata["version"] == "1.2.3"
     assert step.definition is None  # entry points carry a target, not a definition
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     again = registry.discover()
     assert [e.id for e in again] == [e.id for e in found]
-    assert table_snapshot(db_path) == before  # idempotent: the second run writes nothing
+    assert table_snapshot(db_url) == before  # idempotent: the second run writes nothing
     assert registry.load("fast_llm", "provider") == 42
 
 
@@ -177,12 +177,13 @@ def test_discover_never_clobbers_a_hand_registration_and_follows_upgrades(
     assert registry.load("fast", "provider") == 42
 
 
-def test_discover_in_a_group_nobody_uses_registers_nothing(registry: Registry, db_path: Path) -> None:
-    before = table_snapshot(db_path)
+def test_discover_in_a_group_nobody_uses_registers_nothing(registry: Registry, db_url: str) -> None:
+    before = table_snapshot(db_url)
     assert registry.discover("nameplate.no_such_group") == []
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
+@pytest.mark.sqlite_only  # counts SQLite's traced statements
 def test_load_walks_the_layers_only_for_names_bound_somewhere(registry: Registry) -> None:
     registry.register("encoder", "builder", target="json:JSONEncoder")
     registry.register("decoder", "builder", target="json:JSONDecoder")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -74,10 +73,10 @@ def test_resolving_a_hidden_name_creates_the_workspaces_own_entry(layered: Regis
     assert layered.lookup("legacy", "node") == core
 
 
-def test_hiding_a_local_entry_or_writing_an_inherited_one_is_refused(layered: Registry, db_path: Path) -> None:
+def test_hiding_a_local_entry_or_writing_an_inherited_one_is_refused(layered: Registry, db_url: str) -> None:
     layered.resolve("mine", "node", workspace="dev1")
     layered.resolve("inherited", "node")
-    before = table_snapshot(db_path)
+    before = table_snapshot(db_url)
     with pytest.raises(WorkspaceError):
         layered.hide("mine", "node", workspace="dev1")
     with pytest.raises(EntryNotFoundError) as caught:
@@ -85,7 +84,7 @@ def test_hiding_a_local_entry_or_writing_an_inherited_one_is_refused(layered: Re
     assert "inherited from workspace 'core'" in str(caught.value)
     with pytest.raises(EntryNotFoundError):
         layered.rename("inherited", "other", "node", workspace="dev1")
-    assert table_snapshot(db_path) == before
+    assert table_snapshot(db_url) == before
 
 
 def test_promote_moves_a_definition_up_keeping_its_id(layered: Registry) -> None:
@@ -102,14 +101,14 @@ def test_promote_moves_a_definition_up_keeping_its_id(layered: Registry) -> None
         layered.promote("Feature", "step")
 
 
-def test_promote_refuses_an_entry_leased_by_another_process(layered: Registry, db_path: Path) -> None:
+def test_promote_refuses_an_entry_leased_by_another_process(layered: Registry, db_url: str) -> None:
     layered.register("Feature", "step", {"sagemaker_step_type": "Processing"}, workspace="dev1")
-    with Registry(db_path) as holder:
+    with Registry(db_url) as holder:
         holder.acquire("Feature", "step", workspace="dev1")
-        before = table_snapshot(db_path)
+        before = table_snapshot(db_url)
         with pytest.raises(LeaseHeldError):
             layered.promote("Feature", "step", workspace="dev1")
-        assert table_snapshot(db_path) == before
+        assert table_snapshot(db_url) == before
         promoted = holder.promote("Feature", "step", workspace="dev1")  # the holder itself may
         assert promoted.workspace == "core"
 
@@ -302,6 +301,7 @@ def test_listing_equals_per_name_lookup_in_every_workspace(tmp_path_factory: pyt
                     assert [e.name for e in registry.find(kind, required, workspace=ws)] == expected
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
 def test_creating_a_workspace_costs_the_same_however_many_there_are(registry: Registry) -> None:
     def statements_to_create(name: str, parent: str) -> list[str]:
         statements: list[str] = []

@@ -522,7 +522,7 @@ class Definitions:
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
-                return _entry_health.choose_healthiest(tx, self._store, ws, kind, needed)
+                return _entry_health.choose_healthiest(self._backend, tx, self._store, ws, kind, needed)
             chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)

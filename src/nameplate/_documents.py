@@ -155,7 +155,7 @@ def export_document(backend: Backend) -> dict[str, Any]:
                         .join(parent, JOIN.LEFT_OUTER, on=WorkspaceRow.parent == parent.id)
                         .join_from(WorkspaceRow, WorkspaceAncestorRow,
                                    on=WorkspaceAncestorRow.workspace == WorkspaceRow.id)
-                        .group_by(WorkspaceRow.id)
+                        .group_by(WorkspaceRow.id, parent.name)
                         .order_by(fn.MAX(WorkspaceAncestorRow.depth), WorkspaceRow.name))  # parents first
     entries_query = (EntryRow.select(EntryRow.id, WorkspaceRow.name.alias("workspace"), KindRow.name.alias("kind"),
                                      EntryRow.name, EntryRow.hidden, EntryRow.metadata, EntryRow.capabilities,

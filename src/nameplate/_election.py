@@ -218,7 +218,9 @@ def _current(tx: Tx, store: Store, ws: str, name: str) -> Leader | None:
     except EntryNotFoundError:
         return None  # nobody ever campaigned here
     holder = find_holder(tx, row.pk)
-    if holder is None or holder.overdue() or verdict(holder.owner) is not None:
+    now_wall = store.backend.clock(tx)
+    if holder is None or holder.overdue(now_wall) or verdict(
+            holder.owner, now_wall=now_wall, one_host=store.backend.one_host) is not None:
         return None
     metadata: Mapping[str, Any] = json.loads(tx.execute(_METADATA, (row.pk,)).fetchone()[0])
     if metadata.get("term") != holder.token:

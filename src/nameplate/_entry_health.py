@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,8 +142,11 @@ class _Judged:
 class _Judge:
     """Sessions read and judged once per call (one /proc look per distinct session)."""
 
-    def __init__(self, tx: Tx) -> None:
+    def __init__(self, backend: Backend, tx: Tx) -> None:
         self._tx = tx
+        # Judged on the backend's clock and host rules: a server database's sessions may be other hosts'.
+        self._now_wall = backend.clock(tx)
+        self._one_host = backend.one_host
         self._seen: dict[str, _Judged | None] = {}
 
     def __call__(self, session_id: str | None) -> _Judged | None:
@@ -157,7 +159,7 @@ class _Judge:
                 owner = Owner.from_row(row, 4)
                 state = str(row[1])
                 if state == "live":
-                    state = verdict(owner) or "live"
+                    state = verdict(owner, now_wall=self._now_wall, one_host=self._one_host) or "live"
                 judged = _Judged(state=state, status=str(row[2]), label=str(row[3]), owner=owner,
                                  alive=state == "live")
             self._seen[session_id] = judged
@@ -197,13 +199,13 @@ def _reports_of(tx: Tx, pk: int) -> list[_Report]:
             for s, h, ld, i, at in tx.execute(_REPORTS_OF, (pk,)).fetchall()]
 
 
-def health_of(tx: Tx, store: Store, workspace: str, name: str, kind: str) -> EntryHealth:
+def health_of(backend: Backend, tx: Tx, store: Store, workspace: str, name: str, kind: str) -> EntryHealth:
     """The health of the entry ``name`` resolves to (:class:`EntryNotFoundError` if none)."""
     found = store.visible_row(tx, workspace, name, kind, "report on")
-    return _assemble(tx.execute(_ENTRY, (found.pk,)).fetchone(), _reports_of(tx, found.pk), _Judge(tx))[0]
+    return _assemble(tx.execute(_ENTRY, (found.pk,)).fetchone(), _reports_of(tx, found.pk), _Judge(backend, tx))[0]
 
 
-def list_health(tx: Tx, workspace: str, kind: str, requires: list[str]) -> list[EntryHealth]:
+def list_health(backend: Backend, tx: Tx, workspace: str, kind: str, requires: list[str]) -> list[EntryHealth]:
     """The health of every entry of ``kind`` visible here offering ``requires``, by name."""
     pks = [row[0] for row in tx.execute(_strategies.statement("find", len(requires)),
                                         (*_strategies.by_rarity(tx, requires), workspace, kind)).fetchall()]
@@ -211,17 +213,17 @@ def list_health(tx: Tx, workspace: str, kind: str, requires: list[str]) -> list[
     for pk, s, h, ld, i, at in tx.execute(_ALL_REPORTS).fetchall():
         reports.setdefault(int(pk), []).append(_Report(str(s), h, None if ld is None else float(ld), str(i),
                                                        float(at)))
-    judge = _Judge(tx)
+    judge = _Judge(backend, tx)
     return [_assemble(tx.execute(_ENTRY, (pk,)).fetchone(), reports.get(pk, ()), judge)[0] for pk in pks]
 
 
-def choose_healthiest(tx: Tx, store: Store, workspace: str, kind: str, requires: list[str]) -> Entry:
+def choose_healthiest(backend: Backend, tx: Tx, store: Store, workspace: str, kind: str, requires: list[str]) -> Entry:
     """The ``healthiest`` strategy (see the module docstring), read-only."""
     needed = _strategies.by_rarity(tx, requires)
     params = (*needed, workspace, kind)
     pks = {int(row[0]) for row in tx.execute(_strategies.statement("healthiest", len(needed)), params).fetchall()}
     pks |= {int(row[0]) for row in tx.execute(_strategies.statement("reported", len(needed)), params).fetchall()}
-    judge = _Judge(tx)
+    judge = _Judge(backend, tx)
     ranked = []
     candidates = []
     for pk in pks:
@@ -332,7 +334,7 @@ class Health:
         session_id = self._leasing.session().id
         with self._backend.write() as tx:
             pk = self._store.visible_row(tx, ws, name, kind, "report on").pk
-            tx.execute(_UPSERT, (pk, session_id, *said, time.time()))
+            tx.execute(_UPSERT, (pk, session_id, *said, self._backend.clock(tx)))
         with self._lock:
             self._written[(session_id, pk)] = said
 
@@ -385,8 +387,8 @@ class Health:
                        if key in pks and self._written.get((session_id, pks[key])) != outcome]
         if not changed:
             return
-        now = time.time()
         with self._backend.write() as tx:
+            now = self._backend.clock(tx)  # the clock sessions' beats are stamped with (the server's, there)
             for pk, outcome in changed:
                 tx.execute(_UPSERT_IF_PRESENT, (pk, session_id, *outcome, now, pk))
         with self._lock:
@@ -398,7 +400,7 @@ class Health:
         name = check_name(name)
         check_kind_name(kind)
         with self._backend.read() as tx:
-            return health_of(tx, self._store, ws, name, kind)
+            return health_of(self._backend, tx, self._store, ws, name, kind)
 
     def list(self, kind: str, requires: Iterable[str] = (), *, workspace: str | None = None) -> list[EntryHealth]:
         ws = self._ws(workspace)
@@ -407,6 +409,6 @@ class Health:
         with self._backend.read() as tx:
             self._store.workspace_id(tx, ws)
             self._store.kind_id(tx, kind)
-            return list_health(tx, ws, kind, needed)
+            return list_health(self._backend, tx, ws, kind, needed)
 
 

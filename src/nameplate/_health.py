@@ -47,14 +47,19 @@ class CheckReport:
     problems: tuple[Finding, ...]
     warnings: tuple[Finding, ...] = ()
     checked: dict[str, int] = field(default_factory=dict)
+    #: Checks that mean nothing on this database (PostgreSQL: integrity, foreign_key, permissions).
+    not_applicable: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
-                "warnings": [w.to_dict() for w in self.warnings], "checked": self.checked}
+        result = {"ok": self.ok, "problems": [p.to_dict() for p in self.problems],
+                  "warnings": [w.to_dict() for w in self.warnings], "checked": self.checked}
+        if self.not_applicable:
+            result["not_applicable"] = list(self.not_applicable)
+        return result
 
 
 def check(backend: Backend) -> CheckReport:
@@ -79,7 +84,8 @@ def check(backend: Backend) -> CheckReport:
     # Outside the read above: judging plugins reads installed distributions' metadata from disk.
     stale, checked["plugins"] = stale_findings(backend)
     warnings += [Finding("plugin", message) for message in stale]
-    return CheckReport(tuple(problems), tuple(warnings), checked)
+    skipped = tuple(c for c in CHECKS if c in backend.not_applicable())
+    return CheckReport(tuple(problems), tuple(warnings), checked, skipped)
 
 
 def _owner_name(uid: int) -> str:
@@ -145,27 +151,44 @@ def _definitions(tx: Tx, kinds: dict[str, Kind], problems: list[Finding]) -> int
     return count
 
 
+def _entry_rows(tx: Tx) -> list[tuple[str, str, str, int, str, str]]:
+    return tx.execute("SELECT w.name, k.name, e.name, e.pk, e.metadata, e.capabilities FROM entry AS e JOIN kind AS k "
+                      "ON k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id ORDER BY e.pk").fetchall()
+
+
+def _json_of_shape(text: str, shape: type) -> Any:
+    """The decoded ``text`` if it is JSON of ``shape`` (dict or list), else ``None`` (decoded here, not by
+    the database: JSON functions are not portable)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, shape) else None
+
+
 def _metadata(tx: Tx, problems: list[Finding]) -> None:
-    for column, shape in (("metadata", "object"), ("capabilities", "array")):
-        for workspace, kind, name in tx.execute(
-                f"SELECT w.name, k.name, e.name FROM entry AS e JOIN kind AS k ON k.id = e.kind_id JOIN workspace "
-                f"AS w ON w.id = e.workspace_id WHERE NOT json_valid(e.{column}) OR json_type(e.{column}) != ?",
-                (shape,)).fetchall():
-            problems.append(Finding("metadata", f"{workspace}/{kind}/{name}: {column} is not a JSON {shape}"))
+    for workspace, kind, name, _, metadata, capabilities in _entry_rows(tx):
+        for column, text, shape, word in (("metadata", metadata, dict, "object"),
+                                           ("capabilities", capabilities, list, "array")):
+            if _json_of_shape(text, shape) is None:
+                problems.append(Finding("metadata", f"{workspace}/{kind}/{name}: {column} is not a JSON {word}"))
 
 
 def _capability_index(tx: Tx, problems: list[Finding]) -> None:
     """``entry_capability`` must mirror each entry's capabilities, or find() and list() disagree."""
-    rows = tx.execute(
-        "SELECT w.name, k.name, e.name, e.capabilities, (SELECT json_group_array(capability) FROM "
-        "(SELECT capability FROM entry_capability WHERE entry_pk = e.pk ORDER BY capability)) FROM entry AS e "
-        "JOIN kind AS k ON k.id = e.kind_id JOIN workspace AS w ON w.id = e.workspace_id "
-        "WHERE json_valid(e.capabilities) AND (e.capabilities != '[]' OR EXISTS (SELECT 1 FROM entry_capability "
-        "WHERE entry_pk = e.pk))").fetchall()
-    for workspace, kind, name, stored, indexed in rows:
-        if sorted(json.loads(stored)) != json.loads(indexed):
+    indexed: dict[int, list[str]] = {}
+    for capability, entry_pk in tx.execute("SELECT capability, entry_pk FROM entry_capability ORDER BY capability"
+                                           ).fetchall():
+        indexed.setdefault(int(entry_pk), []).append(capability)
+    for workspace, kind, name, pk, _, stored in _entry_rows(tx):
+        offered = _json_of_shape(stored, list)
+        if offered is None or (not offered and pk not in indexed):
+            continue
+        held = indexed.get(pk, [])
+        if sorted(offered) != held:
+            shown = json.dumps(held, separators=(",", ":"))
             problems.append(Finding("capability_index", f"{workspace}/{kind}/{name}: capabilities {stored} but the "
-                                    f"index holds {indexed} (find() would disagree with list())"))
+                                    f"index holds {shown} (find() would disagree with list())"))
 
 
 def _leases(backend: Backend, problems: list[Finding], warnings: list[Finding]) -> None:
@@ -227,4 +250,7 @@ def stats(backend: Backend) -> dict[str, Any]:
             "leases": int(tx.execute("SELECT count(*) FROM lease").fetchone()[0]),
         }
     result.update(backend.storage_sizes())
+    skipped = backend.not_applicable()
+    if skipped:
+        result["not_applicable"] = [k for k in ("file_bytes", "wal_bytes", "shm_bytes") if k in skipped]
     return result

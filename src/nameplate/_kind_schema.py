@@ -171,7 +171,7 @@ _KIND_ENTRIES = ("SELECT e.name, e.definition FROM entry AS e JOIN kind AS k ON 
                  "WHERE k.name = ? AND e.hidden = 0 ORDER BY e.pk")
 #: Changes whenever an entry of the kind, or the kind itself, is written (updated_at moves, rows come
 #: and go): what a redefinition checked outside the write lock compares inside it.
-_KIND_FINGERPRINT = ("SELECT count(e.pk), max(e.updated_at), total(e.pk), k.updated_at FROM kind AS k "
+_KIND_FINGERPRINT = ("SELECT count(e.pk), max(e.updated_at), coalesce(sum(e.pk), 0), max(k.updated_at) FROM kind AS k "
                      "LEFT JOIN entry AS e ON e.kind_id = k.id WHERE k.name = ?")
 
 

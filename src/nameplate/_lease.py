@@ -48,9 +48,10 @@ _REFRESH = ("UPDATE lease SET expires_wall = ?, expires_mono = ? WHERE entry_pk 
 _SESSION_LIVE = "SELECT 1 FROM session WHERE id = ? AND state = 'live'"
 
 
-def _clock_params() -> tuple[str, float, str, float]:
-    """The judge's clocks for the ttl test of :data:`_FENCE_CHECK` and :data:`_REFRESH`."""
-    return (BOOT_ID, time.monotonic(), BOOT_ID, time.time())
+def _clock_params(now_wall: float) -> tuple[str, float, str, float]:
+    """The judge's clocks for the ttl test of :data:`_FENCE_CHECK` and :data:`_REFRESH`: this boot's
+    monotonic clock, and ``now_wall`` from the backend (the server's, for a database shared by hosts)."""
+    return (BOOT_ID, time.monotonic(), BOOT_ID, now_wall)
 
 
 class ReapFirst(Exception):
@@ -80,7 +81,7 @@ def reap_holder(tx: Tx, store: Store, entry_pk: int, holder: Holder, *, lock_del
 
 def expire_if_overdue(tx: Tx, store: Store, entry_pk: int, holder: Holder, *, lock_delay: float) -> bool:
     """Inside a write transaction: end ``holder``'s lease if its own ttl ran out; return whether it did."""
-    if holder.ttl is None or not holder.overdue():
+    if holder.ttl is None or not holder.overdue(store.backend.clock(tx)):
         return False
     return expire_lease(tx, store, entry_pk, holder.session_id, holder.token, holder.ttl, lock_delay=lock_delay)
 
@@ -149,10 +150,10 @@ class Lease:
         if self.released or self.lost:
             self.check()
         with self._refresh_lock:
-            now_wall, now_mono = time.time(), time.monotonic()
             with self._session.backend.write() as tx:
+                now_wall, now_mono = self._session.backend.clock(tx), time.monotonic()
                 refreshed = tx.execute(_REFRESH, (now_wall + self.ttl, now_mono + self.ttl, self.entry_pk,
-                                                  self.session_id, self.token, *_clock_params())).rowcount
+                                                  self.session_id, self.token, *_clock_params(now_wall))).rowcount
             if refreshed:
                 self._expires_mono = now_mono + self.ttl
         if not refreshed:
@@ -259,8 +260,9 @@ class Lease:
             raise LeaseLost(f"lease on {self.kind} {self.name!r} (token {self.token}) was released; acquire again",
                             name=self.name, kind=self.kind, token=self.token, reason="released")
         if not self.lost:
-            row = self._session.backend.query_one(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token,
-                                                                  *_clock_params()))
+            backend = self._session.backend
+            row = backend.query_one(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token,
+                                                   *_clock_params(backend.clock())))
             if row is None:
                 self.mark_lost(self._gone_reason())
         if self.lost:
@@ -270,7 +272,8 @@ class Lease:
         """Inside a write transaction: raise :class:`LeaseLost` (rolling it back) unless still held."""
         if self.released or self.lost:
             self.check()
-        if tx.execute(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token, *_clock_params())).fetchone() is None:
+        clocks = _clock_params(self._session.backend.clock(tx))
+        if tx.execute(_FENCE_CHECK, (self.entry_pk, self.session_id, self.token, *clocks)).fetchone() is None:
             self.mark_lost(self._gone_reason())
             raise self._lost_error()
 
@@ -312,11 +315,12 @@ class Holder:
     expires_wall: float | None = None
     expires_mono: float | None = None
 
-    def overdue(self) -> bool:
-        """Whether the lease's own ttl ran out (never, for a lease bounded by its session alone)."""
+    def overdue(self, now_wall: float) -> bool:
+        """Whether the lease's own ttl ran out (never, for a lease bounded by its session alone);
+        ``now_wall`` is the backend's clock."""
         if self.expires_mono is None or self.expires_wall is None:
             return False
-        return lease_overdue(self.expires_mono, self.expires_wall, self.owner.boot_id)
+        return lease_overdue(self.expires_mono, self.expires_wall, self.owner.boot_id, now_wall)
 
     def describe(self) -> dict[str, Any]:
         return {"session": self.session_id, "pid": self.owner.pid, "host": self.owner.hostname,
@@ -384,13 +388,13 @@ def try_acquire(tx: Tx, store: Store, session: Session, *, entry_pk: int, entry_
             return holder
     delay = tx.execute(_DELAY, (entry_pk,)).fetchone()
     if delay is not None:
-        remaining = delay_active(float(delay[0]), delay[1], float(delay[2]))
+        remaining = delay_active(float(delay[0]), delay[1], float(delay[2]), store.backend.clock(tx))
         if remaining > 0:
             return Delayed(remaining)
     if waiter_ahead is not None and waiter_ahead():
         return Queued()
     token = int(tx.execute(_BUMP_FENCE, (entry_pk,)).fetchone()[0])
-    now, now_mono = time.time(), time.monotonic()
+    now, now_mono = store.backend.clock(tx), time.monotonic()
     expires_wall, expires_mono = (None, None) if ttl is None else (now + ttl, now_mono + ttl)
     tx.execute(_INSERT_LEASE, (entry_pk, session.id, token, now, ttl, expires_wall, expires_mono))
     tx.execute(_CLEAR_DELAY, (entry_pk,))

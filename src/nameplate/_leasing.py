@@ -234,9 +234,9 @@ class Leasing:
                                 leave(tx, ticket)
                         elif outcome is not None and deadline is not None and deadline > time.monotonic():
                             if ticket is None:
-                                ticket = enqueue(tx, anchor.pk, session.id)
+                                ticket = enqueue(tx, anchor.pk, session.id, self._store.backend.clock(tx))
                             else:
-                                still_waiting(tx, ticket, session.ttl)
+                                still_waiting(tx, ticket, session.ttl, self._store.backend.clock(tx))
                 except ReapFirst as first:  # a dead holder's ephemeral row: reap it on its own, then retry
                     self._reap_first(first)
                     continue

@@ -10,6 +10,7 @@ boot, hence the boot id next to them. Sessions of other hosts fall back to the w
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -33,6 +34,24 @@ def _read_boot_id() -> str:
 
 
 BOOT_ID = _read_boot_id()
+
+
+def _read_pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")  # e.g. "pid:[4026531836]"; containers have their own
+    except OSError:
+        return ""
+
+
+#: Where a pid means this process table: this boot and this pid namespace. A session on a database
+#: shared by hosts records it in ``boot_id``; a judge with another identity cannot read its pid.
+PROCESS_TABLE = f"{BOOT_ID}/{_read_pid_namespace()}"
+
+
+def boot_identity(one_host: bool) -> str:
+    """What a new session records as its ``boot_id``: the boot id on a one-host database (as ever),
+    the boot id and pid namespace on one shared by hosts (see :func:`verdict`)."""
+    return BOOT_ID if one_host else PROCESS_TABLE
 
 
 def process_start(pid: int) -> float | None:
@@ -90,13 +109,23 @@ def owner_columns(alias: str = "") -> str:
     return ", ".join(prefix + column for column in OWNER_COLUMNS)
 
 
-def verdict(owner: Owner, *, now_wall: float | None = None, now_mono: float | None = None) -> str | None:
-    """``None`` if the session may live on, else ``"dead"`` (owner proven gone) or ``"expired"`` (ttl)."""
+def verdict(owner: Owner, *, now_wall: float | None = None, now_mono: float | None = None,
+            one_host: bool = True) -> str | None:
+    """``None`` if the session may live on, else ``"dead"`` (owner proven gone) or ``"expired"`` (ttl).
+
+    ``one_host=False`` (a database shared by hosts, ``now_wall`` from its server's clock): a session is
+    judged by its pid only when its boot id and pid namespace are the judge's; any other is judged by
+    ttl on ``now_wall`` alone. Never by hostname: two hosts may share one, and must not declare each
+    other's live sessions dead.
+    """
     now_wall = time.time() if now_wall is None else now_wall
     now_mono = time.monotonic() if now_mono is None else now_mono
-    if owner.hostname != HOSTNAME:
+    if not one_host:
+        if owner.boot_id != PROCESS_TABLE:
+            return "expired" if now_wall - owner.beat_at > owner.ttl else None
+    elif owner.hostname != HOSTNAME:
         return "expired" if now_wall - owner.beat_at > owner.ttl else None
-    if owner.boot_id != BOOT_ID:
+    elif owner.boot_id != BOOT_ID:
         return "dead"  # this host rebooted since the session began
     start = process_start(owner.pid)
     if start is None:
@@ -108,8 +137,9 @@ def verdict(owner: Owner, *, now_wall: float | None = None, now_mono: float | No
     return None
 
 
-def delay_active(until_mono: float, boot_id: str, until_wall: float) -> float:
-    """Seconds left in a lock-delay (0 if over), on the monotonic clock when it was set in this boot."""
+def delay_active(until_mono: float, boot_id: str, until_wall: float, now_wall: float | None = None) -> float:
+    """Seconds left in a lock-delay (0 if over), on the monotonic clock when it was set in this boot,
+    else on the wall clock ``now_wall`` (the database's :meth:`~nameplate.backends.base.Backend.clock`)."""
     if boot_id == BOOT_ID:
         return max(0.0, until_mono - time.monotonic())
-    return max(0.0, until_wall - time.time())
+    return max(0.0, until_wall - (time.time() if now_wall is None else now_wall))

@@ -47,8 +47,12 @@ class Location:
 
     def __str__(self) -> str:
         if self.path is None:
-            return self.url or ""
+            return redacted(self.url or "")  # a password never reaches a message, a log or `nameplate path`
         return str(self.path)
+
+    def __repr__(self) -> str:
+        return (f"Location(path={self.path!r}, source={self.source!r}, reason={self.reason!r}, "
+                f"url={None if self.url is None else redacted(self.url)!r})")
 
 
 def locate(explicit: str | os.PathLike[str] | None = None, *, cwd: Path | None = None) -> Location:
@@ -79,7 +83,8 @@ def _from_spec(spec: str, source: str, why: str) -> Location:
     if scheme != "sqlite":
         raise InvalidInputError(
             f"unsupported database URL scheme {parts.scheme!r} in {redacted(spec)!r}: this version stores "
-            "registries in SQLite files only; use a file path or sqlite:///path/to/registry.db",
+            "registries in SQLite files or PostgreSQL; use a file path, sqlite:///path/to/registry.db or "
+            "postgresql://user@host:5432/database",
             spec=redacted(spec))
     # sqlite:///relative.db and sqlite:////abs.db as SQLAlchemy spells them; sqlite://x.db (two
     # slashes) would be an in-memory database in playhouse.db_url, silently losing every write.
@@ -221,11 +226,15 @@ def _refuse_network_filesystem(directory: Path) -> None:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
+    """``url`` with its password (in the user part or a ``password=`` parameter) replaced by ``***``,
+    for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port is not None else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    if "password=" in parts.query.lower():
+        query = "&".join("password=***" if item.lower().startswith("password=") else item
+                         for item in parts.query.split("&"))
+        parts = parts._replace(query=query)
+    return parts.geturl()

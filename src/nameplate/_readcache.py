@@ -13,7 +13,8 @@ stamps log none and leave the cache warm.
 What is cached: ids (``lookup``) and the probe row of ``resolve`` (id, stored metadata, usage stamp),
 never a full ``Entry`` (``get`` returns ``last_seen_at``, which changes without an event). Per
 process and per thread (each thread's connection has its own ``data_version``), bounded to
-``capacity`` answers per thread, emptied in a forked child, off with ``Registry(cache=False)``.
+``capacity`` answers per thread, emptied in a forked child, off with ``Registry(cache=False)``, and off
+on backends whose commit signal costs a round trip (PostgreSQL: ``Backend.cheap_commit_signal``).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ulid import ULID
 
 from . import _fork
-from ._liveness import BOOT_ID, HOSTNAME, Owner, owner_columns, process_start, verdict
+from ._liveness import BOOT_ID, HOSTNAME, Owner, boot_identity, owner_columns, process_start, verdict
 from ._models import Entry as EntryRow
 from ._models import Kind as KindRow
 from ._models import Lease as LeaseRow
@@ -130,6 +130,7 @@ def list_sessions(backend: Backend, *, alive: bool) -> list[SessionInfo]:
     if alive:
         query = query.where(SessionRow.state == "live")
     leases: dict[str, list[HeldLease]] = {}
+    now_wall = backend.clock()
     for lease in list_leases(backend):
         leases.setdefault(lease.session_id, []).append(lease)
     result = []
@@ -137,7 +138,7 @@ def list_sessions(backend: Backend, *, alive: bool) -> list[SessionInfo]:
         owner = Owner(pid=int(row.pid), hostname=row.hostname, boot_id=row.boot_id,
                       process_start=float(row.process_start), ttl=float(row.ttl), beat_at=float(row.beat_at),
                       beat_mono=float(row.beat_mono))
-        is_alive = row.state == "live" and verdict(owner) is None
+        is_alive = row.state == "live" and verdict(owner, now_wall=now_wall, one_host=backend.one_host) is None
         if alive and not is_alive:
             continue
         result.append(SessionInfo(
@@ -155,7 +156,7 @@ def _owner(row: Any) -> Owner:
 def end_session_rows(tx: Tx, store: Store, session_id: str, *, state: str, reason: str,
                      lock_delay: float) -> int:
     """Free a session's leases and ephemeral entries and mark it ended; return the leases freed."""
-    now_wall, now_mono = time.time(), time.monotonic()
+    now_wall, now_mono = store.backend.clock(tx), time.monotonic()
     leases = tx.execute(
         "SELECT l.entry_pk, l.token, e.id, e.name, k.name, w.name FROM lease AS l "
         "JOIN entry AS e ON e.pk = l.entry_pk JOIN kind AS k ON k.id = e.kind_id "
@@ -204,12 +205,12 @@ _BOUNDED_LEASES = ("SELECT l.entry_pk, l.session_id, l.token, l.ttl, l.expires_w
                    "FROM lease AS l JOIN session AS s ON s.id = l.session_id WHERE l.expires_mono IS NOT NULL")
 
 
-def lease_overdue(expires_mono: float, expires_wall: float, boot_id: str) -> bool:
-    """Whether a lease's own ttl ran out: on the monotonic clock of the boot that set it, else the wall clock
-    (the same reading as lock-delays and session ttls)."""
+def lease_overdue(expires_mono: float, expires_wall: float, boot_id: str, now_wall: float) -> bool:
+    """Whether a lease's own ttl ran out: on the monotonic clock of the boot that set it, else on the
+    backend's wall clock ``now_wall`` (the same reading as lock-delays and session ttls)."""
     if boot_id == BOOT_ID:
         return time.monotonic() >= expires_mono
-    return time.time() >= expires_wall
+    return now_wall >= expires_wall
 
 
 def expire_lease(tx: Tx, store: Store, entry_pk: int, session_id: str, token: int, ttl: float, *,
@@ -222,7 +223,7 @@ def expire_lease(tx: Tx, store: Store, entry_pk: int, session_id: str, token: in
                        (entry_pk, session_id, token)).fetchone()
     if named is None:
         return False
-    now_wall, now_mono = time.time(), time.monotonic()
+    now_wall, now_mono = store.backend.clock(tx), time.monotonic()
     tx.execute("DELETE FROM lease WHERE entry_pk = ? AND session_id = ? AND token = ?", (entry_pk, session_id, token))
     if lock_delay > 0:
         start_lock_delay(tx, entry_pk, lock_delay, now_wall, now_mono)
@@ -234,13 +235,15 @@ def expire_lease(tx: Tx, store: Store, entry_pk: int, session_id: str, token: in
 
 def expire_overdue_leases(backend: Backend, store: Store, *, lock_delay: float) -> int:
     """End every lease whose own ttl ran out; return how many. Reads first: writes only if there are some."""
-    if not any(lease_overdue(float(r[5]), float(r[4]), r[6]) for r in backend.query_all(_BOUNDED_LEASES)):
+    now_wall = backend.clock()
+    if not any(lease_overdue(float(r[5]), float(r[4]), r[6], now_wall) for r in backend.query_all(_BOUNDED_LEASES)):
         return 0
     ended = 0
     with backend.write() as tx:
+        now_wall = backend.clock(tx)
         for entry_pk, session_id, token, ttl, expires_wall, expires_mono, boot_id in tx.execute(
                 _BOUNDED_LEASES).fetchall():
-            if lease_overdue(float(expires_mono), float(expires_wall), boot_id):
+            if lease_overdue(float(expires_mono), float(expires_wall), boot_id, now_wall):
                 ended += expire_lease(tx, store, int(entry_pk), str(session_id), int(token), float(ttl),
                                       lock_delay=lock_delay)
     return ended
@@ -266,7 +269,8 @@ def reap_if_gone(tx: Tx, store: Store, session_id: str, owner: Owner, *, lock_de
     Returns the verdict (``"dead"``/``"expired"``) or ``None`` if it lives. Holding the write lock,
     no beat can land between judging and acting; one /proc read (about 70 µs) is all it adds.
     """
-    judged = verdict(owner)
+    backend = store.backend
+    judged = verdict(owner, now_wall=backend.clock(tx), one_host=backend.one_host)
     if judged is not None:
         _reap_judged(tx, store, session_id, owner, judged, lock_delay=lock_delay)
     return judged
@@ -281,7 +285,9 @@ def reap(backend: Backend, store: Store, *, lock_delay: float, only: str | None 
     rows = backend.query_all(sql, (only,) if only else ())
     # Judged outside the transaction (one /proc read per live session, too many to make every other
     # writer wait for), then applied only to sessions that did not beat meanwhile.
-    doomed = [(row, judged) for row in rows if (judged := verdict(_owner(row))) is not None]
+    now_wall = backend.clock()
+    doomed = [(row, judged) for row in rows
+              if (judged := verdict(_owner(row), now_wall=now_wall, one_host=backend.one_host)) is not None]
     if not doomed:
         return []
     reaped = []
@@ -331,11 +337,11 @@ class Session:
         start = process_start(self.pid)
         if start is None or start != start:
             raise NameplateError(f"cannot read this process's start time (pid {self.pid}); psutil needs /proc")
-        now_wall, now_mono = time.time(), time.monotonic()
         info_text = encode_object(self.info, "info")
         with backend.write() as tx:
-            tx.execute(_INSERT_SESSION, (self.id, self.pid, HOSTNAME, BOOT_ID, start, label, self.ttl, status,
-                                         info_text, now_wall, now_wall, now_mono))
+            now_wall, now_mono = backend.clock(tx), time.monotonic()
+            tx.execute(_INSERT_SESSION, (self.id, self.pid, HOSTNAME, boot_identity(backend.one_host), start, label,
+                                         self.ttl, status, info_text, now_wall, now_wall, now_mono))
             store.record(tx, "session.open", session=self.id, label=label, ttl=self.ttl, pid=self.pid,
                          hostname=HOSTNAME)
         self._thread = threading.Thread(target=self._run, name=f"nameplate-heartbeat-{self.id[-6:]}", daemon=True)
@@ -387,7 +393,7 @@ class Session:
         if self.lost.is_set():
             return False
         with self._backend.write() as tx:
-            renewed = tx.execute(_BEAT, (time.time(), time.monotonic(), self.id)).rowcount
+            renewed = tx.execute(_BEAT, (self._backend.clock(tx), time.monotonic(), self.id)).rowcount
             tokens = dict(tx.execute(_HELD_TOKENS, (self.id,)).fetchall()) if renewed else {}
         if not renewed:
             self._mark_lost("the session was ended by another process (expired or reaped)")
@@ -407,8 +413,8 @@ class Session:
         info_text = encode_object(merged, "info")
         new_status = self.status if status is None else str(status)
         with self._backend.write() as tx:
-            renewed = tx.execute(_BEAT_WITH_REPORT, (time.time(), time.monotonic(), new_status, info_text,
-                                                     self.id)).rowcount
+            renewed = tx.execute(_BEAT_WITH_REPORT, (self._backend.clock(tx), time.monotonic(), new_status,
+                                                     info_text, self.id)).rowcount
         if not renewed:
             self._mark_lost("the session was ended by another process (expired or reaped)")
             raise SessionClosedError(f"session {self.id} was ended by another process ({self.lost_reason}); "

@@ -146,7 +146,8 @@ class Store:
                  cache: ReadCache | None = None) -> None:
         self.backend = backend
         self._actor = actor or (lambda: (None, f"{os.getpid()}@{HOSTNAME}"))
-        self._cache = cache
+        # Where asking whether anything committed costs a round trip, a cache hit costs what it saves.
+        self._cache = cache if backend.cheap_commit_signal else None
 
     # -- events ----------------------------------------------------------------------------------
 

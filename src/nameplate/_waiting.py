@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._lease import ReapFirst
-from ._liveness import BOOT_ID, Owner, owner_columns
+from ._liveness import BOOT_ID, PROCESS_TABLE, Owner, owner_columns
 from ._session import reap_if_gone
 from .backends.base import Backend, Tx
 
@@ -57,19 +57,19 @@ class Ticket:
     seen_mono: float
 
 
-def enqueue(tx: Tx, entry_pk: int, session_id: str) -> Ticket:
-    """Inside a write transaction: join the back of ``entry_pk``'s queue."""
-    now_wall, now_mono = time.time(), time.monotonic()
+def enqueue(tx: Tx, entry_pk: int, session_id: str, now_wall: float) -> Ticket:
+    """Inside a write transaction: join the back of ``entry_pk``'s queue (``now_wall``: the backend's clock)."""
+    now_mono = time.monotonic()
     seq = int(tx.execute(_ENQUEUE, (entry_pk, session_id, now_wall, now_wall, now_mono)).fetchone()[0])
     return Ticket(seq, entry_pk, session_id, now_mono)
 
 
-def still_waiting(tx: Tx, ticket: Ticket, ttl: float) -> None:
+def still_waiting(tx: Tx, ticket: Ticket, ttl: float, now_wall: float) -> None:
     """Inside a write transaction: say the waiter is still there, when a third of its ttl has passed since
     it last said so (a write every attempt would wake every other waiter)."""
     now_mono = time.monotonic()
     if now_mono - ticket.seen_mono >= ttl / 3:
-        tx.execute(_SEEN, (time.time(), now_mono, ticket.seq))
+        tx.execute(_SEEN, (now_wall, now_mono, ticket.seq))
         ticket.seen_mono = now_mono
 
 
@@ -90,7 +90,7 @@ def waiter_ahead(tx: Tx, store: Store, entry_pk: int, seq: int, *, lock_delay: f
             return False
         ticket_seq, session_id, seen_wall, seen_mono, state = row[:5]
         owner = Owner.from_row(row, 5)
-        if state == "live" and not _stale(owner, float(seen_wall), float(seen_mono)):
+        if state == "live" and not _stale(owner, float(seen_wall), float(seen_mono), store.backend.clock(tx)):
             if reap_if_gone(tx, store, session_id, owner, lock_delay=lock_delay) is None:
                 return True
             if tx.execute(_ROW_EXISTS, (entry_pk,)).fetchone() is None:
@@ -99,11 +99,12 @@ def waiter_ahead(tx: Tx, store: Store, entry_pk: int, seq: int, *, lock_delay: f
     return True  # more departed waiters than one attempt clears: count the rest as ahead, for now
 
 
-def _stale(owner: Owner, seen_wall: float, seen_mono: float) -> bool:
-    """The waiter has not looked for longer than its session's ttl (on the clocks a ttl is judged on)."""
-    if owner.boot_id == BOOT_ID:
+def _stale(owner: Owner, seen_wall: float, seen_mono: float, now_wall: float) -> bool:
+    """The waiter has not looked for longer than its session's ttl (on the clocks a ttl is judged on:
+    this boot's monotonic clock for a waiter of this boot, else the backend's wall clock ``now_wall``)."""
+    if owner.boot_id in (BOOT_ID, PROCESS_TABLE):  # a session's boot id is one of these on this boot
         return time.monotonic() - seen_mono > owner.ttl
-    return time.time() - seen_wall > owner.ttl
+    return now_wall - seen_wall > owner.ttl
 
 
 def pause(backend: Backend, seconds: float, worth_trying: Callable[[], bool] | None = None) -> None:

@@ -675,6 +675,8 @@ def check(settings: Settings) -> None:
             click.echo(f"warning  {warning}")
         counts = ", ".join(f"{v} {k}" for k, v in report.checked.items())
         click.echo(f"{'ok' if report.ok else 'FAILED'}: checked {counts}")
+        if report.not_applicable:
+            click.echo(f"not applicable on this database: {', '.join(report.not_applicable)}")
 
     emit(settings, report.to_dict(), human)
     if not report.ok:
@@ -700,6 +702,9 @@ def checkpoint(settings: Settings) -> None:
     """Copy the write-ahead log into the database and truncate it."""
     with settings.open() as registry:
         result = registry.checkpoint()
+    if result.get("not_applicable"):
+        emit(settings, result, lambda: click.echo("not applicable on this database: the server checkpoints its WAL"))
+        return
     emit(settings, result, lambda: click.echo(f"WAL {size(result['wal_bytes_before'])} -> "
                                               f"{size(result['wal_bytes_after'])}" +
                                               (" (readers kept part of it busy)" if result["busy"] else "")))
@@ -817,7 +822,9 @@ def stats(settings: Settings) -> None:
                 ("per kind", ", ".join(f"{k} {v}" for k, v in result["entries_per_kind"].items() if v) or "-"),
                 ("per workspace", ", ".join(f"{k} {v}" for k, v in result["entries_per_workspace"].items())),
                 ("kinds", result["kinds"]), ("live sessions", result["live_sessions"]), ("leases", result["leases"]),
-                ("file", size(result["file_bytes"])), ("wal", size(result["wal_bytes"]))]
+                ("file", size(result["file_bytes"])),
+                ("wal", "not applicable" if "wal_bytes" in result.get("not_applicable", ())
+                 else size(result["wal_bytes"]))]
         for label, value in rows:
             click.echo(f"{label + ':':<16}{value}")
 

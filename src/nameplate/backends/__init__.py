@@ -16,19 +16,24 @@ from collections.abc import Callable
 from .._paths import Location, redacted
 from ..errors import InvalidInputError
 from .base import Backend, Tx
+from .postgresql import PostgresqlBackend
 from .sqlite import SqliteBackend
 
 #: Backend factories by scheme; a plain file path (or ``sqlite:///``) is ``sqlite``.
 SCHEMES: dict[str, Callable[..., Backend]] = {
     "sqlite": SqliteBackend,
+    "postgresql": PostgresqlBackend,
 }
+#: Other spellings of a scheme (libpq accepts ``postgres://``; SQLAlchemy writes ``postgresql+psycopg://``).
+_ALIASES = {"postgres": "postgresql", "postgresql+psycopg": "postgresql"}
 
 
 def scheme_of(location: Location) -> str:
     """The scheme a location is opened with (``sqlite`` for a file path)."""
     if location.url is None:
         return "sqlite"
-    return location.url.split("://", 1)[0].lower()
+    scheme = location.url.split("://", 1)[0].lower()
+    return _ALIASES.get(scheme, scheme)
 
 
 def open_backend(location: Location, *, timeout: float, synchronous: str) -> Backend:
@@ -38,8 +43,8 @@ def open_backend(location: Location, *, timeout: float, synchronous: str) -> Bac
     factory = SCHEMES.get(scheme)
     if factory is None:
         shown = redacted(location.url or "")
-        raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite files only; "
-                                "pass a file path", url=shown)
+        raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite files or "
+                                "PostgreSQL (postgresql://...); pass a file path or such a URL", url=shown)
     return factory(location, timeout=timeout, synchronous=synchronous)
 
 

@@ -60,10 +60,26 @@ class Backend(ABC):
     peewee: peewee.Database
     #: Seconds a writer waits for the write lock before :class:`RegistryBusyError`.
     timeout: float
+    #: Whether every process using this database runs on this host (a SQLite file on a local disk).
+    #: Then a session of another boot is one from before this host rebooted: dead. A server database
+    #: is shared by hosts, so another boot id is another host, judged by its ttl alone.
+    one_host: bool = True
+    #: Whether :meth:`commit_signal` costs far less than a point select; if not, a read cache saves
+    #: nothing and the store runs without one.
+    cheap_commit_signal: bool = True
+
+    def clock(self, tx: Tx | None = None) -> float:
+        """The wall clock sessions' ttl and lock-delay are judged on across hosts (seconds since the
+        epoch): this host's here, the server's on a server database."""
+        return time.time()
 
     @abstractmethod
     def write(self) -> AbstractContextManager[Tx]:
         """A short write transaction (``BEGIN IMMEDIATE`` on SQLite). Commits on success."""
+
+    def schema_lock(self) -> AbstractContextManager[Tx]:
+        """The transaction migrations run in; a write transaction unless a backend has a lock of its own."""
+        return self.write()
 
     @abstractmethod
     def read(self) -> AbstractContextManager[Tx]:
@@ -91,6 +107,10 @@ class Backend(ABC):
     @abstractmethod
     def ddl_vocabulary(self) -> dict[str, str]:
         """Dialect words for migration templates: ``pk``, ``ref``, ``float``, ``rev_pk``, ``table_opts``."""
+
+    def adapt_ddl(self, sql: str) -> str:
+        """A migration's DDL (vocabulary filled in) in this dialect, where a word must differ."""
+        return sql
 
     @abstractmethod
     def change_counter(self) -> int:
@@ -136,6 +156,10 @@ class Backend(ABC):
     @abstractmethod
     def foreign_key_problems(self) -> list[str]:
         """Rows that point at missing rows, one sentence each."""
+
+    def not_applicable(self) -> tuple[str, ...]:
+        """Checks and figures that mean nothing on this database (``check``/``stats`` say so)."""
+        return ()
 
     @abstractmethod
     def vacuum(self) -> None:

@@ -1,8 +1,10 @@
 """Applies pending migrations once, under the write lock, even when many processes open a new file.
 
-One ``BEGIN IMMEDIATE`` transaction reads the schema version, applies the missing steps and bumps the
-version; ``PRAGMA user_version`` is transactional, so a process that waited for the lock sees the new
-version and applies nothing. Steps are loaded from the installed package, never the current directory.
+One transaction under the backend's :meth:`~nameplate.backends.base.Backend.schema_lock` (SQLite's
+``BEGIN IMMEDIATE``; PostgreSQL's migration advisory lock, then its write lock) reads the schema
+version, applies the missing steps and bumps the version; the version is transactional on both
+(``PRAGMA user_version``; the rows of ``schema_migration``), so a process that waited for the lock sees
+the new version and applies nothing. Steps are loaded from the installed package, never the current directory.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ class MigrationContext:
 
     def __init__(self, tx: Tx, backend: Backend) -> None:
         self._tx = tx
+        self._backend = backend
         self.dialect = backend.dialect
         self._words = backend.ddl_vocabulary()
 
     def ddl(self, sql: str) -> None:
         """Run a DDL statement written with ``{pk}``, ``{ref}``, ``{float}``, ``{rev_pk}``, ``{table_opts}``."""
-        self._tx.execute(sql.format(**self._words))
+        self._tx.execute(self._backend.adapt_ddl(sql.format(**self._words)))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run a plain statement with ``?`` parameters."""
@@ -94,7 +97,7 @@ def migrate(backend: Backend) -> list[int]:
     if current == latest_version():
         return []
     applied: list[int] = []
-    with backend.write() as tx:
+    with backend.schema_lock() as tx:
         current = backend.schema_version(tx)
         _refuse_newer(backend, current)
         if current == 0:
