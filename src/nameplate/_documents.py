@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,8 +42,6 @@ from ulid import ULID
 from ._context import CORE
 from ._kind_schema import Kind, build_kind, candidate_kind, list_kinds, name_problems, save_kind, validate
 from ._layers import create_workspace
-from ._models import Entry as EntryRow
-from ._models import Kind as KindRow
 from ._models import Workspace as WorkspaceRow
 from ._models import WorkspaceAncestor as WorkspaceAncestorRow
 from ._records import utc
@@ -149,6 +147,48 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def export_document(backend: Backend) -> dict[str, Any]:
     """The registry's durable state as a ``nameplate-export`` document, from one read snapshot."""
+    with backend.read() as tx:
+        document, entries = _export_parts(backend, tx)
+        document["entries"] = list(entries)
+    return document
+
+
+def write_export(backend: Backend, write: Callable[[str], object],
+                 progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Write :func:`export_document`'s text (``json.dumps(..., indent=2, sort_keys=True)`` and a newline)
+    piece by piece from one read snapshot, holding one entry at a time; return (entries, revision).
+
+    Memory stays flat whatever the registry's size: the entries are read in index order per
+    (workspace, kind), never sorted nor collected.
+    """
+    with backend.bulk(), backend.read() as tx:
+        document, entries = _export_parts(backend, tx)
+        total = int(tx.execute(f"SELECT count(*) FROM entry WHERE {_EXPORTED} AND hidden = 0").fetchone()[0])
+        head, tail = json.dumps(dict(document, entries=_HOLE), indent=2, sort_keys=True).split(json.dumps(_HOLE))
+        count = 0
+        for entry in entries:
+            if count == 0:
+                write(head + "[\n    ")
+            else:
+                write(",\n    ")
+            write(json.dumps(entry, indent=2, sort_keys=True).replace("\n", "\n    "))
+            count += 1
+            if progress is not None and count % 500 == 0:
+                progress(count, total)
+        write((head + "[]" if count == 0 else "\n  ]") + tail + "\n")
+        if progress is not None:
+            progress(count, total)
+    return count, int(document["revision"])
+
+
+#: Where the entries go in the document's text while the rest is encoded around them.
+_HOLE = "\x00entries\x00"
+#: The rows an export holds: process-bound (ephemeral) entries belong to the registry they came from.
+_EXPORTED = "ephemeral = 0"
+
+
+def _export_parts(backend: Backend, tx: Tx) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """The document without its entries, and the entries in order (workspace, kind, name), lazily."""
     parent = WorkspaceRow.alias()
     workspaces_query = (WorkspaceRow.select(WorkspaceRow.name, parent.name.alias("parent"), WorkspaceRow.description,
                                             WorkspaceRow.created_at)
@@ -157,40 +197,39 @@ def export_document(backend: Backend) -> dict[str, Any]:
                                    on=WorkspaceAncestorRow.workspace == WorkspaceRow.id)
                         .group_by(WorkspaceRow.id)
                         .order_by(fn.MAX(WorkspaceAncestorRow.depth), WorkspaceRow.name))  # parents first
-    entries_query = (EntryRow.select(EntryRow.id, WorkspaceRow.name.alias("workspace"), KindRow.name.alias("kind"),
-                                     EntryRow.name, EntryRow.hidden, EntryRow.metadata, EntryRow.capabilities,
-                                     EntryRow.definition, EntryRow.target, EntryRow.created_at, EntryRow.updated_at,
-                                     EntryRow.last_seen_at)
-                     .join(KindRow, on=EntryRow.kind == KindRow.id)
-                     .join_from(EntryRow, WorkspaceRow, on=EntryRow.workspace == WorkspaceRow.id)
-                     .where(EntryRow.ephemeral == 0)
-                     .order_by(WorkspaceRow.name, KindRow.name, EntryRow.name))
-    with backend.read() as tx:
-        revision = tx.execute(_REVISION).fetchone()[0]
-        workspaces = list(workspaces_query.namedtuples().execute(backend.peewee))
-        kinds = list_kinds(tx)
-        rows = list(entries_query.namedtuples().execute(backend.peewee))
-        schema_version = backend.schema_version(tx)
-    entries, tombstones = [], []
-    for row in rows:
-        if row.hidden:
-            tombstones.append({"workspace": row.workspace, "kind": row.kind, "name": row.name})
-            continue
-        entries.append({"id": row.id, "workspace": row.workspace, "kind": row.kind, "name": row.name,
-                        "metadata": json.loads(row.metadata), "capabilities": json.loads(row.capabilities),
-                        "definition": None if row.definition is None else json.loads(row.definition),
-                        "target": row.target, "created_at": iso(row.created_at), "updated_at": iso(row.updated_at),
-                        "last_seen_at": iso(row.last_seen_at)})
-    return {
+    revision = tx.execute(_REVISION).fetchone()[0]
+    workspaces = list(workspaces_query.namedtuples().execute(backend.peewee))
+    kinds = list_kinds(tx)
+    schema_version = backend.schema_version(tx)
+    tombstones = [{"workspace": ws, "kind": kind, "name": name} for ws, kind, name in tx.execute(
+        "SELECT w.name, k.name, e.name FROM entry AS e JOIN kind AS k ON k.id = e.kind_id JOIN workspace AS w ON "
+        f"w.id = e.workspace_id WHERE e.hidden = 1 AND e.{_EXPORTED} ORDER BY w.name, k.name, e.name").fetchall()]
+    # Names in SQL's binary order are Python's code-point order: the pairs sort the same either way.
+    pairs = sorted((w, k) for w in tx.execute("SELECT name, id FROM workspace").fetchall()
+                   for k in tx.execute("SELECT name, id FROM kind").fetchall())
+    document = {
         "format": FORMAT, "version": VERSION, "revision": int(revision), "exported_at": iso(time.time()),
         "schema_version": schema_version,
         "workspaces": [{"name": w.name, "parent": w.parent, "description": w.description,
                         "created_at": iso(w.created_at)} for w in workspaces],
         # Built-in kinds travel by name only: their schema belongs to the nameplate that reads the file.
         "kinds": [{"name": k.name, "builtin": True} if k.builtin else k.to_dict() for k in kinds],
-        "entries": entries,
+        "entries": [],
         "tombstones": tombstones,
     }
+
+    def entries() -> Iterator[dict[str, Any]]:
+        for (ws, ws_id), (kind, kind_id) in pairs:
+            for entry_id, name, metadata, capabilities, definition, target, created, updated, seen in tx.execute(
+                    "SELECT id, name, metadata, capabilities, definition, target, created_at, updated_at, "
+                    f"last_seen_at FROM entry WHERE workspace_id = ? AND kind_id = ? AND {_EXPORTED} AND hidden = 0 "
+                    "ORDER BY name", (ws_id, kind_id)):
+                yield {"id": entry_id, "workspace": ws, "kind": kind, "name": name, "metadata": json.loads(metadata),
+                       "capabilities": json.loads(capabilities),
+                       "definition": None if definition is None else json.loads(definition), "target": target,
+                       "created_at": iso(created), "updated_at": iso(updated), "last_seen_at": iso(seen)}
+
+    return document, entries()
 
 
 def export_madsci(backend: Backend, workspace: str) -> dict[str, Any]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import _documents, _eventlog, _health
 from ._documents import ImportPlan
+from ._export_file import encode_document
 from ._health import CheckReport
 from ._leasing import WorkspaceOf
 from ._paths import locate
@@ -39,6 +40,16 @@ class Maintenance:
         if format == "madsci":
             return _documents.export_madsci(self._backend, ws)
         raise InvalidInputError(f"unknown export format {format!r}; use {' or '.join(_FORMATS)}", format=format)
+
+    def write_export(self, file: TextIO, format: str = "nameplate", *, workspace: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        ws = self._ws(workspace)
+        if format == "nameplate":
+            count, revision = _documents.write_export(self._backend, file.write, progress)
+            return {"entries": count, "revision": revision}
+        document = self.export(format, workspace=ws)
+        file.write(encode_document(document, progress) + "\n")
+        return {"entries": len(document["entries"]), "revision": document.get("revision")}
 
     def import_document(self, data: Any, *, format: str = "auto", replace: bool = False, dry_run: bool = False,
                         workspace: str | None = None,

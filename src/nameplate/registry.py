@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ._context import active_workspace, current_workspace
 from ._definitions import Definitions, Registration
@@ -628,6 +628,18 @@ class Registry:
         """Applied and pending migrations of the database at ``db`` (default: discovery), without
         migrating it: opening a :class:`Registry` applies pending migrations, this only looks."""
         return Maintenance.schema_status(db)
+
+    # -- streaming export and import (issue 15: memory flat in the registry's size) ---------------
+
+    def write_export(self, file: TextIO, format: str = "nameplate", *, workspace: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Write :meth:`export`'s document to ``file`` as JSON text (indented, keys sorted, a final
+        newline) without holding it in memory: one read snapshot, one entry at a time.
+
+        Returns ``entries`` (how many were written) and ``revision`` (``None`` for ``"madsci"``, whose
+        document is built whole). ``progress(done, total)`` follows the entries.
+        """
+        return self._maintenance.write_export(file, format, workspace=workspace, progress=progress)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ _LEGACY_TABLES = frozenset({"workspace", "workspace_ancestor", "kind", "session"
                             "sqlite_sequence"})
 
 #: Declared once, applied on every connection (see ``test_database.py`` which reads them back).
+#: The page cache (in KiB, as SQLite's negative cache_size) of a bulk pass: export, import.
+_BULK_CACHE_KIB = -8192
+
+
 def connection_pragmas(synchronous: str) -> list[tuple[str, Any]]:
     return [
         ("foreign_keys", 1),
@@ -371,6 +375,23 @@ class SqliteBackend(Backend):
 
     def storage_sizes(self) -> dict[str, int]:
         return self._file_sizes()
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        # A pass over a million rows would otherwise fill the 64 MiB page cache, map the whole file
+        # (mapped pages count in the process's RSS) and sort in memory: a streamed export of 1M
+        # entries peaked at 192 MiB with the connection's own settings, 49 MiB with these.
+        conn = self.connection()
+        saved = [(name, conn.execute(f"PRAGMA {name}").fetchone()[0])
+                 for name in ("cache_size", "mmap_size", "temp_store")]
+        conn.execute(f"PRAGMA cache_size = {_BULK_CACHE_KIB}")
+        conn.execute("PRAGMA mmap_size = 0")
+        conn.execute("PRAGMA temp_store = FILE")  # a sort too big for the cache spills to disk
+        try:
+            yield
+        finally:
+            for name, value in saved:
+                conn.execute(f"PRAGMA {name} = {int(value)}")
 
     def _file_sizes(self) -> dict[str, int]:
         sizes = {}

@@ -1,0 +1,86 @@
+"""Issue 15, target 4: export and import stream, so their memory stays flat in the registry's size.
+
+Peak memory is measured as the ``ru_maxrss`` of a fresh subprocess (independent of CPU load), once
+for a small registry and once for one a hundred times larger: the difference is what the size costs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ulid import ULID
+
+from nameplate import Registry
+from nameplate._export_file import encode_document
+
+_PEAK = """
+import resource, sys
+from nameplate.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def peak_mib(*args: str) -> float:
+    """Run the nameplate CLI with ``args`` in a fresh interpreter; its peak RSS in MiB."""
+    done = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK ")][-1]
+    return int(peak.split()[1]) / 1024
+
+
+def bulk_registry(path: Path, count: int) -> None:
+    """A registry of ``count`` node entries, inserted straight into the migrated file (fast)."""
+    Registry(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO entry (id, workspace_id, kind_id, name, metadata, capabilities, created_at, "
+                     "updated_at, last_seen_at) VALUES (?, 1, 1, ?, ?, ?, ?, ?, ?)",
+                     [(str(ULID()), f"n{i:07d}", json.dumps({"url": f"http://host{i}:2000"}), '["llm"]', now, now, now)
+                      for i in range(count)])
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_streamed_export_is_the_text_of_the_document(registry: Registry) -> None:
+    registry.create_workspace("dev1")
+    registry.define_kind("pipette", required=["max_volume_ul"])
+    for index in range(700):
+        registry.resolve(f"n{index}", "node", {"slot": index, "nested": {"a": [1, {"b": 2}]}},
+                         workspace="dev1" if index % 3 else "core")
+    registry.register("p300", "pipette", {"max_volume_ul": 300}, capabilities=["aspirate"])
+    registry.hide("n3", "node", workspace="dev1")
+    out = io.StringIO()
+    calls: list[tuple[int, int]] = []
+    written = registry.write_export(out, progress=lambda done, total: calls.append((done, total)))
+    document = registry.export()
+    streamed = json.loads(out.getvalue())
+    assert written == {"entries": 701, "revision": registry.revision} and calls[-1] == (701, 701)
+    document["exported_at"] = streamed["exported_at"]
+    assert out.getvalue() == encode_document(document) + "\n"
+
+
+def test_streamed_export_of_an_empty_registry(registry: Registry) -> None:
+    out = io.StringIO()
+    assert registry.write_export(out)["entries"] == 0
+    document = json.loads(out.getvalue())
+    assert document["entries"] == [] and out.getvalue() == json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def test_export_memory_does_not_grow_with_the_registry(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.db", tmp_path / "large.db"
+    bulk_registry(small, 1_000)
+    bulk_registry(large, 100_000)  # holding it as a document cost about 300 MiB before streaming
+    base = peak_mib("--db", str(small), "export", "-o", str(tmp_path / "small.json"))
+    grown = peak_mib("--db", str(large), "export", "-o", str(tmp_path / "large.json"))
+    assert json.loads((tmp_path / "large.json").read_text())["entries"][-1]["name"] == "n0099999"
+    assert grown - base < 24, (base, grown)
