@@ -63,10 +63,9 @@ class Maintenance:
                     dry_run: bool = False, workspace: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> ImportPlan:
         ws = self._ws(workspace)
-        data = _documents.read_json(Path(path))
-        return _documents.import_document(self._backend, self._store, data, fmt=format,
-                                          mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws,
-                                          source=str(path), progress=progress)
+        return _documents.import_file(self._backend, self._store, Path(path), fmt=format,
+                                      mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws,
+                                      progress=progress)
 
     def import_entries(self, data: dict[str, Any], merge: bool = True) -> None:
         self.import_document(data, format="madsci", replace=not merge)
