@@ -155,11 +155,13 @@ class _DuplicateKey(ValueError):
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of two equal keys silently: in a MADSci file that would drop an entry.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return result
 
 
@@ -683,7 +685,7 @@ def _parse_stamp(value: Any, where: str, problems: list[str]) -> float:
     """:func:`parse_time` with a short way for the times an export writes (``...Z``)."""
     if type(value) is str and value.endswith("Z"):
         try:
-            return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC).timestamp()
+            return datetime.fromisoformat(value).timestamp()  # Python 3.11 reads the "Z" as UTC
         except ValueError:
             pass
     return parse_time(value, where, problems)
