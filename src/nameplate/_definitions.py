@@ -124,6 +124,7 @@ class Definitions:
         self._store = store
         self._ws = workspace_of
         self._leasing = leasing
+        self._matches = _strategies.MatchCache()
 
     # -- workspaces ------------------------------------------------------------------------------
 
@@ -491,17 +492,18 @@ class Definitions:
         needed = _strategies.requirement(requires)
         if strategy in ("round_robin", "least_recently_selected"):
             with self._backend.write() as tx:
-                chosen = _strategies.choose_and_record(tx, strategy, ws, kind, needed)
+                chosen = _strategies.choose_and_record(tx, self._matches, strategy, ws, kind, needed)
                 if chosen is None:
                     raise _strategies.no_match(tx, self._store, ws, kind, needed)
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
                 chosen, owned = _strategies.choose_healthiest(tx, ws, kind, needed)
-                if chosen is None and _strategies.choose_read_only(tx, "first", ws, kind, needed) is not None:
+                if chosen is None and _strategies.choose_read_only(tx, self._matches, "first", ws, kind,
+                                                                   needed) is not None:
                     raise _strategies.no_live_owner(ws, kind, needed, owned)
             else:
-                chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
+                chosen = _strategies.choose_read_only(tx, self._matches, strategy, ws, kind, needed)
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen
