@@ -39,7 +39,7 @@ def test_capability_queries_start_from_the_index_not_the_whole_kind(providers: R
     assert plan[:4] == ["CO-ROUTINE m", "SEARCH c0 USING PRIMARY KEY (capability=?)", "CORRELATED SCALAR SUBQUERY 1",
                         "SEARCH c1 USING PRIMARY KEY (capability=? AND entry_pk=?)"], plan
     assert "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
-    assert not any("entry_by_kind" in s for s in plan), plan  # that index is the walk over the whole kind
+    assert not any("entry_by_layer" in s for s in plan), plan  # that index is the walk over the whole kind
     assert [s for s in plan if s.startswith("SCAN")] == ["SCAN m"], plan  # only the index matches are scanned
 
 
@@ -50,7 +50,7 @@ def test_healthiest_starts_from_the_live_sessions(providers: Registry, count: in
     plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + _strategies.statement("healthiest", count), params)]
     assert plan[1:3] == ["SEARCH o USING INDEX session_by_state (state=?)",
                          "SEARCH e USING COVERING INDEX entry_by_owner (owner_session_id=?)"], plan
-    assert not any("entry_by_kind" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
+    assert not any("entry_by_layer" in s for s in plan) and [s for s in plan if s.startswith("SCAN")] == ["SCAN m"]
 
 
 def test_the_rarest_capability_drives_the_query(providers: Registry) -> None:
