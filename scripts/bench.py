@@ -89,7 +89,9 @@ def populate(path: Path, count: int, kind: str = "node", prefix: str = "n") -> f
 
 def floor_connection(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=60)
-    for pragma in ("journal_mode = wal", "synchronous = NORMAL", "foreign_keys = 1", "cache_size = -65536"):
+    # wal_autocheckpoint = 0 as nameplate's connections: neither pays for a checkpoint in its commit
+    for pragma in ("journal_mode = wal", "synchronous = NORMAL", "foreign_keys = 1", "cache_size = -65536",
+                   "wal_autocheckpoint = 0"):
         conn.execute(f"PRAGMA {pragma}")
     return conn
 
