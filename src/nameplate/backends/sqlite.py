@@ -131,7 +131,7 @@ CHECKPOINT_FRAMES = 1000
 #: under a continuous writer (an earlier attempt with PASSIVE only let the WAL reach 295 MB).
 RESTART_FRAMES = 8000
 #: How long the checkpointer keeps trying a RESTART checkpoint (writers and readers in the way).
-_RESTART_WAIT = 0.05
+_RESTART_WAIT = 0.25
 #: How long an explicit checkpoint (``nameplate checkpoint``, vacuum) retries one that reports busy.
 _EXPLICIT_CHECKPOINT_WAIT = 0.5
 #: Offset of mxFrame (the last valid frame, native u32) in the WAL-index header.
