@@ -43,6 +43,7 @@ def test_every_connection_gets_the_declared_pragmas(registry: Registry) -> None:
     assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == 32 * 1024 * 1024
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == -65536
     assert conn.execute("PRAGMA mmap_size").fetchone()[0] == 1 << 30
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # the Checkpointer thread does it
 
 
 def test_synchronous_full_is_selectable_and_nonsense_is_refused(db_path: Path) -> None:

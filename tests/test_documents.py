@@ -234,11 +234,15 @@ def test_export_reads_one_snapshot_and_import_writes_one_transaction(registry: R
             copy.import_document(document, replace=True)
         finally:
             conn.set_trace_callback(None)
+        copy_count = copy._backend.query_one("SELECT count(*) FROM entry")[0]
     # validation in a read snapshot, then every row in one BEGIN IMMEDIATE ... COMMIT
     assert [s for s in statements if s.startswith(("BEGIN", "COMMIT", "ROLLBACK"))] == [
         "BEGIN", "COMMIT", "BEGIN IMMEDIATE", "COMMIT"]
     write = statements[statements.index("BEGIN IMMEDIATE"):]
-    assert sum(s.startswith("INSERT INTO entry ") for s in write) == len(document["entries"]) + 1  # + the tombstone
+    # the five entries in one multi-row INSERT (up to a hundred rows per statement), then the tombstone
+    inserts = [s for s in write if s.startswith("INSERT INTO entry ")]
+    assert len(inserts) == 2 and inserts[0].count(" RETURNING") == 1 and len(document["entries"]) == 5
+    assert copy_count == 5 + 1
 
 
 def test_an_import_is_logged_entry_by_entry(registry: Registry, tmp_path: Path) -> None:
@@ -416,3 +420,16 @@ def test_madsci_import_into_a_missing_workspace(registry: Registry) -> None:
         registry.import_document({"version": 1, "entries": {}}, workspace="nowhere")
     with pytest.raises(UnknownWorkspaceError):
         registry.export("madsci", workspace="nowhere")
+
+
+def test_imported_entries_carry_the_revision_of_their_create_event(registry: Registry, tmp_path: Path) -> None:
+    with Registry(tmp_path / "source.db") as source:
+        for index in range(3):
+            source.resolve(f"lh{index}", "node", {"index": index})
+        document = source.export()
+    registry.resolve("already_here", "node")
+    registry.import_document(document)
+    created = {event.name: event.rev for event in registry.changes() if event.action == "create"}
+    listed = {entry.name: entry.revision for entry in registry.list("node")}
+    assert listed == created and len(set(listed.values())) == 4
+    assert registry.require("lh2", "node").revision == created["lh2"]

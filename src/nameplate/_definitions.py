@@ -129,6 +129,7 @@ class Definitions:
         self._ws = workspace_of
         self._leasing = leasing
         self._bind_key_cached: str | None = None
+        self._matches = _strategies.MatchCache()
 
     # -- workspaces ------------------------------------------------------------------------------
 
@@ -516,14 +517,14 @@ class Definitions:
         needed = _strategies.requirement(requires)
         if strategy in ("round_robin", "least_recently_selected"):
             with self._backend.write() as tx:
-                chosen = _strategies.choose_and_record(tx, strategy, ws, kind, needed)
+                chosen = _strategies.choose_and_record(tx, self._matches, strategy, ws, kind, needed)
                 if chosen is None:
                     raise _strategies.no_match(tx, self._store, ws, kind, needed)
                 return chosen
         with self._backend.read() as tx:
             if strategy == "healthiest":
-                return _entry_health.choose_healthiest(self._backend, tx, self._store, ws, kind, needed)
-            chosen = _strategies.choose_read_only(tx, strategy, ws, kind, needed)
+                return _entry_health.choose_healthiest(self._backend, tx, self._store, self._matches, ws, kind, needed)
+            chosen = _strategies.choose_read_only(tx, self._matches, strategy, ws, kind, needed)
             if chosen is None:
                 raise _strategies.no_match(tx, self._store, ws, kind, needed)
             return chosen

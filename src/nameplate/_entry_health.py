@@ -217,7 +217,8 @@ def list_health(backend: Backend, tx: Tx, workspace: str, kind: str, requires: l
     return [_assemble(tx.execute(_ENTRY, (pk,)).fetchone(), reports.get(pk, ()), judge)[0] for pk in pks]
 
 
-def choose_healthiest(backend: Backend, tx: Tx, store: Store, workspace: str, kind: str, requires: list[str]) -> Entry:
+def choose_healthiest(backend: Backend, tx: Tx, store: Store, matches: _strategies.MatchCache, workspace: str,
+                      kind: str, requires: list[str]) -> Entry:
     """The ``healthiest`` strategy (see the module docstring), read-only."""
     needed = _strategies.by_rarity(tx, requires)
     params = (*needed, workspace, kind)
@@ -234,7 +235,7 @@ def choose_healthiest(backend: Backend, tx: Tx, store: Store, workspace: str, ki
             ranked.append(((_RANK[health.health], load, -freshest, health.name), pk))
     if ranked:
         return entry_by_pk(tx, min(ranked)[1])
-    if _strategies.choose_read_only(tx, "first", workspace, kind, requires) is None:
+    if _strategies.choose_read_only(tx, matches, "first", workspace, kind, requires) is None:
         raise _strategies.no_match(tx, store, workspace, kind, requires)
     critical = sorted(h.name for h in candidates if h.alive and h.health == "critical")
     if critical:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 _HOLE = "\x00entries\x00"
 
@@ -38,6 +39,14 @@ def encode_document(document: dict[str, Any], progress: Callable[[int, int], Non
 def write_private(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a failed export leaves no half file), readable by the
     owner only, as the registry itself: an export holds everything the registry does."""
+    with open_private(path) as handle:
+        handle.write(text)
+
+
+@contextmanager
+def open_private(path: str) -> Iterator[TextIO]:
+    """A text file that becomes ``path`` (created 0600) only when the block ends without an error;
+    until then it is a temporary file beside it, removed if anything fails."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, temporary = tempfile.mkstemp(prefix=".nameplate-export-", dir=directory)  # created 0600
@@ -45,7 +54,7 @@ def write_private(path: str, text: str) -> None:
         raise OSError(error.errno, f"cannot write there ({error.strerror})", path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import _documents, _eventlog, _health
 from ._documents import ImportPlan
+from ._export_file import encode_document
 from ._health import CheckReport
 from ._leasing import WorkspaceOf
 from ._paths import locate
@@ -40,6 +41,16 @@ class Maintenance:
             return _documents.export_madsci(self._backend, ws)
         raise InvalidInputError(f"unknown export format {format!r}; use {' or '.join(_FORMATS)}", format=format)
 
+    def write_export(self, file: TextIO, format: str = "nameplate", *, workspace: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        ws = self._ws(workspace)
+        if format == "nameplate":
+            count, revision = _documents.write_export(self._backend, file.write, progress)
+            return {"entries": count, "revision": revision}
+        document = self.export(format, workspace=ws)
+        file.write(encode_document(document, progress) + "\n")
+        return {"entries": len(document["entries"]), "revision": document.get("revision")}
+
     def import_document(self, data: Any, *, format: str = "auto", replace: bool = False, dry_run: bool = False,
                         workspace: str | None = None,
                         progress: Callable[[int, int], None] | None = None) -> ImportPlan:
@@ -52,10 +63,9 @@ class Maintenance:
                     dry_run: bool = False, workspace: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> ImportPlan:
         ws = self._ws(workspace)
-        data = _documents.read_json(Path(path))
-        return _documents.import_document(self._backend, self._store, data, fmt=format,
-                                          mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws,
-                                          source=str(path), progress=progress)
+        return _documents.import_file(self._backend, self._store, Path(path), fmt=format,
+                                      mode="replace" if replace else "merge", dry_run=dry_run, workspace=ws,
+                                      progress=progress)
 
     def import_entries(self, data: dict[str, Any], merge: bool = True) -> None:
         self.import_document(data, format="madsci", replace=not merge)

@@ -27,9 +27,15 @@ with 10,000 matches, fetching and decoding them all cost five times more than ev
 
 from __future__ import annotations
 
+import bisect
+import random
+import threading
 import time
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
+from . import _fork
 from ._liveness import owner_columns
 from ._records import Entry
 from ._store import ENTRY_COLUMNS, VISIBLE, Store, decode_entry, entry_by_pk
@@ -110,9 +116,7 @@ def _reported_matches_from(count: int) -> str:
 
 _SHAPES = {
     "find": lambda n: f"SELECT {ENTRY_COLUMNS} {_matches_from(n)} ORDER BY r.name",
-    "first": lambda n: f"SELECT {ENTRY_COLUMNS} {_matches_from(n)} ORDER BY r.name LIMIT 1",
-    "random": lambda n: f"SELECT {ENTRY_COLUMNS} {_matches_from(n)} ORDER BY random() LIMIT 1",
-    "round_robin": lambda n: f"SELECT r.pk {_matches_from(n)} AND r.pk > ? ORDER BY r.pk LIMIT 1",
+    "match_pks": lambda n: f"SELECT r.pk {_matches_from(n)} ORDER BY r.name",
     "least_recently_selected": lambda n: (f"SELECT r.pk {_matches_from(n)} "
                                           "ORDER BY r.selected_at IS NOT NULL, r.selected_at, r.name LIMIT 1"),
     "healthiest": lambda n: (
@@ -152,6 +156,61 @@ def by_rarity(tx: Tx, requires: list[str]) -> list[str]:
     return sorted(requires, key=lambda c: (counts[c], c))
 
 
+#: The newest revision (an indexed max over the event table's primary key): the match sets' version.
+_REVISION = "SELECT max(rev) FROM event"
+#: Match sets kept per registry, and the largest one kept (in entries): bigger ones are queried each time.
+_CACHED_SETS = 256
+_CACHED_MATCHES = 100_000
+
+_match_caches: weakref.WeakSet[MatchCache] = weakref.WeakSet()
+
+
+class MatchCache:
+    """The match sets of ``first``, ``random`` and ``round_robin``, kept per (workspace, kind,
+    requirement) with the revision they were read at.
+
+    Picking one of 10,000 matches walked all of them through the layer view on every call (9-20 ms);
+    the set itself changes only with an event (every change to entries, their capabilities, kinds
+    and workspaces logs one in its own transaction, as the read cache relies on too), so it is read
+    again only when the revision seen by the caller's own snapshot differs from the one it was read
+    at: never an answer from another state than the caller's transaction sees.
+    """
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[str, str, tuple[str, ...]], tuple[Any, tuple[int, ...], list[int]]] = {}
+        self._lock = threading.Lock()
+        _match_caches.add(self)
+
+    def matches(self, tx: Tx, workspace: str, kind: str, requires: list[str]) -> tuple[tuple[int, ...], list[int]]:
+        """The matches' primary keys as seen in ``tx``: by name, and in ascending order."""
+        revision = tx.execute(_REVISION).fetchone()[0]
+        key = (workspace, kind, tuple(requires))
+        known = self._sets.get(key)
+        if known is not None and known[0] == revision:
+            return known[1], known[2]
+        rows = tx.execute(statement("match_pks", len(requires)), (*by_rarity(tx, requires), workspace, kind))
+        by_name = tuple(row[0] for row in rows)
+        ascending = sorted(by_name)
+        if len(by_name) <= _CACHED_MATCHES:
+            with self._lock:
+                if len(self._sets) >= _CACHED_SETS:
+                    self._sets.clear()
+                self._sets[key] = (revision, by_name, ascending)
+        return by_name, ascending
+
+    def _forget_after_fork(self) -> None:
+        self._sets = {}
+        self._lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_match_caches):
+        cache._forget_after_fork()
+
+
+_fork.in_child("connections", _after_fork_in_child)
+
+
 def check_strategy(strategy: object) -> str:
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         known = "; ".join(f"{name} ({text})" for name, text in STRATEGIES.items())
@@ -165,33 +224,37 @@ def find(tx: Tx, workspace: str, kind: str, requires: list[str]) -> list[Entry]:
     return [decode_entry(row) for row in rows]
 
 
-def choose_read_only(tx: Tx, strategy: str, workspace: str, kind: str, requires: list[str]) -> Entry | None:
-    """``first`` and ``random``: one statement, no write."""
-    row = tx.execute(statement(strategy, len(requires)), (*by_rarity(tx, requires), workspace, kind)).fetchone()
-    return None if row is None else decode_entry(row)
+def choose_read_only(tx: Tx, cache: MatchCache, strategy: str, workspace: str, kind: str,
+                     requires: list[str]) -> Entry | None:
+    """``first`` and ``random``: no write."""
+    by_name, _ = cache.matches(tx, workspace, kind, requires)
+    if not by_name:
+        return None
+    return entry_by_pk(tx, by_name[0] if strategy == "first" else random.choice(by_name))
 
 
-def choose_and_record(tx: Tx, strategy: str, workspace: str, kind: str, requires: list[str]) -> Entry | None:
+def choose_and_record(tx: Tx, cache: MatchCache, strategy: str, workspace: str, kind: str,
+                      requires: list[str]) -> Entry | None:
     """``round_robin`` and ``least_recently_selected``, inside the caller's write transaction."""
-    params = (*by_rarity(tx, requires), workspace, kind)
     if strategy == "round_robin":
+        _, ascending = cache.matches(tx, workspace, kind, requires)
+        if not ascending:
+            return None
         workspace_id, kind_id = tx.execute(_IDS, (workspace, kind)).fetchone()
         key = ",".join(requires)
         cursor = tx.execute(_CURSOR, (kind_id, workspace_id, key)).fetchone()
         after = 0 if cursor is None else int(cursor[0])
-        sql = statement("round_robin", len(requires))
-        row = tx.execute(sql, (*params, after)).fetchone()
-        if row is None and after:
-            row = tx.execute(sql, (*params, 0)).fetchone()  # past the last match: wrap around
-        if row is None:
-            return None
-        tx.execute(_SET_CURSOR, (kind_id, workspace_id, key, row[0]))
+        index = bisect.bisect_right(ascending, after)
+        chosen = ascending[index] if index < len(ascending) else ascending[0]  # past the last: wrap around
+        tx.execute(_SET_CURSOR, (kind_id, workspace_id, key, chosen))
     else:
-        row = tx.execute(statement("least_recently_selected", len(requires)), params).fetchone()
+        row = tx.execute(statement("least_recently_selected", len(requires)),
+                         (*by_rarity(tx, requires), workspace, kind)).fetchone()
         if row is None:
             return None
-    tx.execute(_MARK_SELECTED, (time.time(), row[0]))
-    return entry_by_pk(tx, row[0])
+        chosen = row[0]
+    tx.execute(_MARK_SELECTED, (time.time(), chosen))
+    return entry_by_pk(tx, chosen)
 
 
 def no_match(tx: Tx, store: Store, workspace: str, kind: str, requires: list[str]) -> NoMatchError:

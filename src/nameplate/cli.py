@@ -29,7 +29,7 @@ from click.core import ParameterSource
 from . import __version__
 from ._completion import complete_entry, complete_kind, complete_path, complete_workspace
 from ._context import ENV_WORKSPACE
-from ._export_file import encode_document, write_private
+from ._export_file import open_private
 from ._leasing import DEFAULT_TTL
 from ._lock_command import check_runnable, open_session, run_command, take_lease
 from ._paths import ENV_DB, PROJECT_DIR, locate
@@ -612,17 +612,15 @@ class _ProgressBar:
 @handle_errors
 def export(settings: Settings, output: str | None, fmt: str) -> None:
     """Export the registry as one point-in-time JSON document (stamped with its revision)."""
-    with settings.open() as registry:
-        document = registry.export(fmt, workspace=settings.workspace)
-    count = len(document["entries"])
-    with _ProgressBar("exporting") as progress:
-        text = encode_document(document, progress) + "\n"
-    if output is None or output == "-":
-        click.echo(text, nl=False)
-        return
-    write_private(output, text)
-    summary = {"path": output, "format": fmt, "entries": count, "revision": document.get("revision")}
-    at = f" at revision {document['revision']}" if "revision" in document else ""
+    with settings.open() as registry, _ProgressBar("exporting") as progress:
+        if output is None or output == "-":
+            registry.write_export(sys.stdout, fmt, workspace=settings.workspace, progress=progress)
+            return
+        with open_private(output) as handle:
+            written = registry.write_export(handle, fmt, workspace=settings.workspace, progress=progress)
+    count, revision = written["entries"], written["revision"]
+    summary = {"path": output, "format": fmt, "entries": count, "revision": revision}
+    at = f" at revision {revision}" if revision is not None else ""
     emit(settings, summary, lambda: click.echo(f"exported {count} entr{'y' if count == 1 else 'ies'} to {output}{at}"))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from . import _aliases
 from ._context import active_workspace, current_workspace
@@ -920,6 +920,18 @@ class Registry:
         entries = self._leasing.reaping_first(lambda: self._store.delete_all(ws, kind, guard=removal_guard))
         self._leasing.finish_removal(ended)
         return entries
+
+    # -- streaming export and import (issue 15: memory flat in the registry's size) ---------------
+
+    def write_export(self, file: TextIO, format: str = "nameplate", *, workspace: str | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Write :meth:`export`'s document to ``file`` as JSON text (indented, keys sorted, a final
+        newline) without holding it in memory: one read snapshot, one entry at a time.
+
+        Returns ``entries`` (how many were written) and ``revision`` (``None`` for ``"madsci"``, whose
+        document is built whole). ``progress(done, total)`` follows the entries.
+        """
+        return self._maintenance.write_export(file, format, workspace=workspace, progress=progress)
 
 
 def _validated(metadata: Mapping[str, Any]) -> dict[str, Any]:

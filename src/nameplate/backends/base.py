@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -172,6 +172,11 @@ class Backend(ABC):
     @abstractmethod
     def storage_sizes(self) -> dict[str, int]:
         """Bytes on disk: ``file_bytes``, ``wal_bytes``, ``shm_bytes`` (0 where a backend has no such file)."""
+
+    def bulk(self) -> AbstractContextManager[None]:
+        """Memory-frugal settings for one long pass over many rows (export, import) in this thread;
+        by default nothing changes."""
+        return nullcontext()
 
     @abstractmethod
     def close(self) -> None:
