@@ -6,6 +6,7 @@ import pickle
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from nameplate._models import ALL_MODELS
 from nameplate._paths import locate
 from nameplate.backends import open_backend
 from nameplate.backends.migrate import MigrationContext, available, latest_version
-from nameplate.backends.sqlite import APPLICATION_ID
+from nameplate.backends.sqlite import APPLICATION_ID, identify
 
 from conftest import table_snapshot
 
@@ -317,3 +318,27 @@ def test_every_error_is_a_nameplate_error_and_a_builtin() -> None:
 
 def test_peewee_is_the_models_layer() -> None:
     assert issubclass(ALL_MODELS[0], peewee.Model)
+
+
+def test_a_file_another_opener_is_still_writing_is_waited_for_not_refused(tmp_path: Path) -> None:
+    # What a racing opener can read for a moment: the file extended, its first page not yet there.
+    path = tmp_path / "being-created.db"
+    Registry(tmp_path / "model.db").close()
+    first_page = (tmp_path / "model.db").read_bytes()[:4096]
+    path.write_bytes(b"\x00" * 4096)
+    writer = threading.Timer(0.2, lambda: path.write_bytes(first_page))
+    writer.start()
+    try:
+        assert identify(path) == "ours"
+    finally:
+        writer.join()
+
+
+def test_a_file_of_zeros_is_refused_once_it_stays_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.db"
+    path.write_bytes(b"\x00" * 4096)
+    started = time.monotonic()
+    with pytest.raises(DatabaseError, match="is not a SQLite database"):
+        identify(path)
+    assert time.monotonic() - started >= 1.0  # it was given time to become a database first
+    assert path.read_bytes() == b"\x00" * 4096

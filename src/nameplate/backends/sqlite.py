@@ -581,11 +581,7 @@ def identify(path: Path) -> str:
     :class:`DatabaseError` for a file that is not SQLite, :class:`ForeignDatabaseError` for another
     application's database; the file is not touched either way.
     """
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(100)
-    except OSError as error:
-        raise location_error(error, path) from None
+    header = _read_header(path)
     if not header:
         return "new"
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
@@ -609,6 +605,31 @@ def identify(path: Path) -> str:
     raise ForeignDatabaseError(f"{path} holds tables nameplate did not create ({shown}); nameplate refused it "
                                "without changing it. Point nameplate at its own file", path=str(path),
                                tables=sorted(tables))
+
+
+#: How long a header that looks half-written (zeros, or a short prefix of SQLite's) is read again before
+#: the file is judged: another process may be creating the database at this very moment.
+_HEADER_SETTLE = 2.0
+
+
+def _read_header(path: Path) -> bytes:
+    """The file's first 100 bytes, once they no longer look like a database being created by another
+    process: a file another opener has just extended but not yet filled reads as zeros or as part of
+    SQLite's header for a moment, and must not be refused as "not a SQLite database" for that."""
+    deadline = time.monotonic() + _HEADER_SETTLE
+    while True:
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(100)
+        except OSError as error:
+            raise location_error(error, path) from None
+        if header.startswith(_SQLITE_MAGIC):
+            settling = len(header) < 100  # the rest of the first page is on its way
+        else:  # zeros, or the start of SQLite's magic followed by zeros
+            settling = _SQLITE_MAGIC.startswith(header.rstrip(b"\0")[:len(_SQLITE_MAGIC)])
+        if not header or not settling or time.monotonic() >= deadline:
+            return header
+        time.sleep(0.005)
 
 
 def _inspect(path: Path, wal: bool) -> sqlite3.Connection:
