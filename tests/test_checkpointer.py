@@ -34,7 +34,7 @@ def test_commits_do_not_checkpoint_the_background_thread_does(db_path: Path, mon
         backend: Any = registry._backend
         assert backend.connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         monkeypatch.setattr(backend.checkpointer, "wake", lambda: None)
-        for i in range(200):  # about 8 frames each: past SQLite's 1,000-frame mark
+        for i in range(300):  # about 6 frames each: past SQLite's 1,000-frame mark
             registry.resolve(f"n{i}", "node")
         frames = backend._wal_frames()
         assert frames > sqlite_backend.CHECKPOINT_FRAMES  # no commit checkpointed on its own
@@ -43,6 +43,21 @@ def test_commits_do_not_checkpoint_the_background_thread_does(db_path: Path, mon
         assert wait_until(lambda: backend.checkpointer.runs > 0)
         registry.resolve("and-another", "node")  # the log was copied back: this writer starts it over
         assert backend._wal_frames() < 100
+
+
+def test_a_writer_that_never_pauses_wakes_a_checkpoint_per_thousand_new_frames(db_path: Path) -> None:
+    """Past the mark, the log does not start over while writes continue (each PASSIVE checkpoint ends a
+    commit or two behind): the checkpointer must count frames not yet copied back, not the log's
+    length, or it runs a checkpoint, fsync included, after nearly every commit."""
+    with Registry(db_path) as registry:
+        backend: Any = registry._backend
+        creates = 3000
+        for i in range(creates):
+            registry.resolve(f"n{i}", "node")
+        frames_written = creates * 6
+        assert backend.checkpointer.runs <= 3 * frames_written // sqlite_backend.CHECKPOINT_FRAMES, (
+            f"{backend.checkpointer.runs} checkpoints for {creates} creates")
+        assert backend.checkpointer.runs > 0
 
 
 def _writer(barrier: Any, results: Any, index: int, path: str, count: int) -> None:

@@ -342,3 +342,39 @@ def test_a_file_of_zeros_is_refused_once_it_stays_zeros(tmp_path: Path) -> None:
         identify(path)
     assert time.monotonic() - started >= 1.0  # it was given time to become a database first
     assert path.read_bytes() == b"\x00" * 4096
+
+
+def test_a_file_with_autoincrement_revisions_upgrades_keeping_every_event(db_path: Path) -> None:
+    # A genuine file of the version before plain event rowids, with a log that has a gap in it.
+    step = next(m for m in available() if m.name == "plain event rowid")
+    backend = open_backend(locate(db_path), timeout=10.0, synchronous="NORMAL")
+    try:
+        with backend.write() as tx:
+            for earlier in available()[:step.version - 1]:
+                earlier.module.upgrade(MigrationContext(tx, backend))
+                tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (?, ?, 0)",
+                           [earlier.version, earlier.name])
+            backend.set_schema_version(tx, step.version - 1)
+    finally:
+        backend.close()
+    conn = sqlite3.connect(db_path)
+    assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
+    conn.executemany("INSERT INTO event (at, action, entry_id, actor, detail) VALUES (?, 'create', ?, 'test', '{}')",
+                     [(float(i), f"e{i}") for i in range(10)])
+    conn.execute("DELETE FROM event WHERE rev IN (3, 4)")
+    before = conn.execute("SELECT * FROM event ORDER BY rev").fetchall()
+    conn.commit()
+    conn.close()
+    with Registry(db_path) as registry:
+        assert registry.migrations_applied == list(range(step.version, latest_version() + 1))
+        assert [(e.rev, e.entry_id) for e in registry.changes()][:8] == [(row[0], row[6]) for row in before]
+        newest = registry.revision
+        registry.resolve("after", "node")
+        assert registry.revision == newest + 1
+    conn = sqlite3.connect(db_path)
+    assert "AUTOINCREMENT" not in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM sqlite_sequence WHERE name = 'event'").fetchone()[0] == 0
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN SELECT rev FROM event WHERE entry_id = 'e1'"))
+    assert "event_by_entry" in plan
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

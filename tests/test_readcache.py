@@ -111,8 +111,53 @@ def test_heartbeats_and_usage_stamps_leave_the_cache_warm(db_path: Path) -> None
         for _ in range(3):
             assert session.beat()  # a commit that logs no event
         assert ("lookup", "core", "node", "a") in cache.answers(), "a heartbeat emptied the cache"
-        registry.resolve("z", "node")  # logs an event: everything is read again
+        registry.resolve("z", "node")  # this thread's own create, nothing else in between: still warm
+        assert ("lookup", "core", "node", "a") in cache.answers()
+        with Registry(db_path) as other:  # another connection's event: everything is read again
+            other.resolve("y", "node")
         assert ("lookup", "core", "node", "a") not in cache.answers()
+
+
+def test_a_create_of_its_own_falsifies_no_kept_answer(db_path: Path) -> None:
+    """A thread's own create keeps the cache warm, but never a miss or a kind-less answer of that name."""
+    with Registry(db_path) as registry, Registry(db_path, cache=False) as fresh:
+        registry.create_workspace("dev")
+        kept = registry.resolve("kept", "node")
+        assert registry.lookup("kept", "node") == kept
+        assert registry.lookup("n", "node", workspace="dev") is None  # a miss, in a child layer
+        assert registry.lookup("m") is None
+        registry.resolve("shared", "node")
+        assert registry.lookup("shared") is not None  # kind-less: one kind has it
+        created = registry.resolve("n", "node")  # in the parent: now visible in dev too
+        assert registry.lookup("n", "node", workspace="dev") == created
+        registry.resolve("m", "module")
+        assert registry.lookup("m") == fresh.lookup("m")
+        registry.resolve("shared", "module")  # a second kind: the kind-less lookup is ambiguous now
+        with pytest.raises(NameplateError) as raised:
+            registry.lookup("shared")
+        assert type(raised.value).__name__ == "AmbiguousNameError"
+        registry.update("kept", "node", metadata={"v": 1})  # no kept answer shows metadata
+        assert registry.lookup("kept", "node") == kept
+        registry.resolve("kept", "node", {"v": 2})  # a merge through resolve: its probe is read again
+        entry = fresh.get("kept", "node")
+        assert entry is not None and entry.metadata == {"v": 2}
+        assert registry.get("kept", "node") == entry
+
+
+def test_another_writer_between_a_read_and_an_own_create_empties_the_cache(db_path: Path) -> None:
+    with Registry(db_path) as registry, Registry(db_path) as other:
+        registry.resolve("a", "node")
+        assert registry.lookup("b", "node") is None  # cached miss
+        cache = registry._store._cache
+        assert cache is not None
+        cache.answers()  # valid at the current revision
+        # What a create of this thread sees when another process's create lands between the start of
+        # its call and its write lock: its own event is not the next after the cached revision.
+        other.resolve("b", "node")
+        with registry._backend.write() as tx:
+            revision = registry._store.append(tx, "create", kind="node", name="c")
+        cache.wrote(revision, "c")
+        assert registry.lookup("b", "node") == other.lookup("b", "node")
 
 
 def test_a_forked_child_starts_with_an_empty_cache(db_path: Path) -> None:

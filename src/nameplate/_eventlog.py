@@ -65,7 +65,11 @@ def gc(backend: Backend, store: Store, keep_days: float) -> dict[str, int]:
         raise InvalidInputError(f"keep_days must be a number >= 0, not {keep_days!r}", keep_days=keep_days)
     cutoff = time.time() - float(keep_days) * 86400
     with backend.write() as tx:
-        events = _run(backend, lambda: EventRow.delete().where(EventRow.at < cutoff).execute(backend.peewee))
+        # Revisions are plain rowids on SQLite (max + 1): the newest event outlives every prune, so
+        # the next revision never repeats a pruned one.
+        newest = int(tx.execute("SELECT coalesce(max(rev), 0) FROM event").fetchone()[0])
+        events = _run(backend, lambda: EventRow.delete().where(
+            (EventRow.at < cutoff) & (EventRow.rev < newest)).execute(backend.peewee))
         sessions = _run(backend, lambda: SessionRow.delete().where(
             (SessionRow.state != "live") & (peewee.fn.coalesce(SessionRow.ended_at, SessionRow.beat_at) < cutoff)
         ).execute(backend.peewee))

@@ -27,6 +27,8 @@ from pathlib import Path
 #: Bytes of the WAL-index header's first copy in ``-shm`` (https://www.sqlite.org/walformat.html):
 #: every commit rewrites it (its change counter, frame count and checksums).
 WAL_INDEX_HEADER = 48
+#: Bytes mapped: both header copies and the checkpoint info after them (``nBackfill`` at 96).
+WAL_INDEX_MAPPED = 136
 
 
 @dataclass
@@ -108,10 +110,10 @@ def wal_index(key: tuple[int, int] | None, path: Path) -> mmap.mmap | None:
             except OSError:
                 return None
             try:
-                if os.fstat(fd).st_size < WAL_INDEX_HEADER:
+                if os.fstat(fd).st_size < WAL_INDEX_MAPPED:
                     os.close(fd)  # nothing of SQLite's is in a file this short: no lock to drop
                     return None
-                held.shm = mmap.mmap(fd, WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
+                held.shm = mmap.mmap(fd, WAL_INDEX_MAPPED, access=mmap.ACCESS_READ)
             except OSError:
                 os.close(fd)
                 return None
