@@ -332,3 +332,19 @@ def test_defining_a_kind_again_as_it_is_writes_nothing(registry: Registry) -> No
     assert registry.revision == revision and again.updated_at == first.updated_at
     changed = registry.define_kind("pipette", required=["max_volume_ul"], optional=["channels", "brand"])
     assert registry.revision == revision + 1 and changed.optional == ("channels", "brand")
+
+
+def test_what_register_returns_is_what_was_stored(registry: Registry) -> None:
+    """A new registration's entry is built from what was written, not read back: it must equal a read."""
+    registry.create_workspace("dev")
+    fresh = registry.register("Fresh", "step", {"sagemaker_step_type": "Processing"}, target="os.path:join",
+                              capabilities=["gpu", "cpu"], metadata={"team": "ml"})
+    assert fresh == registry.get("Fresh", "step")
+    assert fresh.revision == registry.changes()[-1].rev
+    registry.register("Shadowed", "step", {"sagemaker_step_type": "Training"})
+    registry.hide("Shadowed", "step", workspace="dev")  # a tombstone in dev: the next register revives it
+    revived = registry.register("Shadowed", "step", {"sagemaker_step_type": "Processing"}, capabilities=["cpu"],
+                                workspace="dev")
+    assert revived == registry.get("Shadowed", "step", workspace="dev")
+    assert revived.workspace == "dev" and revived.capabilities == frozenset({"cpu"})
+    assert sorted(e.name for e in registry.find("step", ["cpu"], workspace="dev")) == ["Fresh", "Shadowed"]

@@ -324,3 +324,12 @@ def test_any_kind_races_between_kinds_give_one_id_per_name(tmp_path: Path) -> No
         assert conn.execute("SELECT count(*), count(DISTINCT name) FROM entry").fetchone() == (40, 40)
     finally:
         conn.close()
+
+
+def test_listed_entries_carry_the_revision_a_read_of_each_gives(registry: Registry) -> None:
+    for name in ("a", "b", "c"):
+        registry.resolve(name, "node")
+    registry.update("b", "node", metadata={"v": 1})
+    listed = registry.list("node")
+    assert [e.revision for e in listed] == [registry.get(e.name, "node").revision for e in listed]  # type: ignore[union-attr]
+    assert len({e.revision for e in listed}) == 3 and all(e.revision > 0 for e in listed)

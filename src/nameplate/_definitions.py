@@ -38,7 +38,7 @@ from ._kind_schema import (
 from ._layers import Conflict, Diff, Explanation, WorkspaceInfo
 from ._leasing import Leasing, WorkspaceOf
 from ._load_errors import clear_failure, record_failure
-from ._records import Entry
+from ._records import Entry, frozen_json, frozen_json_or_none, utc
 from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry, entry_by_pk
 from ._validation import (
     check_capabilities,
@@ -69,10 +69,11 @@ _LOCAL = ("SELECT pk, id, hidden, definition, target, capabilities, metadata, ow
           "WHERE workspace_id = ? AND kind_id = ? AND name = ?")
 _KIND_UPDATED = "SELECT updated_at FROM kind WHERE name = ?"
 _INSERT = ("INSERT INTO entry (id, metadata, capabilities, definition, target, created_at, updated_at, last_seen_at, "
-           "owner_session_id, workspace_id, kind_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING pk")
+           "owner_session_id, revision, workspace_id, kind_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+           "RETURNING pk")
 _REVIVE = ("UPDATE entry SET id = ?, metadata = ?, capabilities = ?, definition = ?, target = ?, created_at = ?, "
-           "updated_at = ?, last_seen_at = ?, owner_session_id = ?, hidden = 0, ephemeral = 0, fence = 0, "
-           "selected_at = NULL, selected_count = 0 WHERE pk = ?")
+           "updated_at = ?, last_seen_at = ?, owner_session_id = ?, revision = ?, hidden = 0, ephemeral = 0, "
+           "fence = 0, selected_at = NULL, selected_count = 0 WHERE pk = ?")
 _REPLACE = ("UPDATE entry SET definition = ?, target = ?, capabilities = ?, metadata = ?, updated_at = ?, "
             "owner_session_id = ? WHERE pk = ?")
 _DROP_CAPABILITIES = "DELETE FROM entry_capability WHERE entry_pk = ?"
@@ -360,19 +361,29 @@ class Definitions:
         now = time.time()
         capabilities_text = json.dumps(item.capabilities)
         if local is None or local[2]:  # new here (or our tombstone: registering makes the name ours again)
+            # The event first, so the row is written once, carrying its revision; the entry returned is
+            # what was written (no read back inside the lock, which the other writers wait on).
             entry_id = str(ULID())
-            values = (entry_id, item.metadata_text or "{}", capabilities_text, item.definition_text, item.target,
-                      now, now, now, owner)
+            rev = self._store.append(tx, "register", workspace=ws, kind=item.kind, name=item.name,
+                                     entry_id=entry_id, at=now, definition=_loads(item.definition_text),
+                                     target=item.target, capabilities=item.capabilities,
+                                     **_provenance(item, owner))
+            metadata_text = item.metadata_text or "{}"
+            values = (entry_id, metadata_text, capabilities_text, item.definition_text, item.target,
+                      now, now, now, owner, rev)
             if local is None:
                 pk = tx.execute(_INSERT, (*values, ws_id, kind_id, item.name)).fetchone()[0]
+                # A new row has no capabilities yet: the old ones of a reused pk went with their entry.
+                _add_capabilities(tx, pk, item.capabilities)
             else:
                 pk = local[0]
                 tx.execute(_REVIVE, (*values, pk))
-            _set_capabilities(tx, pk, item.capabilities)
-            self._store.record(tx, "register", workspace=ws, kind=item.kind, name=item.name, entry_id=entry_id,
-                               at=now, definition=_loads(item.definition_text), target=item.target,
-                               capabilities=item.capabilities, **_provenance(item, owner))
-            return entry_by_pk(tx, pk)
+                _set_capabilities(tx, pk, item.capabilities)
+            moment = utc(now)
+            return Entry(id=entry_id, name=item.name, kind=item.kind, workspace=ws,
+                         metadata=frozen_json(metadata_text), capabilities=frozenset(item.capabilities),
+                         definition=frozen_json_or_none(item.definition_text), target=item.target,
+                         created_at=moment, updated_at=moment, last_seen_at=moment, revision=rev)
         pk, entry_id, _, definition, target, capabilities, metadata, current_owner = local
         # "Registered" means someone said what this entry is; an entry that was only resolved is
         # an identity waiting for its definition, so filling it in is no conflict.
@@ -572,6 +583,10 @@ def _kinds_unchanged(tx: Tx, prepared: list[_Prepared]) -> bool:
 
 def _set_capabilities(tx: Tx, pk: int, capabilities: list[str]) -> None:
     tx.execute(_DROP_CAPABILITIES, (pk,))
+    _add_capabilities(tx, pk, capabilities)
+
+
+def _add_capabilities(tx: Tx, pk: int, capabilities: list[str]) -> None:
     for capability in capabilities:
         tx.execute(_ADD_CAPABILITY, (capability, pk))
 
