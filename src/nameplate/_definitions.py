@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ulid import ULID
-
 from . import _entry_health, _layers, _strategies
 from ._dotted import AttributeMissing, ImportFailed, load_dotted
+from ._ids import new_id
 from ._kind_schema import (
     Kind,
     broken_by,
@@ -363,7 +362,7 @@ class Definitions:
         if local is None or local[2]:  # new here (or our tombstone: registering makes the name ours again)
             # The event first, so the row is written once, carrying its revision; the entry returned is
             # what was written (no read back inside the lock, which the other writers wait on).
-            entry_id = str(ULID())
+            entry_id = new_id()
             rev = self._store.append(tx, "register", workspace=ws, kind=item.kind, name=item.name,
                                      entry_id=entry_id, at=now, definition=_loads(item.definition_text),
                                      target=item.target, capabilities=item.capabilities,

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from ulid import ULID
-
 from . import _patterns
+from ._ids import new_id
 from ._liveness import HOSTNAME
 from ._readcache import ReadCache
 from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
@@ -237,10 +236,16 @@ class Store:
                **detail: Any) -> int:
         """:meth:`record` without the stamp, for a writer that puts the revision on the row itself
         (a create inserts its entry after its event: one UPDATE fewer on the hottest write)."""
+        return self.append_text(tx, action, json.dumps(detail, sort_keys=True, default=str), workspace=workspace,
+                                kind=kind, name=name, entry_id=entry_id, at=at)
+
+    def append_text(self, tx: Tx, action: str, detail_text: str, *, workspace: str | None = None,
+                    kind: str | None = None, name: str | None = None, entry_id: str | None = None,
+                    at: float | None = None) -> int:
+        """:meth:`append` with the detail already encoded as a JSON object."""
         session_id, actor = self._actor()
         return int(tx.execute(_INSERT_EVENT, (time.time() if at is None else at, action, workspace, kind, name,
-                                              entry_id, session_id, actor,
-                                              json.dumps(detail, sort_keys=True, default=str))).fetchone()[0])
+                                              entry_id, session_id, actor, detail_text)).fetchone()[0])
 
     def record_many(self, tx: Tx, action: str, items: Iterable[tuple[str, str, str, str]], **detail: Any) -> None:
         """Append one event per ``(workspace, kind, name, entry_id)`` of ``items``, all with the same
@@ -486,10 +491,14 @@ class Store:
                 metadata: dict[str, Any], now: float, *, owner_session_id: str | None,
                 ephemeral: bool) -> tuple[str, int, int]:
         """Insert (or revive) the entry after its create event: ``(id, pk, revision)``."""
-        metadata_text = canonical_json(metadata)
-        entry_id = str(ULID())
-        rev = self.append(tx, "create", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
-                          metadata=metadata, **({"ephemeral": True, "session": owner_session_id} if ephemeral else {}))
+        metadata_text = canonical_json(metadata) if metadata else "{}"
+        entry_id = new_id()
+        if ephemeral:
+            rev = self.append(tx, "create", workspace=workspace, kind=kind, name=name, entry_id=entry_id, at=now,
+                              metadata=metadata, ephemeral=True, session=owner_session_id)
+        else:  # the common create: its detail is the metadata just encoded (valid JSON, sorted keys)
+            rev = self.append_text(tx, "create", f'{{"metadata": {metadata_text}}}', workspace=workspace,
+                                   kind=kind, name=name, entry_id=entry_id, at=now)
         inserted = tx.execute(_INSERT_ENTRY, (entry_id, workspace_id, kind_id, name, metadata_text, now, now, now,
                                               owner_session_id, int(ephemeral), rev)).fetchone()
         if inserted is not None:

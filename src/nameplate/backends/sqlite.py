@@ -390,9 +390,7 @@ class SqliteBackend(Backend):
                 if not is_busy(error):
                     raise
                 if self.use_sqlite_busy_handler:
-                    raise RegistryBusyError(f"{self.path} stayed busy past SQLite's busy timeout",
-                                            path=str(self.path), waited=self.timeout,
-                                            timeout=self.timeout) from None
+                    raise self._busy_past_sqlite_handler() from None
                 now = time.monotonic()
                 if started is None:
                     started = now
@@ -406,18 +404,33 @@ class SqliteBackend(Backend):
                 time.sleep(min(sleep * random.uniform(0.5, 1.5), self.timeout - waited))
                 sleep = min(sleep * 2, _MAX_SLEEP)
 
+    def _busy_past_sqlite_handler(self) -> RegistryBusyError:
+        return RegistryBusyError(f"{self.path} stayed busy past SQLite's busy timeout", path=str(self.path),
+                                 waited=self.timeout, timeout=self.timeout)
+
+    def _execute_retrying(self, conn: sqlite3.Connection, statement: str, what: str) -> None:
+        """``_retry`` of one statement, run once first without the loop's frames (the uncontended case)."""
+        try:
+            conn.execute(statement)
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+            if self.use_sqlite_busy_handler:  # SQLite's handler already waited the whole timeout
+                raise self._busy_past_sqlite_handler() from None
+            self._retry(lambda: conn.execute(statement), what=what)
+
     @contextmanager
     def write(self) -> Iterator[Tx]:
         conn = self.connection()
         if conn.in_transaction:
             raise RuntimeError("nameplate write transactions do not nest")
         try:
-            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+            self._execute_retrying(conn, "BEGIN IMMEDIATE", "the write lock")
         except sqlite3.Error as error:
             raise self.translate(error) from None
         try:
             yield conn
-            self._retry(lambda: conn.execute("COMMIT"), what="the commit")
+            self._execute_retrying(conn, "COMMIT", "the commit")
             self.commits += 1  # read caches of this process's other threads compare it (commit_signal)
         except BaseException as error:
             if conn.in_transaction:
