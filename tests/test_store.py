@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -333,3 +334,19 @@ def test_listed_entries_carry_the_revision_a_read_of_each_gives(registry: Regist
     listed = registry.list("node")
     assert [e.revision for e in listed] == [registry.get(e.name, "node").revision for e in listed]  # type: ignore[union-attr]
     assert len({e.revision for e in listed}) == 3 and all(e.revision > 0 for e in listed)
+
+
+def test_listed_entries_equal_their_reads_field_for_field(registry: Registry) -> None:
+    """A listing builds its entries without the dataclass __init__ (decode_entries): same values, same
+    behaviour (frozen, replaceable)."""
+    registry.resolve("plain", "node")
+    registry.resolve("meta", "node", {"nested": {"list": [1, 2]}, "x": "é"})
+    registry.register("Step1", "step", {"sagemaker_step_type": "Processing"}, target="os.path:join",
+                      capabilities=["gpu", "cpu"], metadata={"team": "ml"})
+    listed = registry.list()
+    assert listed == [registry.get(e.name, e.kind) for e in listed]
+    assert [type(e) for e in listed] == [Entry] * len(listed)
+    first = listed[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.name = "other"  # type: ignore[misc]
+    assert dataclasses.replace(first, name="other").name == "other"

@@ -26,7 +26,7 @@ from . import _patterns
 from ._ids import new_id
 from ._liveness import HOSTNAME
 from ._readcache import ReadCache
-from ._records import Entry, frozen_json, frozen_json_or_none, string_set, utc
+from ._records import Entry, fill_entry, frozen_json, frozen_json_or_none, string_set, utc
 from ._validation import canonical_json, check_name
 from .backends.base import Backend, Tx
 from .errors import (
@@ -154,22 +154,25 @@ def decode_entries(rows: Iterable[Sequence[Any]]) -> list[Entry]:
     of a 10k listing's time was building the entries."""
     sets: dict[str, frozenset[str]] = {}
     times: dict[float, datetime] = {}
-    entries = []
+    entries: list[Entry] = []
+    append, fill, empty = entries.append, fill_entry, frozen_json("{}")
     for (_, entry_id, name, kind, workspace, metadata, capabilities, definition, target, created, updated, seen,
          revision) in rows:
         caps = sets.get(capabilities)
         if caps is None:
             caps = sets[capabilities] = string_set(capabilities)
-        moments = []
-        for stamp in (created, updated, seen):
-            moment = times.get(stamp)
-            if moment is None:
-                moment = times[stamp] = utc(stamp)
-            moments.append(moment)
-        entries.append(Entry(id=entry_id, name=name, kind=kind, workspace=workspace, metadata=frozen_json(metadata),
-                             capabilities=caps, definition=frozen_json_or_none(definition), target=target,
-                             created_at=moments[0], updated_at=moments[1], last_seen_at=moments[2],
-                             revision=revision))
+        created_at = times.get(created)
+        if created_at is None:
+            created_at = times[created] = utc(created)
+        updated_at = times.get(updated)
+        if updated_at is None:
+            updated_at = times[updated] = utc(updated)
+        seen_at = times.get(seen)
+        if seen_at is None:
+            seen_at = times[seen] = utc(seen)
+        append(fill(entry_id, name, kind, workspace, empty if metadata == "{}" else frozen_json(metadata),
+                    created_at, updated_at, seen_at, caps, target,
+                    None if definition is None else frozen_json(definition), revision))
     return entries
 
 
