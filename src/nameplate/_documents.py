@@ -389,6 +389,7 @@ class _Staged:
         self.shape_problems: list[str] = []
         self.count = 0
         self._indexed = False
+        self._stamps: dict[str, float] = {}
 
     def add(self, index: int, entry: Any) -> None:
         """Check one entry on its own (nothing that depends on the registry or the other entries)."""
@@ -397,9 +398,11 @@ class _Staged:
             if not self.shape_problems or not self.shape_problems[0].startswith('"entries"'):
                 self.shape_problems.insert(0, "\"entries\" must be a list of objects")
             return
-        _unknown_fields(entry, _ENTRY_FIELDS, f"entries[{index}]", self.shape_problems)
+        if not entry.keys() <= _ENTRY_FIELDS:
+            _unknown_fields(entry, _ENTRY_FIELDS, f"entries[{index}]", self.shape_problems)
         problems: list[str] = []
-        where = f"entries[{index}] ({entry.get('kind')} {entry.get('name')!r})"
+        # Built only for a problem: a million entries were spending a second formatting it.
+        where = _Where(index, entry)
         try:
             name = check_name(entry.get("name"))
             kind = check_kind_name(entry.get("kind"))
@@ -408,14 +411,15 @@ class _Staged:
             return
         entry_id = entry.get("id")
         if not (isinstance(entry_id, str) and _ULID_TEXT.fullmatch(entry_id)):
-            _check_id(entry_id, where, problems)
+            _check_id(entry_id, str(where), problems)
         workspace = entry.get("workspace")
         if not isinstance(workspace, str):
             problems.append(f"{where}: workspace {workspace!r} does not exist and is not in the file")
             workspace = None
         metadata = capabilities = target = None
         try:
-            metadata = encode_object(entry.get("metadata", {}))
+            given = entry.get("metadata", {})
+            metadata = "{}" if type(given) is dict and not given else encode_object(given)
             listed = entry.get("capabilities")
             capabilities = json.dumps(check_capabilities(listed)) if listed else "[]"
             if entry.get("target") is not None:
@@ -423,13 +427,26 @@ class _Staged:
         except InvalidInputError as error:
             problems.append(f"{where}: {error}")
         definition = entry.get("definition")
-        stamps = [_parse_stamp(entry.get(stamp), f"{where}.{stamp}", problems)
+        stamps = [self._stamp(entry.get(stamp), where, stamp, problems)
                   for stamp in ("created_at", "updated_at", "last_seen_at")]
         self.problems.extend((index, problem) for problem in problems)
         self._batch.append((index, entry_id if isinstance(entry_id, str) else None, workspace, kind, name, metadata,
                             capabilities, None if definition is None else json.dumps(definition), target, *stamps))
         if len(self._batch) >= 5000:
             self._flush()
+
+    def _stamp(self, value: Any, where: _Where, stamp: str, problems: list[str]) -> float:
+        """:func:`_parse_stamp`, remembering the last few texts: an entry's three times are often one,
+        and entries made together share them."""
+        known = self._stamps.get(value) if type(value) is str else None
+        if known is not None:
+            return known
+        parsed = _parse_stamp(value, f"{where}.{stamp}", problems)
+        if type(value) is str and value.endswith("Z"):
+            if len(self._stamps) >= 4096:
+                self._stamps.clear()
+            self._stamps[value] = parsed
+        return parsed
 
     def _flush(self) -> None:
         self._conn.executemany(f"INSERT INTO staged VALUES ({', '.join('?' * 12)})", self._batch)
@@ -531,6 +548,18 @@ def _opened(path: Path) -> Iterator[TextIO]:
             yield handle
         except OSError as error:
             raise _unreadable(path, error) from None
+
+
+class _Where:
+    """``entries[i] (kind 'name')``, the place a problem names, formatted only when one is reported."""
+
+    __slots__ = ("index", "entry")
+
+    def __init__(self, index: int, entry: Mapping[str, Any]) -> None:
+        self.index, self.entry = index, entry
+
+    def __str__(self) -> str:
+        return f"entries[{self.index}] ({self.entry.get('kind')} {self.entry.get('name')!r})"
 
 
 def _unknown_fields(item: Mapping[str, Any], allowed: frozenset[str], where: str, problems: list[str]) -> None:
