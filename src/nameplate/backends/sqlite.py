@@ -37,6 +37,7 @@ from ..errors import (
     StorageError,
 )
 from . import _held_files
+from ._writer_line import WriterLine
 from .base import Backend, Checkpoint, Tx
 
 T = TypeVar("T")
@@ -303,6 +304,7 @@ class SqliteBackend(Backend):
         self.commits = 0
         self._wal_index: mmap.mmap | None = None
         self.checkpointer = Checkpointer(self.path)
+        self.writer_line = WriterLine(self.path)
         self.peewee = _TrackedSqliteDatabase(
             str(self.path),
             timeout=self.timeout if self.use_sqlite_busy_handler else 0,  # see the module docstring
@@ -358,6 +360,7 @@ class SqliteBackend(Backend):
         if self._pid != os.getpid():
             return
         self.checkpointer.stop()
+        self.writer_line.close()
         if self._close_connections():
             _held_files.leave(self._file_key)
         # else a handle stays open, and may hold locks: the file stays counted as held for good.
@@ -424,20 +427,24 @@ class SqliteBackend(Backend):
         conn = self.connection()
         if conn.in_transaction:
             raise RuntimeError("nameplate write transactions do not nest")
+        place = self.writer_line.enter()  # this host's writers in arrival order (_writer_line)
         try:
-            self._execute_retrying(conn, "BEGIN IMMEDIATE", "the write lock")
-        except sqlite3.Error as error:
-            raise self.translate(error) from None
-        try:
-            yield conn
-            self._execute_retrying(conn, "COMMIT", "the commit")
-            self.commits += 1  # read caches of this process's other threads compare it (commit_signal)
-        except BaseException as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(error, sqlite3.Error):
-                raise self.translate(error) from error
-            raise
+            try:
+                self._execute_retrying(conn, "BEGIN IMMEDIATE", "the write lock")
+            except sqlite3.Error as error:
+                raise self.translate(error) from None
+            try:
+                yield conn
+                self._execute_retrying(conn, "COMMIT", "the commit")
+                self.commits += 1  # read caches of this process's other threads compare it (commit_signal)
+            except BaseException as error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(error, sqlite3.Error):
+                    raise self.translate(error) from error
+                raise
+        finally:
+            self.writer_line.leave(place)
         if self._wal_backlog() >= CHECKPOINT_FRAMES:
             self.checkpointer.wake()
 
