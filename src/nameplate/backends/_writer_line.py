@@ -36,11 +36,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import queue
 import struct
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import psutil
@@ -117,6 +116,42 @@ class Place:
         self.slot = slot
 
 
+class _Helper:
+    """A daemon thread that blocks on one byte at a time for a writer, so the writer can stop waiting at
+    a deadline (a blocking lock call has none). A daemon, because one blocked on a stopped writer must
+    not keep its process from exiting."""
+
+    def __init__(self, path: str) -> None:
+        self.busy = False
+        self._requests: queue.SimpleQueue[tuple[int, threading.Event, list[OSError]] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, args=(path,), name="nameplate-line", daemon=True).start()
+
+    def wait_for(self, byte: int, deadline: float) -> bool:
+        """Whether ``byte`` was free before ``deadline``; the helper stays busy until it is."""
+        done, failed = threading.Event(), list[OSError]()
+        self.busy = True
+        self._requests.put((byte, done, failed))
+        return done.wait(max(0.0, deadline - time.monotonic())) and not failed
+
+    def stop(self) -> None:
+        """End the thread once it is done with what it waits for now, if anything."""
+        self._requests.put(None)
+
+    def _run(self, path: str) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            byte, done, failed = request
+            try:
+                _wait_until_free(path, byte)
+            except OSError as error:  # the file went away or was replaced: the writer goes on without it
+                failed.append(error)
+            finally:
+                self.busy = False
+                done.set()
+
+
 class WriterLine:
     """The line of one database file for this process (see the module docstring)."""
 
@@ -127,15 +162,14 @@ class WriterLine:
         self._fd = self._probe = -1
         self._disabled = _SETLK is None
         self._turn = threading.Lock()
-        self._helpers: ThreadPoolExecutor | None = None
-        #: Helpers' waits not finished yet (only touched by the thread whose turn it is).
-        self._pending: list[Future[None]] = []
+        #: This process's helpers (only touched by the thread whose turn it is).
+        self._helpers: list[_Helper] = []
 
     def _ready(self) -> bool:
         if self._disabled:
             return False
         if self._pid != os.getpid():  # first use, or a forked child: descriptors of its own
-            self._pid, self._turn, self._helpers, self._pending = os.getpid(), threading.Lock(), None, []
+            self._pid, self._turn, self._helpers = os.getpid(), threading.Lock(), []
             try:
                 self._fd, self._probe = _open(self._path), _open(self._path)
                 _lock(self._fd, fcntl.F_UNLCK, 0, wait=False)  # does this file system know OFD locks?
@@ -190,20 +224,15 @@ class WriterLine:
         if _lock(probe, fcntl.F_RDLCK, byte, wait=False):
             _lock(probe, fcntl.F_UNLCK, byte, wait=False)
             return True  # the usual case in a short line: no thread
-        self._pending = [helper for helper in self._pending if not helper.done()]
-        if self._stopped(byte) or len(self._pending) >= _WAITERS:
-            return False  # never queue for a helper: each one left is blocked on a stopped writer
-        if self._helpers is None:
-            self._helpers = ThreadPoolExecutor(_WAITERS, thread_name_prefix="nameplate-line")
-        waiting = self._helpers.submit(_wait_until_free, self._path, byte)
-        self._pending.append(waiting)
-        try:
-            waiting.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            return False  # the helper stays blocked until that writer resumes or dies, then finishes
-        except OSError:
-            return False  # the file went away or was replaced under the line: order no more, write on
-        return True
+        if self._stopped(byte):
+            return False
+        helper = next((h for h in self._helpers if not h.busy), None)
+        if helper is None:
+            if len(self._helpers) >= _WAITERS:
+                return False  # never queue for a helper: each busy one is blocked on a stopped writer
+            helper = _Helper(self._path)
+            self._helpers.append(helper)
+        return helper.wait_for(byte, deadline)
 
     def _stopped(self, byte: int) -> bool:
         """Whether the writer holding slot ``byte`` is a stopped process (``SIGSTOP``, a debugger)."""
@@ -231,9 +260,9 @@ class WriterLine:
                 if fd >= 0:
                     _close(fd)
         self._fd = self._probe = self._pid = -1
-        if self._helpers is not None:
-            self._helpers.shutdown(wait=False, cancel_futures=True)
-            self._helpers = None
+        for helper in self._helpers:
+            helper.stop()
+        self._helpers = []
 
 
 def _close_inherited_descriptors() -> None:
