@@ -214,6 +214,7 @@ def test_log_follow_prints_new_events_from_other_processes(db_path: Path, as_jso
 
 def test_workspace_commands(cli) -> None:  # type: ignore[no-untyped-def]
     assert "created workspace dev1" in cli("workspace", "create", "dev1")
+    assert "already exists over core" in cli("workspace", "create", "dev1", "--exist-ok")
     cli("workspace", "create", "dev2", "--description", "Grace's")
     cli("-w", "dev1", "resolve", "x", "-k", "node")
     assert [w["name"] for w in json.loads(cli("--json", "workspace", "ls"))] == ["core", "dev1", "dev2"]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from nameplate import (
     EntryNotFoundError,
+    InvalidInputError,
     InvalidNameError,
     LeaseHeldError,
     NameTakenError,
@@ -324,3 +325,20 @@ def test_creating_a_workspace_costs_the_same_however_many_there_are(registry: Re
     assert registry.create_workspace("sibling", parent).depth == 301
     listed = {w.name: w for w in registry.workspaces()}
     assert listed["deepest"].depth == 301 and listed[parent].children == ("deepest", "sibling")
+
+
+def test_creating_a_workspace_that_exists_is_fine_with_exist_ok_over_the_same_parent(registry: Registry) -> None:
+    created = registry.create_workspace("team", description="ours")
+    registry.resolve("x", "node", workspace="team")
+    again = registry.create_workspace("team", exist_ok=True)
+    assert (again.name, again.parent, again.description, again.entries) == ("team", "core", "ours", 1)
+    assert again.created_at == created.created_at
+    with pytest.raises(NameTakenError):
+        registry.create_workspace("team")
+    registry.create_workspace("other")
+    before = registry.revision
+    with pytest.raises(NameTakenError, match="over another parent"):
+        registry.create_workspace("team", parent="other", exist_ok=True)
+    with pytest.raises(InvalidInputError):
+        registry.create_workspace("fresh", exist_ok="yes")  # type: ignore[arg-type]
+    assert registry.revision == before and "fresh" not in {w.name for w in registry.workspaces()}

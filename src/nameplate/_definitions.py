@@ -133,14 +133,17 @@ class Definitions:
 
     # -- workspaces ------------------------------------------------------------------------------
 
-    def create_workspace(self, name: str, parent: str = "core", description: str = "") -> WorkspaceInfo:
+    def create_workspace(self, name: str, parent: str = "core", description: str = "", *,
+                         exist_ok: bool = False) -> WorkspaceInfo:
         self._ws(None)
         check_workspace_name(name)
         check_workspace_name(parent)
         if not isinstance(description, str):
             raise InvalidInputError(f"description must be a string, not {type(description).__name__}")
+        if not isinstance(exist_ok, bool):
+            raise InvalidInputError(f"exist_ok must be True or False, not {exist_ok!r}", exist_ok=repr(exist_ok))
         with self._backend.write() as tx:
-            return _layers.create_workspace(tx, self._store, name, parent, description)
+            return _layers.create_workspace(tx, self._store, name, parent, description, exist_ok)
 
     def workspaces(self) -> list[WorkspaceInfo]:
         self._ws(None)

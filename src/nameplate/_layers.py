@@ -126,13 +126,19 @@ class Conflict:
                 "details": self.details}
 
 
-def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: str) -> WorkspaceInfo:
+def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: str,
+                     exist_ok: bool = False) -> WorkspaceInfo:
     """Create a workspace over ``parent`` and return it, in a constant number of statements: its
-    closure rows are the parent's plus itself (one INSERT ... SELECT), nothing else is read."""
+    closure rows are the parent's plus itself (one INSERT ... SELECT), nothing else is read. With
+    ``exist_ok`` a workspace of that name over that same parent is returned as it is."""
     check_workspace_name(name)
     parent_id = store.workspace_id(tx, parent)
-    if tx.execute("SELECT 1 FROM workspace WHERE name = ?", (name,)).fetchone() is not None:
-        raise NameTakenError(f"workspace {name!r} already exists; pick another name or delete it first",
+    existing = tx.execute("SELECT parent_id FROM workspace WHERE name = ?", (name,)).fetchone()
+    if existing is not None:
+        if exist_ok and existing[0] == parent_id:
+            return next(info for info in list_workspaces(store.backend) if info.name == name)
+        over = "" if not exist_ok else " over another parent"
+        raise NameTakenError(f"workspace {name!r} already exists{over}; pick another name or delete it first",
                              workspace=name)
     now = time.time()
     new_id = tx.execute("INSERT INTO workspace (name, parent_id, description, created_at) VALUES (?, ?, ?, ?) "

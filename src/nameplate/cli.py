@@ -902,13 +902,16 @@ def workspace_tree(settings: Settings) -> None:
 @click.option("--parent", default="core", show_default=True, shell_complete=complete_workspace,
               help="The workspace it layers over.")
 @click.option("--description", default="", help="What the workspace is for.")
+@click.option("--exist-ok", is_flag=True, help="Succeed if it already exists over PARENT.")
 @pass_settings
 @handle_errors
-def workspace_create(settings: Settings, name: str, parent: str, description: str) -> None:
+def workspace_create(settings: Settings, name: str, parent: str, description: str, exist_ok: bool) -> None:
     """Create a workspace over PARENT."""
     with settings.open() as registry:
-        info = registry.create_workspace(name, parent, description)
-    emit(settings, info.to_dict(), lambda: click.echo(f"created workspace {name} over {parent}"))
+        existed = exist_ok and any(w.name == name for w in registry.workspaces())  # only for the message
+        info = registry.create_workspace(name, parent, description, exist_ok=exist_ok)
+    done = "workspace {} already exists over {}" if existed else "created workspace {} over {}"
+    emit(settings, info.to_dict(), lambda: click.echo(done.format(name, parent)))
 
 
 @workspace.command("rm")

@@ -414,11 +414,13 @@ class Registry:
 
     # -- definitions (see _definitions.py) -------------------------------------
 
-    def create_workspace(self, name: str, parent: str = "core", description: str = "") -> WorkspaceInfo:
+    def create_workspace(self, name: str, parent: str = "core", description: str = "", *,
+                         exist_ok: bool = False) -> WorkspaceInfo:
         """Create a layer over ``parent``. Reads in it see its own rows over its ancestors', never a
-        sibling's. :class:`NameTakenError` if it exists, :class:`UnknownWorkspaceError` if the parent
-        does not."""
-        return self._definitions.create_workspace(name, parent, description)
+        sibling's. :class:`NameTakenError` if it exists (with ``exist_ok=True``, only if it exists over
+        another parent; over this one it is returned as it is), :class:`UnknownWorkspaceError` if the
+        parent does not."""
+        return self._definitions.create_workspace(name, parent, description, exist_ok=exist_ok)
 
     def workspaces(self) -> builtins.list[WorkspaceInfo]:
         """Every workspace, by name, with its parent, depth, children and row counts."""
