@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import pct  # scripts/ is on sys.path when a script in it runs
 from nameplate import Registry
 from nameplate.compat.pipeline import Pipeline
 
@@ -66,11 +67,6 @@ def _worker(barrier: Any, results: Any, index: int, path: str, seconds: float, r
         results.put((index, {"latencies": latencies, "errors": errors}))
     except BaseException as error:
         results.put((index, {"latencies": latencies, "errors": errors + [repr(error)]}))
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def run(path: Path, processes: int, seconds: float, rate: float) -> dict[str, Any]:
