@@ -184,3 +184,19 @@ def test_without_ofd_locks_there_is_no_line_and_writes_go_on(db_path: Path,
         assert registry._backend.writer_line.enter() is None  # type: ignore[attr-defined]
         assert registry.resolve("a", "node") == registry.lookup("a", "node")
     assert not Path(f"{db_path}-line").exists()
+
+
+def test_a_writer_alone_never_queues_and_a_newcomer_queues_behind_an_occupied_line(
+        db_path: Path, members: _Members) -> None:
+    with Registry(db_path) as registry:
+        for i in range(50):
+            registry.resolve(f"alone{i}", "node")
+        assert _tickets(db_path) == 0  # the lock was free every time: no ticket taken
+        holder = members.start("holder")  # in the line, though it never takes SQLite's lock
+        members.turn(holder)
+        registry.resolve("newcomer", "node")  # the lock is free, but someone is queued: queue too
+        assert _tickets(db_path) == 2
+        members.release(holder)
+        assert holder.wait(timeout=30) == 0
+        registry.resolve("alone-again", "node")
+        assert _tickets(db_path) == 2

@@ -9,6 +9,9 @@ this project's 2-core machine, while the lock changed hands every 0.4 ms.
 The line orders them, as a ticket lock does, with open file description (OFD) locks on a file beside
 the database (``<db>-line``):
 
+* a writer that finds the line empty (the newest ticket's slot free: one ``F_OFD_GETLK``) tries the
+  lock at once, and alone it never does more; one that finds the lock taken, or the line occupied,
+  queues;
 * byte 0 guards the ticket counter (at offset :data:`_COUNTER`): a writer locks it, reads and bumps
   the counter, locks its own slot byte ``1 + ticket % SLOTS`` and lets byte 0 go, all in a few
   microseconds;
@@ -16,7 +19,10 @@ the database (``<db>-line``):
   blocking in the kernel (in a helper thread, so the wait can end at a deadline), runs its
   transaction, and frees its own slot, which wakes exactly the next writer.
 
-Same workload with the line: p99 6-9 ms, max 12-15 ms, at about the same throughput.
+Same workload with the line: p99 7-9 ms, max 20-24 ms. A strict line costs throughput on an
+oversubscribed machine (the next writer must be scheduled before anyone writes); letting every
+writer try the lock first kept the throughput but gave back most of the tail (p99 11-12 ms, and
+47 ms for acquire + release). Queueing only behind a non-empty line is the middle.
 
 The line only orders; SQLite's lock still decides, so a writer that does not use the line (the
 ``sqlite3`` shell, a process with the line unavailable) stays correct, it just does not queue. Nothing
@@ -65,6 +71,7 @@ _WAITERS = 4
 
 _STOPPED = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP})
 _SETLK = getattr(fcntl, "F_OFD_SETLK", None)
+_GETLK = getattr(fcntl, "F_OFD_GETLK", None)
 _SETLKW = getattr(fcntl, "F_OFD_SETLKW", None)
 #: struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
 _FLOCK = "hhqqi4x"
@@ -160,7 +167,7 @@ class WriterLine:
         self._patience = patience
         self._pid = -1
         self._fd = self._probe = -1
-        self._disabled = _SETLK is None
+        self._disabled = None in (_SETLK, _SETLKW, _GETLK)
         self._turn = threading.Lock()
         #: This process's helpers (only touched by the thread whose turn it is).
         self._helpers: list[_Helper] = []
@@ -177,6 +184,22 @@ class WriterLine:
                 self._disabled = True
                 return False
         return True
+
+    def occupied(self) -> bool:
+        """Whether a writer holds the newest ticket's slot (the line is not empty): then a newcomer
+        queues behind it rather than try the lock first. Two system calls, no lock taken."""
+        if not self._ready():
+            return False
+        raw = os.pread(self._fd, 8, _COUNTER)
+        if len(raw) != 8:
+            return False
+        newest = struct.unpack("q", raw)[0] - 1
+        if newest < 0:
+            return False
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 1 + newest % SLOTS, 1, 0)
+        assert _GETLK is not None
+        holder: int = struct.unpack(_FLOCK, fcntl.fcntl(self._probe, _GETLK, probe))[0]
+        return holder != fcntl.F_UNLCK
 
     def enter(self) -> Place | None:
         """Wait for this writer's turn (at most about ``patience`` in each step); ``None`` when it goes

@@ -37,7 +37,7 @@ from ..errors import (
     StorageError,
 )
 from . import _held_files
-from ._writer_line import WriterLine
+from ._writer_line import Place, WriterLine
 from .base import Backend, Checkpoint, Tx
 
 T = TypeVar("T")
@@ -422,15 +422,37 @@ class SqliteBackend(Backend):
                 raise self._busy_past_sqlite_handler() from None
             self._retry(lambda: conn.execute(statement), what=what)
 
+    def _begin_immediate(self, conn: sqlite3.Connection) -> Place | None:
+        """Take the write lock: at once when it is free (no line, no system call of ours), else in
+        this host's line of writers (``_writer_line``), retrying until the turn comes and the lock is
+        free. Returns the place in the line, to give back after the transaction."""
+        line = self.writer_line
+        if not line.occupied():
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return None
+            except sqlite3.OperationalError as error:
+                if not is_busy(error):
+                    raise
+                if self.use_sqlite_busy_handler:  # SQLite's handler already waited the whole timeout
+                    raise self._busy_past_sqlite_handler() from None
+        place = line.enter()
+        try:
+            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), what="the write lock")
+        except BaseException:
+            self.writer_line.leave(place)
+            raise
+        return place
+
     @contextmanager
     def write(self) -> Iterator[Tx]:
         conn = self.connection()
         if conn.in_transaction:
             raise RuntimeError("nameplate write transactions do not nest")
-        place = self.writer_line.enter()  # this host's writers in arrival order (_writer_line)
+        place = None
         try:
             try:
-                self._execute_retrying(conn, "BEGIN IMMEDIATE", "the write lock")
+                place = self._begin_immediate(conn)
             except sqlite3.Error as error:
                 raise self.translate(error) from None
             try:
