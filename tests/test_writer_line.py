@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +64,10 @@ sys.stdin.read()
 
 
 def _tickets(database: Path) -> int:
-    raw = (Path(f"{database}-line").read_bytes() + bytes(136))[128:136]
+    line = Path(f"{database}-line")
+    if not line.exists():
+        return 0  # no writer ever met a busy lock here
+    raw = (line.read_bytes() + bytes(136))[128:136]
     return int(struct.unpack("q", raw)[0])
 
 
@@ -186,17 +192,29 @@ def test_without_ofd_locks_there_is_no_line_and_writes_go_on(db_path: Path,
     assert not Path(f"{db_path}-line").exists()
 
 
-def test_a_writer_alone_never_queues_and_a_newcomer_queues_behind_an_occupied_line(
+def test_a_writer_alone_never_queues_and_one_that_met_a_busy_lock_queues_behind_an_occupied_line(
         db_path: Path, members: _Members) -> None:
     with Registry(db_path) as registry:
+        backend: Any = registry._backend
         for i in range(50):
             registry.resolve(f"alone{i}", "node")
         assert _tickets(db_path) == 0  # the lock was free every time: no ticket taken
         holder = members.start("holder")  # in the line, though it never takes SQLite's lock
         members.turn(holder)
-        registry.resolve("newcomer", "node")  # the lock is free, but someone is queued: queue too
+        registry.resolve("unaware", "node")  # it met no busy lock lately: it tries the lock, gets it
+        assert _tickets(db_path) == 1
+        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")  # a writer outside the line holds the lock for a moment
+        threading.Timer(0.2, lambda: blocker.execute("COMMIT")).start()
+        registry.resolve("met-busy", "node")  # busy: it queues (behind the holder, for the patience)
         assert _tickets(db_path) == 2
-        members.release(holder)
-        assert holder.wait(timeout=30) == 0
-        registry.resolve("alone-again", "node")
-        assert _tickets(db_path) == 2
+        assert backend._contended_until > time.monotonic()
+        blocker.close()
+        waiting = members.start("waiting")  # the newest ticket's holder is in the line now
+        # As just after that busy lock (starting the process took longer than the 0.1 s window):
+        backend._contended_until = time.monotonic() + 60
+        registry.resolve("next", "node")  # the lock is free, but the line is occupied: it queues
+        assert _tickets(db_path) == 4     # rather than overtake
+        for member in (holder, waiting):
+            members.release(member)
+            assert member.wait(timeout=30) == 0

@@ -9,9 +9,9 @@ this project's 2-core machine, while the lock changed hands every 0.4 ms.
 The line orders them, as a ticket lock does, with open file description (OFD) locks on a file beside
 the database (``<db>-line``):
 
-* a writer that finds the line empty (the newest ticket's slot free: one ``F_OFD_GETLK``) tries the
-  lock at once, and alone it never does more; one that finds the lock taken, or the line occupied,
-  queues;
+* a writer tries the lock at once when it met no busy lock in the last 0.1 s (then it never touches
+  the line), or when the line is empty (the newest ticket's slot is free: one ``F_OFD_GETLK``); one
+  that finds the lock taken, or the line occupied, queues;
 * byte 0 guards the ticket counter (at offset :data:`_COUNTER`): a writer locks it, reads and bumps
   the counter, locks its own slot byte ``1 + ticket % SLOTS`` and lets byte 0 go, all in a few
   microseconds;

@@ -131,6 +131,8 @@ class _TrackedSqliteDatabase(peewee.SqliteDatabase):
 #: behind), and waking on its length ran a checkpoint, fsync included, after every other commit
 #: (1,442 in 3,000 creates, 40 % of a create's time).
 CHECKPOINT_FRAMES = 1000
+#: How long after meeting a busy write lock a process checks the writer line before trying the lock.
+_CONTENDED_FOR = 0.1
 #: WAL frames past which the checkpointer resets the log even while writers keep appending (about
 #: 32 MiB with 4 KiB pages, journal_size_limit's size): a PASSIVE checkpoint never lets a log restart
 #: under a continuous writer (an earlier attempt with PASSIVE only let the WAL reach 295 MB).
@@ -305,6 +307,7 @@ class SqliteBackend(Backend):
         self._wal_index: mmap.mmap | None = None
         self.checkpointer = Checkpointer(self.path)
         self.writer_line = WriterLine(self.path)
+        self._contended_until = 0.0
         self.peewee = _TrackedSqliteDatabase(
             str(self.path),
             timeout=self.timeout if self.use_sqlite_busy_handler else 0,  # see the module docstring
@@ -427,7 +430,9 @@ class SqliteBackend(Backend):
         this host's line of writers (``_writer_line``), retrying until the turn comes and the lock is
         free. Returns the place in the line, to give back after the transaction."""
         line = self.writer_line
-        if not line.occupied():
+        # Only a process that met a busy lock lately looks at the line first (two system calls); one
+        # that writes alone pays nothing for it.
+        if time.monotonic() >= self._contended_until or not line.occupied():
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 return None
@@ -442,6 +447,7 @@ class SqliteBackend(Backend):
         except BaseException:
             self.writer_line.leave(place)
             raise
+        self._contended_until = time.monotonic() + _CONTENDED_FOR  # from when the contention ended
         return place
 
     @contextmanager
