@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nameplate import Registry
+from nameplate import InvalidInputError, Registry
 from nameplate.backends import _writer_line
 from nameplate.backends._writer_line import WriterLine
 
@@ -218,3 +218,17 @@ def test_a_writer_alone_never_queues_and_one_that_met_a_busy_lock_queues_behind_
         for member in (holder, waiting):
             members.release(member)
             assert member.wait(timeout=30) == 0
+
+
+def test_writer_line_false_keeps_this_process_out_of_the_line(db_path: Path, members: _Members) -> None:
+    holder = members.start("holder")
+    members.turn(holder)
+    with Registry(db_path, writer_line=False) as registry:
+        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.2, lambda: blocker.execute("COMMIT")).start()
+        registry.resolve("on-its-own", "node")  # busy, yet it retries on its own: no ticket taken
+        assert _tickets(db_path) == 1
+        blocker.close()
+    with pytest.raises(InvalidInputError):
+        Registry(db_path, writer_line="no")  # type: ignore[arg-type]

@@ -79,13 +79,18 @@ class Registry:
         cache: answer repeated ``lookup``/``resolve`` of existing names from a per-thread cache that
             is checked against the database's commit signal on every call, so it is never older than
             the last commit a fresh read would see (see ``nameplate._readcache``). ``False`` turns it off.
+        writer_line: on SQLite, a writer that finds the write lock taken queues in this host's line of
+            writers (``<db>-line``) and is served in arrival order: a shorter tail under contention, at
+            the cost of throughput when many processes write flat out (see the README's Performance).
+            ``False`` makes this process retry the lock on its own, as SQLite alone would.
 
     Any other keyword is refused with :class:`InvalidInputError` naming it, before the file is opened.
     """
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, timeout: float = 10.0,
                  synchronous: str = "NORMAL", ttl: float = DEFAULT_TTL, lock_delay: float = DEFAULT_LOCK_DELAY,
-                 label: str | None = None, cache: bool = True, **unknown: object) -> None:
+                 label: str | None = None, cache: bool = True, writer_line: bool = True,
+                 **unknown: object) -> None:
         self._closed = True
         if unknown:
             raise InvalidInputError(f"unknown Registry option(s): {', '.join(sorted(unknown))}",
@@ -95,9 +100,12 @@ class Registry:
         lock_delay = check_seconds(lock_delay, "lock_delay", zero=True)
         if not isinstance(cache, bool):
             raise InvalidInputError(f"cache must be True or False, not {cache!r}", cache=repr(cache))
+        if not isinstance(writer_line, bool):
+            raise InvalidInputError(f"writer_line must be True or False, not {writer_line!r}",
+                                    writer_line=repr(writer_line))
         if label is not None and not isinstance(label, str):
             raise InvalidInputError(f"label must be a string, not {label!r}", label=repr(label))
-        self._backend = open_backend(locate(db), timeout=timeout, synchronous=synchronous)
+        self._backend = open_backend(locate(db), timeout=timeout, synchronous=synchronous, writer_line=writer_line)
         try:
             self.migrations_applied = migrate(self._backend)
         except BaseException:

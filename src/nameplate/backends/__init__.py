@@ -36,7 +36,7 @@ def scheme_of(location: Location) -> str:
     return _ALIASES.get(scheme, scheme)
 
 
-def open_backend(location: Location, *, timeout: float, synchronous: str) -> Backend:
+def open_backend(location: Location, *, timeout: float, synchronous: str, writer_line: bool = True) -> Backend:
     """Open ``location`` with the backend its scheme names; :class:`InvalidInputError` for a scheme
     this version has no backend for (the URL's password is not repeated)."""
     scheme = scheme_of(location)
@@ -45,7 +45,7 @@ def open_backend(location: Location, *, timeout: float, synchronous: str) -> Bac
         shown = redacted(location.url or "")
         raise InvalidInputError(f"{shown}: this version of nameplate stores registries in SQLite files or "
                                 "PostgreSQL (postgresql://...); pass a file path or such a URL", url=shown)
-    return factory(location, timeout=timeout, synchronous=synchronous)
+    return factory(location, timeout=timeout, synchronous=synchronous, writer_line=writer_line)
 
 
 __all__ = ["SCHEMES", "Backend", "Tx", "open_backend", "scheme_of"]

@@ -162,12 +162,12 @@ class _Helper:
 class WriterLine:
     """The line of one database file for this process (see the module docstring)."""
 
-    def __init__(self, database: Path, patience: float = PATIENCE) -> None:
+    def __init__(self, database: Path, patience: float = PATIENCE, *, enabled: bool = True) -> None:
         self._path = f"{database}-line"
         self._patience = patience
         self._pid = -1
         self._fd = self._probe = -1
-        self._disabled = None in (_SETLK, _SETLKW, _GETLK)
+        self._disabled = not enabled or None in (_SETLK, _SETLKW, _GETLK)
         self._turn = threading.Lock()
         #: This process's helpers (only touched by the thread whose turn it is).
         self._helpers: list[_Helper] = []

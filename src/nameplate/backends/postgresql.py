@@ -166,7 +166,9 @@ class PostgresqlBackend(Backend):
     one_host = False
     cheap_commit_signal = False
 
-    def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL") -> None:
+    def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL",
+                 writer_line: bool = True) -> None:
+        # writer_line: the server's lock manager queues waiters for the advisory write lock itself.
         if location.url is None:
             raise ValueError("PostgresqlBackend needs a postgresql:// URL")
         sync = synchronous.upper() if isinstance(synchronous, str) else None

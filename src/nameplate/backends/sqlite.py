@@ -279,7 +279,8 @@ class SqliteBackend(Backend):
     #: the latency tail that our loop removes.
     use_sqlite_busy_handler = False
 
-    def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL") -> None:
+    def __init__(self, location: Location, *, timeout: float = 10.0, synchronous: str = "NORMAL",
+                 writer_line: bool = True) -> None:
         if location.path is None:
             raise ValueError("SqliteBackend needs a file path")
         sync = synchronous.upper() if isinstance(synchronous, str) else None
@@ -306,7 +307,7 @@ class SqliteBackend(Backend):
         self.commits = 0
         self._wal_index: mmap.mmap | None = None
         self.checkpointer = Checkpointer(self.path)
-        self.writer_line = WriterLine(self.path)
+        self.writer_line = WriterLine(self.path, enabled=writer_line)
         self._contended_until = 0.0
         self.peewee = _TrackedSqliteDatabase(
             str(self.path),
