@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._records import Entry
-from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entry
+from ._store import ENTRY_COLUMNS, RESOLVED, VISIBLE, Store, decode_entries
 from ._validation import check_kind_name, check_name, encode_object
 from .errors import InvalidInputError
 
@@ -74,7 +74,7 @@ def list_page(store: Store, workspace: str, kind: str | None, prefix: str | None
         if kind is not None:
             store.kind_id(tx, kind)
         rows = tx.execute(sql, params).fetchall()
-    return [decode_entry(row) for row in rows]
+    return decode_entries(rows)
 
 
 def check_metadata_filter(metadata: object) -> dict[str, Any] | None:

@@ -63,6 +63,14 @@ _GET_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ? A
 _GET_ANY = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
 _LIST_ALL = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} ORDER BY k.name, r.name"
 _LIST_KIND = f"SELECT {ENTRY_COLUMNS} {RESOLVED} WHERE {VISIBLE} AND k.name = ? ORDER BY r.name"
+#: The same listings in a workspace with no layer beneath it (core): its own visible rows are all it
+#: sees, so the layer view's per-row "no nearer layer has it" check goes, and one kind's rows come in
+#: the order of the ``entry_by_layer`` index, without a sort.
+_OWN_ROWS = (f"SELECT {ENTRY_COLUMNS} FROM entry AS r JOIN kind AS k ON k.id = r.kind_id "
+             "JOIN workspace AS w ON w.id = r.workspace_id WHERE r.workspace_id = ? AND r.hidden = 0")
+_LIST_ALL_OWN = f"{_OWN_ROWS} ORDER BY k.name, r.name"
+_LIST_KIND_OWN = f"{_OWN_ROWS} AND r.kind_id = ? ORDER BY r.name"
+_WORKSPACE_PARENT = "SELECT id, parent_id FROM workspace WHERE name = ?"
 
 _WORKSPACE_ID = "SELECT id FROM workspace WHERE name = ?"
 _KIND_OF_NAME = f"SELECT k.name, k.name_pattern {RESOLVED} WHERE {VISIBLE} AND r.name = ?"
@@ -358,13 +366,18 @@ class Store:
 
     def list(self, workspace: str, kind: str | None = None) -> list[Entry]:
         with self.backend.read() as tx:
-            self.workspace_id(tx, workspace)
+            layer = tx.execute(_WORKSPACE_PARENT, (workspace,)).fetchone()
+            if layer is None:
+                self.workspace_id(tx, workspace)  # raises the precise error
+            own_only = layer[1] is None
             if kind is None:
-                rows = tx.execute(_LIST_ALL, (workspace,)).fetchall()
+                rows = tx.execute(*((_LIST_ALL_OWN, (layer[0],)) if own_only else (_LIST_ALL, (workspace,))))
             else:
-                self.kind_id(tx, kind)
-                rows = tx.execute(_LIST_KIND, (workspace, kind)).fetchall()
-        return decode_entries(rows)
+                kind_id = self.kind_id(tx, kind)
+                rows = tx.execute(*((_LIST_KIND_OWN, (layer[0], kind_id)) if own_only
+                                    else (_LIST_KIND, (workspace, kind))))
+            found = rows.fetchall()
+        return decode_entries(found)
 
     def visible_row(self, tx: Tx, workspace: str, name: str, kind: str | None, verb: str) -> LocalRow:
         """The entry ``name`` resolves to in ``workspace`` (possibly inherited), or a precise error."""
