@@ -155,6 +155,22 @@ def test_truncated_and_unreadable_files_are_rejected(registry: Registry, db_url:
     assert table_snapshot(db_url) == before
 
 
+def test_the_same_bad_time_in_many_entries_is_reported_for_each(registry: Registry, tmp_path: Path) -> None:
+    """Times are parsed once per distinct text (an import's entries share them); a bad one is not
+    remembered, so every entry that carries it is named."""
+    for name in ("a", "b", "c"):
+        registry.resolve(name, "node")
+    document = registry.export()
+    for entry in document["entries"][:2]:
+        entry["updated_at"] = "2026-13-40T00:00:00Z"  # ends like an export's times, is no time
+    with Registry(tmp_path / "target.db") as other:
+        with pytest.raises(ImportFileError) as caught:
+            other.import_document(document, format="nameplate")
+    problems = caught.value.problems
+    assert len(problems) == 2 and all("updated_at" in p for p in problems)
+    assert [p.split(" ", 1)[0] for p in problems] == ["entries[0]", "entries[1]"]
+
+
 def test_an_id_that_belongs_to_another_entry_is_refused(registry: Registry, db_url: str) -> None:
     registry.resolve("a", "node")
     document = registry.export()

@@ -441,8 +441,9 @@ class _Staged:
         known = self._stamps.get(value) if type(value) is str else None
         if known is not None:
             return known
+        reported = len(problems)
         parsed = _parse_stamp(value, f"{where}.{stamp}", problems)
-        if type(value) is str and value.endswith("Z"):
+        if type(value) is str and len(problems) == reported:  # a bad time is reported for every entry
             if len(self._stamps) >= 4096:
                 self._stamps.clear()
             self._stamps[value] = parsed
