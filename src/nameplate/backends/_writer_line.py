@@ -10,8 +10,8 @@ The line orders them, as a ticket lock does, with open file description (OFD) lo
 the database (``<db>-line``):
 
 * a writer tries the lock at once when it met no busy lock in the last 0.1 s (then it never touches
-  the line), or when the line is empty (the newest ticket's slot is free: one ``F_OFD_GETLK``); one
-  that finds the lock taken, or the line occupied, queues;
+  the line), or when the line is empty (the newest ticket's slot is free: a read of the counter and
+  one ``F_OFD_GETLK``); one that finds the lock taken, or the line occupied, queues;
 * byte 0 guards the ticket counter (at offset :data:`_COUNTER`): a writer locks it, reads and bumps
   the counter, locks its own slot byte ``1 + ticket % SLOTS`` and lets byte 0 go, all in a few
   microseconds;
@@ -19,17 +19,20 @@ the database (``<db>-line``):
   blocking in the kernel (in a helper thread, so the wait can end at a deadline), runs its
   transaction, and frees its own slot, which wakes exactly the next writer.
 
-Same workload with the line: p99 7-9 ms, max 20-24 ms. A strict line costs throughput on an
-oversubscribed machine (the next writer must be scheduled before anyone writes); letting every
-writer try the lock first kept the throughput but gave back most of the tail (p99 11-12 ms, and
-47 ms for acquire + release). Queueing only behind a non-empty line is the middle.
+Same workload with the line: p99 7-11 ms, max 20-28 ms. The order costs throughput on an
+oversubscribed machine (each write waits for the next writer in line to be scheduled): about half,
+with 8 processes writing flat out on 2 cores (``scripts/bench.py`` measures both ways), which is why
+``Registry(writer_line=False)`` exists. Letting every writer try the lock first kept the throughput
+but gave back most of the tail (p99 11-12 ms, and 47 ms for acquire + release); queueing only
+behind a non-empty line is the middle.
 
 The line only orders; SQLite's lock still decides, so a writer that does not use the line (the
 ``sqlite3`` shell, a process with the line unavailable) stays correct, it just does not queue. Nothing
 in the line may stall anyone for long: every wait in it ends after ``patience`` seconds, after which
 the writer goes straight to SQLite's lock as it would without a line. A member that is killed frees
-its bytes with its descriptors; one that is stopped (``SIGSTOP``) costs the writer behind it
-``patience`` once. Threads of one process take the line one at a time (a process lock before it), and
+its bytes with its descriptors; one found stopped (``SIGSTOP``, psutil says so) is gone around at
+once, and one that stops while others already wait behind it costs each of them at most
+``patience``. Threads of one process take the line one at a time (a process lock before it), and
 a forked child closes the descriptors it inherited (the locks belong to the open file description,
 which the child shares) and starts its own.
 
