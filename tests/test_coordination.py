@@ -32,7 +32,7 @@ from nameplate.backends import open_backend
 from nameplate.backends.migrate import MigrationContext, available
 from nameplate.migrations import v0001_initial
 
-from conftest import SPAWN, run_processes, table_snapshot
+from conftest import SPAWN, run_processes, table_snapshot, wait_until
 
 # -- revisions and compare-and-swap ------------------------------------------------------------------
 
@@ -227,6 +227,15 @@ while True:
 """
 
 
+def _tally(path: Path) -> int:
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        row = conn.execute("SELECT json_extract(metadata, '$.groups') FROM entry WHERE name = 'tally'").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row else 0
+
+
 def test_transactions_are_all_or_nothing_under_kill_9(db_path: Path) -> None:
     with Registry(db_path) as registry:
         registry.resolve("tally", "process", {"groups": 0})
@@ -236,7 +245,10 @@ def test_transactions_are_all_or_nothing_under_kill_9(db_path: Path) -> None:
                                  stdout=subprocess.PIPE, text=True)
         try:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-            time.sleep(0.15 + 0.07 * round_number)
+            # Kill it in the middle of later batches, once it has committed one (on a loaded machine
+            # the first batch can take longer than any fixed pause).
+            assert wait_until(lambda start=start: _tally(db_path) > start, timeout=30)
+            time.sleep(0.05 + 0.07 * round_number)
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=30)

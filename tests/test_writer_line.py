@@ -232,3 +232,35 @@ def test_writer_line_false_keeps_this_process_out_of_the_line(db_path: Path, mem
         blocker.close()
     with pytest.raises(InvalidInputError):
         Registry(db_path, writer_line="no")  # type: ignore[arg-type]
+
+
+def _write_after(start: threading.Barrier, errors: list[BaseException], registry: Registry, name: str) -> None:
+    start.wait()
+    try:
+        registry.resolve(name, "node")
+    except BaseException as error:  # collected: the test's assertion names it
+        errors.append(error)
+
+
+def test_threads_meeting_a_busy_lock_together_on_first_use_all_write(db_path: Path) -> None:
+    """The line opens its descriptors on first use; threads of one registry that all meet a busy
+    lock at once arrive there together (a race once left some with no descriptor)."""
+    for attempt in range(5):
+        with Registry(db_path) as registry:
+            blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+            blocker.execute("BEGIN IMMEDIATE")
+            start = threading.Barrier(9)
+            errors: list[BaseException] = []
+
+            threads = [threading.Thread(target=_write_after, args=(start, errors, registry, f"t{attempt}-{i}"))
+                       for i in range(8)]
+            for thread in threads:
+                thread.start()
+            start.wait()
+            time.sleep(0.05)  # all eight are in their busy wait now
+            blocker.execute("COMMIT")
+            blocker.close()
+            for thread in threads:
+                thread.join(timeout=60)
+            assert errors == []
+            assert all(registry.lookup(f"t{attempt}-{i}", "node") for i in range(8))

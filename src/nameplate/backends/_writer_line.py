@@ -81,6 +81,8 @@ _FLOCK = "hhqqi4x"
 
 _all_descriptors: set[int] = set()
 _descriptors_guard = threading.Lock()
+#: Held while a line opens its descriptors for this process.
+_first_use = threading.Lock()
 
 
 def _lock(fd: int, kind: int, byte: int, *, wait: bool) -> bool:
@@ -179,14 +181,17 @@ class WriterLine:
         if self._disabled:
             return False
         if self._pid != os.getpid():  # first use, or a forked child: descriptors of its own
-            self._pid, self._turn, self._helpers = os.getpid(), threading.Lock(), []
-            try:
-                self._fd, self._probe = _open(self._path), _open(self._path)
-                _lock(self._fd, fcntl.F_UNLCK, 0, wait=False)  # does this file system know OFD locks?
-            except OSError:
-                self._disabled = True
-                return False
-        return True
+            with _first_use:  # threads of one registry arrive here together
+                if self._pid != os.getpid():
+                    try:
+                        fd, probe = _open(self._path), _open(self._path)
+                        _lock(fd, fcntl.F_UNLCK, 0, wait=False)  # does this file system know OFD locks?
+                    except OSError:
+                        self._disabled = True
+                        return False
+                    self._fd, self._probe, self._turn, self._helpers = fd, probe, threading.Lock(), []
+                    self._pid = os.getpid()  # last: another thread that sees it sees the descriptors
+        return not self._disabled
 
     def occupied(self) -> bool:
         """Whether a writer holds the newest ticket's slot (the line is not empty): then a newcomer
@@ -294,10 +299,12 @@ class WriterLine:
 def _close_inherited_descriptors() -> None:
     # The parent's descriptors share its open file descriptions, and with them its locks: a copy kept
     # here would keep a slot locked after the parent let go of it by dying. Closing the copy releases
-    # nothing of the parent's (its own descriptor still holds the description).
-    with _descriptors_guard:
-        inherited = list(_all_descriptors)
-        _all_descriptors.clear()
+    # nothing of the parent's (its own descriptor still holds the description). A parent thread may
+    # have held either lock at the fork: the child starts with new ones.
+    global _descriptors_guard, _first_use
+    _descriptors_guard, _first_use = threading.Lock(), threading.Lock()
+    inherited = list(_all_descriptors)
+    _all_descriptors.clear()
     for fd in inherited:
         try:
             os.close(fd)
