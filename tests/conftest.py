@@ -207,6 +207,25 @@ def run_processes(target: Callable[..., Any], args_list: list[tuple[Any, ...]], 
     return [collected[i] for i in range(n)]
 
 
+def file_at_schema_version(path: Path, version: int) -> None:
+    """Make ``path`` a genuine registry file of schema ``version``, as that release left it: migrations
+    1..version applied and recorded, ``user_version`` set, nothing later (applied_at 0)."""
+    from nameplate._paths import locate
+    from nameplate.backends import open_backend
+    from nameplate.backends.migrate import MigrationContext, available
+
+    backend = open_backend(locate(path), timeout=10.0, synchronous="NORMAL")
+    try:
+        with backend.write() as tx:
+            for earlier in available()[:version]:
+                earlier.module.upgrade(MigrationContext(tx, backend))
+                tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (?, ?, 0)",
+                           [earlier.version, earlier.name])
+            backend.set_schema_version(tx, version)
+    finally:
+        backend.close()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

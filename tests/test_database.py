@@ -27,12 +27,10 @@ from nameplate import (
 )
 from nameplate import errors as errors_module
 from nameplate._models import ALL_MODELS
-from nameplate._paths import locate
-from nameplate.backends import open_backend
-from nameplate.backends.migrate import MigrationContext, available, latest_version
+from nameplate.backends.migrate import available, latest_version
 from nameplate.backends.sqlite import APPLICATION_ID, identify
 
-from conftest import table_snapshot
+from conftest import file_at_schema_version, table_snapshot
 
 
 @pytest.mark.sqlite_only  # reads SQLite's own statement trace, plans or pragmas
@@ -226,14 +224,7 @@ def test_another_applications_database_is_refused_byte_for_byte_untouched(tmp_pa
 
 def test_a_nameplate_file_from_before_the_application_id_is_recognised_and_marked(db_path: Path) -> None:
     # What version 1 left: its schema only, no application id, user_version 1, one entry.
-    backend = open_backend(locate(db_path), timeout=10.0, synchronous="NORMAL")
-    try:
-        with backend.write() as tx:
-            available()[0].module.upgrade(MigrationContext(tx, backend))
-            tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (1, 'initial schema', 0)")
-            backend.set_schema_version(tx, 1)
-    finally:
-        backend.close()
+    file_at_schema_version(db_path, 1)
     entry_id = "01J00000000000000000000000"
     conn = sqlite3.connect(db_path)
     conn.execute("INSERT INTO entry (id, workspace_id, kind_id, name, created_at, updated_at, last_seen_at) "
@@ -347,16 +338,7 @@ def test_a_file_of_zeros_is_refused_once_it_stays_zeros(tmp_path: Path) -> None:
 def test_a_file_with_autoincrement_revisions_upgrades_keeping_every_event(db_path: Path) -> None:
     # A genuine file of the version before plain event rowids, with a log that has a gap in it.
     step = next(m for m in available() if m.name == "plain event rowid")
-    backend = open_backend(locate(db_path), timeout=10.0, synchronous="NORMAL")
-    try:
-        with backend.write() as tx:
-            for earlier in available()[:step.version - 1]:
-                earlier.module.upgrade(MigrationContext(tx, backend))
-                tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (?, ?, 0)",
-                           [earlier.version, earlier.name])
-            backend.set_schema_version(tx, step.version - 1)
-    finally:
-        backend.close()
+    file_at_schema_version(db_path, step.version - 1)
     conn = sqlite3.connect(db_path)
     assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
     conn.executemany("INSERT INTO event (at, action, entry_id, actor, detail) VALUES (?, 'create', ?, 'test', '{}')",

@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 
 from nameplate import InvalidInputError, LeaseHeldError, LeaseLost, Registry
-from nameplate._paths import locate
-from nameplate.backends import open_backend
-from nameplate.backends.migrate import MigrationContext, available, latest_version
+from nameplate.backends.migrate import available, latest_version
 
 from _session_helpers import events, stop_child
-from conftest import table_snapshot, wait_until
+from conftest import file_at_schema_version, table_snapshot, wait_until
 
 
 def test_a_lease_without_a_ttl_of_its_own_is_unbounded(registry: Registry) -> None:
@@ -162,16 +160,7 @@ def test_its_own_holder_takes_an_expired_lease_again_without_a_lock_delay(db_pat
 def test_a_file_from_before_lease_ttls_upgrades_and_its_leases_stay_unbounded(db_path: Path) -> None:
     # A genuine file of the version before lease ttls: every earlier step applied, one entry.
     step = next(m for m in available() if m.name == "lease ttl, waiters, elections and semaphores")
-    backend = open_backend(locate(db_path), timeout=10.0, synchronous="NORMAL")
-    try:
-        with backend.write() as tx:
-            for earlier in available()[:step.version - 1]:
-                earlier.module.upgrade(MigrationContext(tx, backend))
-                tx.execute("INSERT INTO schema_migration (version, name, applied_at) VALUES (?, ?, 0)",
-                           [earlier.version, earlier.name])
-            backend.set_schema_version(tx, step.version - 1)
-    finally:
-        backend.close()
+    file_at_schema_version(db_path, step.version - 1)
     conn = sqlite3.connect(db_path)
     conn.execute("INSERT INTO entry (id, workspace_id, kind_id, name, created_at, updated_at, last_seen_at) "
                  "VALUES ('01J00000000000000000000000', 1, (SELECT id FROM kind WHERE name = 'node'), 'dev', 0, 0, 0)")

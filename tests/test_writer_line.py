@@ -63,6 +63,16 @@ sys.stdin.read()
 """
 
 
+def _write_lock_held_outside_the_line(database: Path, release_after: float | None = None) -> sqlite3.Connection:
+    """A plain sqlite3 connection holding the write lock (a writer that knows nothing of the line);
+    it commits after ``release_after`` seconds, or when the caller commits it."""
+    blocker = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    if release_after is not None:
+        threading.Timer(release_after, lambda: blocker.execute("COMMIT")).start()
+    return blocker
+
+
 def _tickets(database: Path) -> int:
     line = Path(f"{database}-line")
     if not line.exists():
@@ -203,9 +213,7 @@ def test_a_writer_alone_never_queues_and_one_that_met_a_busy_lock_queues_behind_
         members.turn(holder)
         registry.resolve("unaware", "node")  # it met no busy lock lately: it tries the lock, gets it
         assert _tickets(db_path) == 1
-        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        blocker.execute("BEGIN IMMEDIATE")  # a writer outside the line holds the lock for a moment
-        threading.Timer(0.2, lambda: blocker.execute("COMMIT")).start()
+        blocker = _write_lock_held_outside_the_line(db_path, 0.2)
         registry.resolve("met-busy", "node")  # busy: it queues (behind the holder, for the patience)
         assert _tickets(db_path) == 2
         assert backend._contended_until > time.monotonic()
@@ -224,9 +232,7 @@ def test_writer_line_false_keeps_this_process_out_of_the_line(db_path: Path, mem
     holder = members.start("holder")
     members.turn(holder)
     with Registry(db_path, writer_line=False) as registry:
-        blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        blocker.execute("BEGIN IMMEDIATE")
-        threading.Timer(0.2, lambda: blocker.execute("COMMIT")).start()
+        blocker = _write_lock_held_outside_the_line(db_path, 0.2)
         registry.resolve("on-its-own", "node")  # busy, yet it retries on its own: no ticket taken
         assert _tickets(db_path) == 1
         blocker.close()
@@ -247,8 +253,7 @@ def test_threads_meeting_a_busy_lock_together_on_first_use_all_write(db_path: Pa
     lock at once arrive there together (a race once left some with no descriptor)."""
     for attempt in range(5):
         with Registry(db_path) as registry:
-            blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-            blocker.execute("BEGIN IMMEDIATE")
+            blocker = _write_lock_held_outside_the_line(db_path)
             start = threading.Barrier(9)
             errors: list[BaseException] = []
 
