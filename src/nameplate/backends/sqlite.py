@@ -415,8 +415,9 @@ class SqliteBackend(Backend):
         return RegistryBusyError(f"{self.path} stayed busy past SQLite's busy timeout", path=str(self.path),
                                  waited=self.timeout, timeout=self.timeout)
 
-    def _execute_retrying(self, conn: sqlite3.Connection, statement: str, what: str) -> None:
-        """``_retry`` of one statement, run once first without the loop's frames (the uncontended case)."""
+    def _once(self, conn: sqlite3.Connection, statement: str) -> bool:
+        """Run ``statement`` once, without the retry loop's frames (the uncontended case): False if the
+        database was busy (in the busy-handler mode, where SQLite already waited, that raises)."""
         try:
             conn.execute(statement)
         except sqlite3.OperationalError as error:
@@ -424,6 +425,12 @@ class SqliteBackend(Backend):
                 raise
             if self.use_sqlite_busy_handler:  # SQLite's handler already waited the whole timeout
                 raise self._busy_past_sqlite_handler() from None
+            return False
+        return True
+
+    def _execute_retrying(self, conn: sqlite3.Connection, statement: str, what: str) -> None:
+        """``_retry`` of one statement, tried once first by :meth:`_once`."""
+        if not self._once(conn, statement):
             self._retry(lambda: conn.execute(statement), what=what)
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> Place | None:
@@ -433,15 +440,8 @@ class SqliteBackend(Backend):
         line = self.writer_line
         # Only a process that met a busy lock lately looks at the line first (two system calls); one
         # that writes alone pays nothing for it.
-        if time.monotonic() >= self._contended_until or not line.occupied():
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return None
-            except sqlite3.OperationalError as error:
-                if not is_busy(error):
-                    raise
-                if self.use_sqlite_busy_handler:  # SQLite's handler already waited the whole timeout
-                    raise self._busy_past_sqlite_handler() from None
+        if (time.monotonic() >= self._contended_until or not line.occupied()) and self._once(conn, "BEGIN IMMEDIATE"):
+            return None
         place = line.enter()
         try:
             self._retry(lambda: conn.execute("BEGIN IMMEDIATE"), what="the write lock")
