@@ -204,8 +204,13 @@ class WriterLine:
         newest = struct.unpack("q", raw)[0] - 1
         if newest < 0:
             return False
-        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 1 + newest % SLOTS, 1, 0)
+        return self._conflicts(fcntl.F_WRLCK, 1 + newest % SLOTS)
+
+    def _conflicts(self, kind: int, byte: int) -> bool:
+        """Whether another open file description holds a lock on ``byte`` that a ``kind`` lock
+        (``F_RDLCK``: a writer's; ``F_WRLCK``: any) would conflict with; one ``F_OFD_GETLK``, nothing taken."""
         assert _GETLK is not None
+        probe = struct.pack(_FLOCK, kind, os.SEEK_SET, byte, 1, 0)
         holder: int = struct.unpack(_FLOCK, fcntl.fcntl(self._probe, _GETLK, probe))[0]
         return holder != fcntl.F_UNLCK
 
@@ -251,9 +256,7 @@ class WriterLine:
     def _wait_for(self, byte: int, deadline: float) -> bool:
         """Wait until no one holds ``byte`` (the slot of the writer ahead), until ``deadline``; False
         when it gave up (the writer ahead is stopped, or slow past the deadline)."""
-        probe = self._probe
-        if _lock(probe, fcntl.F_RDLCK, byte, wait=False):
-            _lock(probe, fcntl.F_UNLCK, byte, wait=False)
+        if not self._conflicts(fcntl.F_RDLCK, byte):
             return True  # the usual case in a short line: no thread
         if self._stopped(byte):
             return False
