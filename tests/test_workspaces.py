@@ -330,8 +330,10 @@ def test_creating_a_workspace_costs_the_same_however_many_there_are(registry: Re
 def test_creating_a_workspace_that_exists_is_fine_with_exist_ok_over_the_same_parent(registry: Registry) -> None:
     created = registry.create_workspace("team", description="ours")
     registry.resolve("x", "node", workspace="team")
+    registry.create_workspace("team-child", parent="team")
     again = registry.create_workspace("team", exist_ok=True)
     assert (again.name, again.parent, again.description, again.entries) == ("team", "core", "ours", 1)
+    assert again == next(w for w in registry.workspaces() if w.name == "team")  # children included
     assert again.created_at == created.created_at
     with pytest.raises(NameTakenError):
         registry.create_workspace("team")

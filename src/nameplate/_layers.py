@@ -136,7 +136,7 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
     existing = tx.execute("SELECT parent_id FROM workspace WHERE name = ?", (name,)).fetchone()
     if existing is not None:
         if exist_ok and existing[0] == parent_id:
-            return next(info for info in list_workspaces(store.backend) if info.name == name)
+            return list_workspaces(store.backend, only=name)[0]
         over = "" if not exist_ok else " over another parent"
         raise NameTakenError(f"workspace {name!r} already exists{over}; pick another name or delete it first",
                              workspace=name)
@@ -151,8 +151,9 @@ def create_workspace(tx: Tx, store: Store, name: str, parent: str, description: 
     return WorkspaceInfo(name, parent, description, int(depth), utc(now), 0, 0, ())
 
 
-def list_workspaces(backend: Backend) -> list[WorkspaceInfo]:
-    """Every workspace by name, with its depth, counts and children; inside the caller's read transaction."""
+def list_workspaces(backend: Backend, only: str | None = None) -> list[WorkspaceInfo]:
+    """Every workspace by name, with its depth, counts and children; inside the caller's read transaction.
+    ``only``: just that workspace (its row and its children's, not every workspace's counts)."""
     parent = WorkspaceRow.alias()
     depth = (WorkspaceAncestorRow.select(fn.MAX(WorkspaceAncestorRow.depth))
              .where(WorkspaceAncestorRow.workspace == WorkspaceRow.id))
@@ -165,13 +166,16 @@ def list_workspaces(backend: Backend) -> list[WorkspaceInfo]:
                                  tombstones.alias("tombstones"))
              .join(parent, JOIN.LEFT_OUTER, on=WorkspaceRow.parent == parent.id)
              .order_by(WorkspaceRow.name))
+    if only is not None:
+        query = query.where((WorkspaceRow.name == only) | (parent.name == only))
     rows = list(query.namedtuples().execute(backend.peewee))
     children: dict[str, list[str]] = {}
     for row in rows:
         if row.parent is not None:
             children.setdefault(row.parent, []).append(row.name)
     return [WorkspaceInfo(row.name, row.parent, row.description, int(row.depth), utc(row.created_at),
-                          int(row.entries), int(row.tombstones), tuple(children.get(row.name, ()))) for row in rows]
+                          int(row.entries), int(row.tombstones), tuple(children.get(row.name, ())))
+            for row in rows if only is None or row.name == only]
 
 
 def delete_workspace(tx: Tx, store: Store, name: str, force: bool) -> list[str]:

@@ -908,8 +908,9 @@ def workspace_tree(settings: Settings) -> None:
 def workspace_create(settings: Settings, name: str, parent: str, description: str, exist_ok: bool) -> None:
     """Create a workspace over PARENT."""
     with settings.open() as registry:
-        existed = exist_ok and any(w.name == name for w in registry.workspaces())  # only for the message
+        before = registry.revision  # a create logs an event; an existing workspace is returned as it is
         info = registry.create_workspace(name, parent, description, exist_ok=exist_ok)
+        existed = exist_ok and registry.revision == before
     done = "workspace {} already exists over {}" if existed else "created workspace {} over {}"
     emit(settings, info.to_dict(), lambda: click.echo(done.format(name, parent)))
 
